@@ -1,0 +1,88 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+let package = Package(
+    name: "umdev",
+    products: [
+        .executable(name: "umdev", targets: ["umdev"]),
+        .executable(name: "vfio-user-conformance", targets: ["vfio-user-conformance"]),
+        .library(name: "VFIOUser", targets: ["VFIOUser"]),
+        .library(name: "VFIOUserServer", targets: ["VFIOUserServer"]),
+        .library(name: "VFIOUserClient", targets: ["VFIOUserClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // The few Linux calls Swift's Glibc module does not import (eventfd,
+        // memfd_create, CMSG_* macros), as static inline wrappers.
+        .target(name: "CShim", path: "Sources/CShim"),
+        // Heap-allocation counter used by `umdev bench` only (malloc interposer).
+        .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
+
+        // Wire types and codec: bytes in, typed values out. No I/O.
+        .target(name: "VFIOUser", path: "Sources/VFIOUser", swiftSettings: strict),
+        // PCI function: config space, regions, IRQ lines, device-model contract.
+        .target(name: "PCI", dependencies: ["CShim"], path: "Sources/PCI", swiftSettings: strict),
+        // Transport, endpoint, DMA table, migration state machine.
+        .target(
+            name: "VFIOUserServer",
+            dependencies: [
+                "VFIOUser", "PCI", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/VFIOUserServer", swiftSettings: strict),
+        .target(
+            name: "VFIOUserClient",
+            dependencies: [
+                "VFIOUser", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            path: "Sources/VFIOUserClient", swiftSettings: strict),
+
+        // Device models.
+        .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
+        .target(name: "MTTY", dependencies: ["PCI"], path: "Samples/MTTY", swiftSettings: strict),
+
+        .executableTarget(
+            name: "umdev",
+            dependencies: [
+                "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY",
+                "CShim", "CMallocCounter",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            path: "Sources/umdev", swiftSettings: strict),
+
+        // Independent C conformance suite (shares no code with the Swift server).
+        .systemLibrary(name: "CCmocka", path: "Tests/Conformance/CCmocka", pkgConfig: "cmocka",
+                       providers: [.apt(["libcmocka-dev"])]),
+        .systemLibrary(name: "CJSONC", path: "Tests/Conformance/CJSONC", pkgConfig: "json-c",
+                       providers: [.apt(["libjson-c-dev"])]),
+        .executableTarget(
+            name: "vfio-user-conformance",
+            dependencies: ["CCmocka", "CJSONC"],
+            path: "Tests/Conformance/suite",
+            cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]),
+
+        .testTarget(name: "VFIOUserTests", dependencies: ["VFIOUser"], path: "Tests/VFIOUserTests",
+                    swiftSettings: strict),
+        .testTarget(
+            name: "ServerTests",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "CShim",
+                           .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/ServerTests",
+            resources: [],
+            swiftSettings: strict),
+        .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI"], path: "Tests/MTTYTests",
+                    swiftSettings: strict),
+    ]
+)

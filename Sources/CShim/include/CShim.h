@@ -1,0 +1,49 @@
+// Thin wrappers over the Linux calls and macros that Swift's Glibc module
+// does not import (eventfd, memfd_create, the CMSG_* macros, pty setup).
+// The bodies live in shim.c, compiled with _GNU_SOURCE; this header only
+// declares them, so it does not change how the system headers look to Swift.
+#ifndef UMDEV_CSHIM_H
+#define UMDEV_CSHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Largest number of fds one message may carry in either direction.
+#define UMDEV_MAX_FDS 16
+
+/// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.
+int umdev_eventfd(unsigned int initval);
+
+/// memfd_create(2) with MFD_CLOEXEC (and sealing allowed).
+int umdev_memfd(const char *name);
+
+/// Sends `len` bytes from `buf` plus `nfds` descriptors as SCM_RIGHTS in one
+/// sendmsg(2). Returns bytes sent or -1 with errno set. MSG_NOSIGNAL so a
+/// vanished peer is an EPIPE, not a SIGPIPE.
+ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
+                                    const int *fds, int nfds);
+
+/// recvmsg(2) into `buf`, collecting up to `maxfds` SCM_RIGHTS descriptors
+/// into `fds` (count in *nfds). Descriptors beyond `maxfds`, or arriving in a
+/// truncated control message, are closed here and *truncated is set: the
+/// caller treats that message as a framing error. Received fds are CLOEXEC.
+ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
+                                    int *fds, int maxfds, int *nfds, int *truncated);
+
+/// Size of the pending data on a socket is not needed; MSG_PEEK etc are plain flags.
+int umdev_msg_dontwait(void);
+
+/// fcntl(F_GETFD): -1 if the descriptor is not open. Used by leak checks.
+int umdev_fd_is_open(int fd);
+
+/// posix_openpt + grantpt + unlockpt, master in raw mode, non-blocking.
+int umdev_open_pty(char *name, size_t namelen);
+
+/// Sets a descriptor (a pty slave the tests open) to raw mode.
+int umdev_make_raw(int fd);
+
+/// fstat size, or -1.
+long long umdev_fd_size(int fd);
+
+#endif

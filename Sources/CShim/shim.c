@@ -1,0 +1,135 @@
+// Bodies of the wrappers declared in CShim.h.
+#define _GNU_SOURCE 1
+#include "CShim.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <termios.h>
+#include <unistd.h>
+
+/// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.
+int umdev_eventfd(unsigned int initval) {
+    return eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+/// memfd_create(2) with MFD_CLOEXEC (and sealing allowed).
+int umdev_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+}
+
+/// Sends `len` bytes from `buf` plus `nfds` descriptors as SCM_RIGHTS in one
+/// sendmsg(2). Returns bytes sent or -1 with errno set. MSG_NOSIGNAL so a
+/// vanished peer is an EPIPE, not a SIGPIPE.
+ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
+                                    const int *fds, int nfds) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union {
+        char bytes[CMSG_SPACE(sizeof(int) * UMDEV_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        if (nfds > UMDEV_MAX_FDS) { errno = EINVAL; return -1; }
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+/// recvmsg(2) into `buf`, collecting up to `maxfds` SCM_RIGHTS descriptors
+/// into `fds` (count in *nfds). Descriptors beyond `maxfds`, or arriving in a
+/// truncated control message, are closed here and *truncated is set: the
+/// caller treats that message as a framing error. Received fds are CLOEXEC.
+ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
+                                    int *fds, int maxfds, int *nfds, int *truncated) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union {
+        char bytes[CMSG_SPACE(sizeof(int) * 64)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof(control.bytes);
+    *nfds = 0;
+    *truncated = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *data = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, &data[i], sizeof(int));
+            if (*nfds < maxfds) {
+                fds[(*nfds)++] = fd;
+            } else {
+                close(fd);
+                *truncated = 1;
+            }
+        }
+    }
+    return n;
+}
+
+/// Size of the pending data on a socket is not needed; MSG_PEEK etc are plain flags.
+int umdev_msg_dontwait(void) { return MSG_DONTWAIT; }
+int umdev_msg_peek(void) { return MSG_PEEK; }
+int umdev_msg_waitall(void) { return MSG_WAITALL; }
+
+/// fcntl(F_GETFD): -1 if the descriptor is not open. Used by leak checks.
+int umdev_fd_is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
+
+/// posix_openpt + grantpt + unlockpt, master in raw mode, non-blocking.
+int umdev_open_pty(char *name, size_t namelen) {
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+    if (m < 0) return -1;
+    if (grantpt(m) != 0 || unlockpt(m) != 0 || ptsname_r(m, name, namelen) != 0) {
+        int e = errno; close(m); errno = e; return -1;
+    }
+    struct termios t;
+    int s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (s >= 0) {
+        if (tcgetattr(s, &t) == 0) { cfmakeraw(&t); tcsetattr(s, TCSANOW, &t); }
+        close(s);
+    }
+    return m;
+}
+
+/// Sets a descriptor (a pty slave the tests open) to raw mode.
+int umdev_make_raw(int fd) {
+    struct termios t;
+    if (tcgetattr(fd, &t) != 0) return -1;
+    cfmakeraw(&t);
+    return tcsetattr(fd, TCSANOW, &t);
+}
+
+/// fstat size, or -1.
+long long umdev_fd_size(int fd) {
+    off_t end = lseek(fd, 0, SEEK_END);
+    return (long long)end;
+}
+

@@ -1,0 +1,141 @@
+/// The contract between a device model and the vfio-user server.
+///
+/// A device model is a plain state machine: the server calls it on the
+/// connection's thread, one call at a time, and the model answers with no
+/// syscalls of its own. Interrupts and DMA go back through the two small
+/// protocols below; the model never sees sockets or eventfds.
+
+/// One region as DEVICE_GET_REGION_INFO describes it.
+public struct Region: Sendable {
+    /// An mmap-able window inside the region, relative to its start.
+    public struct Area: Sendable, Equatable {
+        public var offset: UInt64
+        public var size: UInt64
+        public init(offset: UInt64, size: UInt64) { self.offset = offset; self.size = size }
+    }
+
+    /// Memory the client may map: a file descriptor (usually a memfd), the
+    /// offset of the region inside it, and the mappable areas.
+    public struct Mapping: Sendable {
+        public var fd: Int32
+        public var fileOffset: UInt64
+        /// Empty means the whole region.
+        public var areas: [Area]
+        public init(fd: Int32, fileOffset: UInt64 = 0, areas: [Area] = []) {
+            self.fd = fd; self.fileOffset = fileOffset; self.areas = areas
+        }
+    }
+
+    public var size: UInt64
+    public var readable: Bool
+    public var writable: Bool
+    public var mapping: Mapping?
+    /// VFIO_REGION_INFO_CAP_TYPE (type, subtype) for device-specific regions.
+    public var type: (type: UInt32, subtype: UInt32)?
+
+    public init(size: UInt64, readable: Bool = true, writable: Bool = true, mapping: Mapping? = nil,
+                type: (type: UInt32, subtype: UInt32)? = nil) {
+        self.size = size; self.readable = readable; self.writable = writable
+        self.mapping = mapping; self.type = type
+    }
+
+    /// A region the device does not have (size 0, no access).
+    public static let absent = Region(size: 0, readable: false, writable: false)
+}
+
+/// One IRQ index as DEVICE_GET_IRQ_INFO describes it.
+public struct IRQ: Sendable, Equatable {
+    public var count: UInt32
+    /// Masking supported (INTx): MASK/UNMASK are accepted.
+    public var maskable: Bool
+    /// Each trigger masks the line until the client unmasks it (INTx).
+    public var automasked: Bool
+    /// The vector set is configured as a whole (MSI).
+    public var noResize: Bool
+    public init(count: UInt32, maskable: Bool = false, automasked: Bool = false, noResize: Bool = false) {
+        self.count = count; self.maskable = maskable; self.automasked = automasked; self.noResize = noResize
+    }
+    public static let none = IRQ(count: 0)
+    /// A level-triggered INTx line as PCI devices have.
+    public static let intx = IRQ(count: 1, maskable: true, automasked: true)
+}
+
+/// IRQ indices of a PCI device.
+public enum IRQIndex: Int, Sendable, CaseIterable {
+    case intx = 0, msi = 1, msix = 2, err = 3, req = 4
+}
+
+/// How a device model raises interrupts. The server implements it with
+/// eventfds; tests implement it with a spy.
+public protocol InterruptSink: AnyObject {
+    /// An edge on `vector` of `index`. INTx edges raised while the line is
+    /// masked are remembered and delivered at unmask.
+    func trigger(_ index: IRQIndex, vector: Int)
+    /// The level of the INTx line. A rising level fires the line; a level
+    /// still high when the client unmasks fires it again.
+    func setINTxLevel(_ asserted: Bool)
+}
+
+/// Guest memory by IOVA, for devices that do DMA.
+public protocol DMAAccess: AnyObject {
+    /// Copies guest memory at `iova` into `buffer`. Throws an errno.
+    func read(iova: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError)
+    /// Copies `data` into guest memory at `iova`. Throws an errno.
+    func write(iova: UInt64, from data: UnsafeRawBufferPointer) throws(DeviceError)
+}
+
+/// A device-level failure carried back as an errno.
+public struct DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let errno: Int32
+    public let message: String
+    public init(_ errno: Int32, _ message: String) { self.errno = errno; self.message = message }
+    public var description: String { "\(message) (errno \(errno))" }
+}
+
+/// What the server needs from a device model.
+public protocol VFIODevice: AnyObject {
+    /// Regions by index; the count is DEVICE_GET_INFO's num_regions (≥ 9 for PCI).
+    var regions: [Region] { get }
+    /// IRQ indices (5 for PCI: INTx, MSI, MSI-X, ERR, REQ).
+    var irqs: [IRQ] { get }
+    /// Whether DEVICE_RESET is supported (advertised in GET_INFO flags).
+    var supportsReset: Bool { get }
+
+    /// Reads `buffer.count` bytes at `offset` of `region`. The server has
+    /// checked that the access lies inside a readable region. Returns 0 or an errno.
+    func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32
+    /// Writes `data` at `offset` of `region` (range checked). Returns 0 or an errno.
+    func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32
+    /// Returns every register to its power-on state (DEVICE_RESET).
+    func reset()
+
+    /// Set by the server while a client is attached; nil otherwise.
+    var interrupts: InterruptSink? { get set }
+    /// Set by the server while a client is attached; nil otherwise.
+    var dma: DMAAccess? { get set }
+
+    /// Name written into migration streams; restoring checks it. nil = not migratable.
+    var migrationType: String? { get }
+    /// Device state for migration, in the model's own versioned format.
+    func saveState() -> [UInt8]
+    /// Restores `saveState()` output; throws with a reason on a bad stream.
+    func restoreState(_ bytes: [UInt8]) throws(DeviceError)
+
+    /// Host-side descriptors (pty, socket backends) the server polls for the
+    /// device; `serviceEvent` is called on the owner thread when one is ready.
+    var eventDescriptors: [Int32] { get }
+    func serviceEvent(fd: Int32)
+    /// Called when the migration state machine stops or restarts the device.
+    func setRunning(_ running: Bool)
+}
+
+extension VFIODevice {
+    public var eventDescriptors: [Int32] { [] }
+    public func serviceEvent(fd: Int32) {}
+    public func setRunning(_ running: Bool) {}
+    public var migrationType: String? { nil }
+    public func saveState() -> [UInt8] { [] }
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceError) {
+        throw DeviceError(95, "device does not support migration")
+    }
+}

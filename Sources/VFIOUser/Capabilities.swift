@@ -1,0 +1,107 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `capabilities` object of a VERSION message (spec §"Version").
+/// Absent keys take the spec's defaults.
+public struct Capabilities: Equatable, Sendable {
+    /// Migration capability (`migration` object).
+    public struct Migration: Equatable, Sendable {
+        public var pageSize: UInt64 = Limits.pageSize
+        public var maxBitmapSize: UInt64 = 256 << 20
+        public init(pageSize: UInt64 = Limits.pageSize, maxBitmapSize: UInt64 = 256 << 20) {
+            self.pageSize = pageSize; self.maxBitmapSize = maxBitmapSize
+        }
+    }
+
+    /// Most descriptors the sender can receive in one message (spec default 1).
+    public var maxMessageFDs: Int = 1
+    /// Largest `count` in a data transfer the sender accepts (default 1 MiB).
+    public var maxDataTransferSize: Int = 1 << 20
+    /// Supported DMA page sizes, OR'ed (default 4 KiB).
+    public var pageSizes: UInt64 = Limits.pageSize
+    /// Most simultaneous DMA windows (default 65535).
+    public var maxDMAMaps: Int = 65535
+    /// Present when the sender supports migration.
+    public var migration: Migration?
+    /// Sender supports REGION_WRITE_MULTI.
+    public var writeMultiple = false
+    /// Sender supports a separate server→client socket (twin_socket.supported).
+    public var twinSocket = false
+
+    public init() {}
+
+    /// Parses the JSON text (without its NUL). Unknown keys are ignored; a
+    /// known key of the wrong type or out of range is EINVAL.
+    public static func parse(json text: UnsafeRawBufferPointer) throws(ProtocolError) -> Capabilities {
+        let doc: JSONValue
+        do { doc = try JSONParser.parse(text) } catch { throw .invalid("malformed VERSION JSON") }
+        guard case .object = doc else { throw .invalid("VERSION JSON is not an object") }
+        var caps = Capabilities()
+        guard let body = doc["capabilities"] else { return caps }
+        guard case .object = body else { throw .invalid("capabilities is not an object") }
+
+        func integer(_ key: String, _ range: ClosedRange<Int64>) throws(ProtocolError) -> Int64? {
+            guard let v = body[key] else { return nil }
+            guard case .integer(let i) = v, range.contains(i) else { throw .invalid("capability out of range or not an integer") }
+            return i
+        }
+        if let v = try integer("max_msg_fds", 0...1024) { caps.maxMessageFDs = Int(v) }
+        if let v = try integer("max_data_xfer_size", 1...Int64(Int32.max)) { caps.maxDataTransferSize = Int(v) }
+        if let v = try integer("pgsizes", 1...Int64.max) { caps.pageSizes = UInt64(v) }
+        if let v = try integer("max_dma_maps", 1...Int64(Int32.max)) { caps.maxDMAMaps = Int(v) }
+        if let w = body["write_multiple"] {
+            guard case .bool(let b) = w else { throw .invalid("write_multiple is not a boolean") }
+            caps.writeMultiple = b
+        }
+        if let m = body["migration"] {
+            guard case .object = m else { throw .invalid("migration is not an object") }
+            var mig = Migration()
+            if let ps = m["pgsize"] {
+                guard case .integer(let i) = ps, i == Int64(Limits.pageSize) else { throw .invalid("migration pgsize is not 4096") }
+                mig.pageSize = UInt64(i)
+            }
+            if let mb = m["max_bitmap_size"] {
+                guard case .integer(let i) = mb, i > 0 else { throw .invalid("migration max_bitmap_size out of range") }
+                mig.maxBitmapSize = UInt64(i)
+            }
+            caps.migration = mig
+        }
+        if let t = body["twin_socket"] {
+            guard case .object = t else { throw .invalid("twin_socket is not an object") }
+            if let s = t["supported"] {
+                guard case .bool(let b) = s else { throw .invalid("twin_socket.supported is not a boolean") }
+                caps.twinSocket = b
+            }
+        }
+        return caps
+    }
+
+    /// The JSON text a peer sends, compact, keys in a fixed order.
+    public var json: String {
+        var members: [(String, JSONValue)] = [
+            ("max_msg_fds", .integer(Int64(maxMessageFDs))),
+            ("max_data_xfer_size", .integer(Int64(maxDataTransferSize))),
+            ("pgsizes", .integer(Int64(bitPattern: pageSizes))),
+            ("max_dma_maps", .integer(Int64(maxDMAMaps))),
+        ]
+        if let m = migration { members.append(("migration", .object([("pgsize", .integer(Int64(m.pageSize)))]))) }
+        if writeMultiple { members.append(("write_multiple", .bool(true))) }
+        return JSONValue.object([("capabilities", .object(members))]).serialized
+    }
+
+    /// What a server answers to a client's capabilities: its own limits for
+    /// what it receives, and only features both sides have. `offersMigration`
+    /// is whether the device supports migration.
+    public static func serverReply(to client: Capabilities, offersMigration: Bool) throws(ProtocolError) -> Capabilities {
+        var reply = Capabilities()
+        reply.maxMessageFDs = Limits.maxMessageFDs
+        reply.maxDataTransferSize = Limits.maxDataTransfer
+        reply.pageSizes = client.pageSizes & Limits.pageSize
+        guard reply.pageSizes != 0 else { throw .invalid("client supports no 4 KiB DMA pages") }
+        reply.maxDMAMaps = min(client.maxDMAMaps, Limits.maxDMAMaps)
+        if offersMigration, client.migration != nil { reply.migration = Migration() }
+        reply.writeMultiple = client.writeMultiple
+        return reply
+    }
+}

@@ -1,0 +1,277 @@
+import CShim
+import Glibc
+import VFIOUser
+
+/// What went wrong on the client side.
+public enum ClientError: Error, Equatable, CustomStringConvertible {
+    /// A local system call failed.
+    case system(Int32, String)
+    /// The server answered with an error reply carrying this errno.
+    case remote(Int32)
+    /// The server's reply did not make sense.
+    case malformed(String)
+    /// The server closed the connection.
+    case disconnected
+
+    public var description: String {
+        switch self {
+        case .system(let e, let what): "\(what): \(String(cString: strerror(e)))"
+        case .remote(let e): "server error: \(String(cString: strerror(e))) (errno \(e))"
+        case .malformed(let why): "malformed reply: \(why)"
+        case .disconnected: "server closed the connection"
+        }
+    }
+
+    /// The errno of a `.remote` error, else nil.
+    public var remoteErrno: Int32? { if case .remote(let e) = self { e } else { nil } }
+}
+
+/// A reply as received: header, payload and any descriptors (owned by the caller).
+public struct Reply {
+    public var header: Header
+    public var payload: [UInt8]
+    public var fds: [Int32]
+
+    public func u32(_ o: Int) -> UInt32 { payload.withUnsafeBytes { $0.u32(o) } }
+    public func u64(_ o: Int) -> UInt64 { payload.withUnsafeBytes { $0.u64(o) } }
+    public func u16(_ o: Int) -> UInt16 { payload.withUnsafeBytes { $0.u16(o) } }
+}
+
+/// A vfio-user client over a UNIX socket, behaving like QEMU's
+/// `vfio-user-pci`: proposes version 0.0 with QEMU's capabilities, sends
+/// one request at a time (posted writes excepted) and answers the server's
+/// DMA_READ/DMA_WRITE from memory it registered.
+///
+/// Not thread-safe: one thread drives a client.
+public final class VFIOUserClient {
+    public let socket: Int32
+    private var nextID: UInt16 = 0
+    private let sendBuffer: UnsafeMutableRawBufferPointer
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// The server's capabilities after `negotiate`.
+    public private(set) var server: Capabilities?
+    /// Memory answering the server's DMA_READ/DMA_WRITE, by IOVA.
+    private var dmaMemory: [(iova: UInt64, memory: UnsafeMutableRawBufferPointer)] = []
+    /// The server's VERSION JSON text as received.
+    public internal(set) var serverVersionJSON = ""
+    /// DMA requests the server sent (for tests).
+    public private(set) var serverDMARequests = 0
+
+    /// QEMU's VERSION JSON, byte for byte as recorded (reference transcripts).
+    public static let qemuCapabilitiesJSON =
+        #"{"capabilities": {"pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576, "migration": {"max_bitmap_size": 268435456, "pgsize": 4096}, "write_multiple": true}}"#
+
+    /// Connects to the server socket at `path`.
+    public convenience init(path: String) throws(ClientError) {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw .system(ENAMETOOLONG, path) }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+            raw[bytes.count] = 0
+        }
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .system(errno, "socket") }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw .system(e, "connect \(path)")
+        }
+        self.init(connected: fd)
+    }
+
+    /// Wraps an already connected socket (takes ownership).
+    public init(connected fd: Int32) {
+        socket = fd
+        sendBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
+        receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
+    }
+
+    deinit {
+        close(socket)
+        sendBuffer.deallocate()
+        receiveBuffer.deallocate()
+    }
+
+    // MARK: Raw messages
+
+    /// Sends raw bytes (tests use it for malformed messages).
+    public func sendRaw(_ bytes: [UInt8], fds: [Int32] = []) throws(ClientError) {
+        let n = bytes.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { f in umdev_sendmsg(socket, b.baseAddress, b.count, f.baseAddress, Int32(f.count)) }
+        }
+        guard n == bytes.count else { throw n < 0 ? .system(errno, "sendmsg") : .disconnected }
+    }
+
+    private func readExactly(_ p: UnsafeMutableRawPointer, _ count: Int, fds: inout [Int32]) throws(ClientError) {
+        var got = 0
+        while got < count {
+            var scratch = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+            var nfds: Int32 = 0, truncated: Int32 = 0
+            let n = scratch.withUnsafeMutableBufferPointer {
+                umdev_recvmsg(socket, p + got, count - got, 0, $0.baseAddress, Int32($0.count), &nfds, &truncated)
+            }
+            if n < 0 { throw .system(errno, "recvmsg") }
+            if n == 0 { throw .disconnected }
+            fds += scratch[0..<Int(nfds)]
+            got += n
+        }
+    }
+
+    /// Receives the next message whole (waits). `timeout` in ms; -1 waits for ever.
+    public func receiveMessage(timeout: Int32 = 10_000) throws(ClientError) -> Reply {
+        var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        let r = poll(&p, 1, timeout)
+        if r == 0 { throw .system(ETIMEDOUT, "waiting for the server") }
+        var fds: [Int32] = []
+        try readExactly(receiveBuffer.baseAddress!, Header.size, fds: &fds)
+        let h = Header(receiveBuffer.baseAddress!)
+        guard h.messageSize >= 16, Int(h.messageSize) <= receiveBuffer.count else { throw .malformed("message size \(h.messageSize)") }
+        if h.payloadSize > 0 { try readExactly(receiveBuffer.baseAddress! + 16, h.payloadSize, fds: &fds) }
+        let payload = Array(UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + 16, count: h.payloadSize))
+        return Reply(header: h, payload: payload, fds: fds)
+    }
+
+    /// Whether the server sent nothing within `timeout` ms (used to check posted writes get no reply).
+    public func isQuiet(for timeout: Int32) -> Bool {
+        var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, timeout) == 0
+    }
+
+    /// Sends a command and returns its reply, serving any DMA_READ/DMA_WRITE
+    /// the server sends meanwhile. An error reply throws `.remote(errno)`.
+    @discardableResult
+    public func request(_ command: Command, payload: [UInt8] = [], fds: [Int32] = [], flags: UInt32 = 0,
+                        messageID: UInt16? = nil) throws(ClientError) -> Reply {
+        let id = messageID ?? nextMessageID()
+        var msg = [UInt8](repeating: 0, count: Header.size)
+        msg.withUnsafeMutableBytes {
+            Header(messageID: id, command: command.rawValue, messageSize: UInt32(Header.size + payload.count), flags: flags).store(to: $0.baseAddress!)
+        }
+        msg += payload
+        try sendRaw(msg, fds: fds)
+        if flags & Header.noReply != 0 { return Reply(header: Header(messageID: id, command: command.rawValue, messageSize: 16), payload: [], fds: []) }
+        return try awaitReply(id: id, command: command)
+    }
+
+    public func nextMessageID() -> UInt16 {
+        defer { nextID &+= 1 }
+        return nextID
+    }
+
+    /// Waits for the reply to (id, command), answering server DMA requests.
+    public func awaitReply(id: UInt16, command: Command) throws(ClientError) -> Reply {
+        while true {
+            let m = try receiveMessage()
+            if m.header.isCommand {
+                try serveDMA(m)
+                continue
+            }
+            guard m.header.messageID == id, m.header.command == command.rawValue else {
+                for fd in m.fds { close(fd) }
+                throw .malformed("reply to \(m.header.command)/\(m.header.messageID), expected \(command.rawValue)/\(id)")
+            }
+            if m.header.isError {
+                for fd in m.fds { close(fd) }
+                throw .remote(Int32(m.header.error))
+            }
+            return m
+        }
+    }
+
+    // MARK: Hot path (no allocation)
+
+    /// REGION_READ into `buffer` with reusable buffers; for benchmarks.
+    public func read(region: UInt32, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ClientError) {
+        var w = MessageWriter(sendBuffer)
+        w.u64(offset); w.u32(region); w.u32(UInt32(buffer.count))
+        let id = nextMessageID()
+        let n = w.finish(messageID: id, command: Command.regionRead.rawValue, flags: 0)
+        try fastExchange(length: n, id: id)
+        let h = Header(receiveBuffer.baseAddress!)
+        if h.isError { throw .remote(Int32(h.error)) }
+        guard h.payloadSize == 16 + buffer.count else { throw .malformed("REGION_READ reply size") }
+        if buffer.count > 0 { buffer.baseAddress!.copyMemory(from: receiveBuffer.baseAddress! + 32, byteCount: buffer.count) }
+    }
+
+    /// REGION_WRITE with reusable buffers; `posted` sets No_reply.
+    public func write(region: UInt32, offset: UInt64, from data: UnsafeRawBufferPointer, posted: Bool = false) throws(ClientError) {
+        var w = MessageWriter(sendBuffer)
+        w.u64(offset); w.u32(region); w.u32(UInt32(data.count)); w.bytes(data)
+        let id = nextMessageID()
+        let n = w.finish(messageID: id, command: Command.regionWrite.rawValue, flags: posted ? Header.noReply : 0)
+        if posted {
+            let sent = umdev_sendmsg(socket, sendBuffer.baseAddress, n, nil, 0)
+            guard sent == n else { throw .system(errno, "sendmsg") }
+            return
+        }
+        try fastExchange(length: n, id: id)
+        let h = Header(receiveBuffer.baseAddress!)
+        if h.isError { throw .remote(Int32(h.error)) }
+    }
+
+    private func fastExchange(length: Int, id: UInt16) throws(ClientError) {
+        let sent = umdev_sendmsg(socket, sendBuffer.baseAddress, length, nil, 0)
+        guard sent == length else { throw .system(errno, "sendmsg") }
+        var got = 0
+        var nfds: Int32 = 0, truncated: Int32 = 0
+        var need = Header.size
+        while got < need {
+            let n = umdev_recvmsg(socket, receiveBuffer.baseAddress! + got, receiveBuffer.count - got, 0, nil, 0, &nfds, &truncated)
+            if n < 0 { throw .system(errno, "recvmsg") }
+            if n == 0 { throw .disconnected }
+            got += n
+            if got >= Header.size { need = Int(Header(receiveBuffer.baseAddress!).messageSize) }
+            guard need >= Header.size, need <= receiveBuffer.count else { throw .malformed("message size") }
+        }
+        let h = Header(receiveBuffer.baseAddress!)
+        guard got == need, h.messageID == id else { throw .malformed("unexpected message on the fast path") }
+    }
+
+    // MARK: Server-initiated DMA
+
+    /// Registers memory that answers the server's DMA_READ/DMA_WRITE for
+    /// [iova, iova + memory.count) (a window mapped without a descriptor).
+    public func registerDMAMemory(iova: UInt64, memory: UnsafeMutableRawBufferPointer) {
+        dmaMemory.append((iova, memory))
+    }
+
+    private func serveDMA(_ m: Reply) throws(ClientError) {
+        for fd in m.fds { close(fd) }
+        serverDMARequests += 1
+        var w = MessageWriter(sendBuffer)
+        var error: Int32 = 0
+        switch Command(rawValue: m.header.command) {
+        case .dmaRead?, .dmaWrite?:
+            guard m.payload.count >= 16 else { error = EINVAL; break }
+            let address = m.u64(0), count = m.u64(8)
+            let isWrite = m.header.command == Command.dmaWrite.rawValue
+            guard count <= UInt64(Limits.maxDataTransfer), !isWrite || m.payload.count == 16 + Int(count) else { error = EINVAL; break }
+            guard let region = dmaMemory.first(where: { address >= $0.iova && address + count <= $0.iova + UInt64($0.memory.count) }) else {
+                error = EFAULT; break
+            }
+            let at = region.memory.baseAddress! + Int(address - region.iova)
+            w.u64(address); w.u64(count)
+            if isWrite {
+                m.payload.withUnsafeBytes { at.copyMemory(from: $0.baseAddress! + 16, byteCount: Int(count)) }
+            } else {
+                w.bytes(UnsafeRawBufferPointer(start: at, count: Int(count)))
+            }
+        default:
+            error = ENOSYS
+        }
+        let n: Int
+        if error != 0 {
+            n = MessageWriter(sendBuffer).finish(messageID: m.header.messageID, command: m.header.command,
+                                                 flags: Header.typeReply | Header.errorFlag, error: UInt32(error))
+        } else {
+            n = w.finish(messageID: m.header.messageID, command: m.header.command, flags: Header.typeReply)
+        }
+        let sent = umdev_sendmsg(socket, sendBuffer.baseAddress, n, nil, 0)
+        guard sent == n else { throw .system(errno, "sendmsg") }
+    }
+}

@@ -1,0 +1,443 @@
+import CShim
+import Glibc
+import Logging
+import PCI
+import VFIOUser
+
+/// A device as served: the model, its type name, and the state that
+/// outlives a single client connection (migration state).
+public final class DeviceHost {
+    public let device: VFIODevice
+    /// The device type, e.g. "mtty-2"; written into migration streams.
+    public let typeName: String
+    var migration = MigrationMachine()
+    /// Region and IRQ tables, read once: they do not change while served.
+    let regions: [Region]
+    let irqs: [IRQ]
+
+    public init(device: VFIODevice, typeName: String) {
+        self.device = device
+        self.typeName = typeName
+        regions = device.regions
+        irqs = device.irqs
+    }
+
+    public var migrationState: DeviceState { migration.state }
+}
+
+/// Serves one client connection: decodes each request, routes it to the
+/// device, and answers. Runs on the connection's own thread and owns the
+/// per-connection state (negotiated capabilities, DMA windows, IRQ
+/// eventfds); no locks.
+public final class Endpoint {
+    public let host: DeviceHost
+    let transport: Transport
+    let logger: Logger
+    /// Client capabilities once VERSION succeeded.
+    public private(set) var client: Capabilities?
+    public let dma: DMATable
+    public let interrupts: InterruptState
+    private lazy var guestMemory = GuestMemory(endpoint: self)
+    /// Per-region facts the hot path needs, flattened.
+    private let regionSize: [UInt64]
+    private let regionAccess: [UInt8] // bit0 read, bit1 write
+    private var nextRequestID: UInt16 = 0
+    private var pollSet: [pollfd] = []
+    private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
+    private let deviceFDs: [Int32]
+
+    public init(host: DeviceHost, socket: Int32, logger: Logger) {
+        self.host = host
+        self.transport = Transport(socket: socket)
+        self.logger = logger
+        dma = DMATable(maxWindows: Limits.maxDMAMaps)
+        interrupts = InterruptState(irqs: host.irqs)
+        regionSize = host.regions.map(\.size)
+        regionAccess = host.regions.map { ($0.readable ? 1 : 0) | ($0.writable ? 2 : 0) }
+        deviceFDs = host.device.eventDescriptors
+    }
+
+    /// Serves until the client disconnects; then releases everything the
+    /// client gave (DMA windows, eventfds) and keeps the device state.
+    public func run() {
+        let device = host.device
+        device.interrupts = interrupts
+        device.dma = guestMemory
+        defer {
+            device.interrupts = nil
+            device.dma = nil
+            dma.removeAll()
+            interrupts.closeAll()
+            transport.closeFDs()
+        }
+        rebuildPollSet()
+        do {
+            while true {
+                if !pollSet.isEmpty && !transport.hasBufferedMessage && !transport.hasDeferred {
+                    try waitForEvents()
+                    continue
+                }
+                guard let message = try transport.receive() else { continue }
+                try handle(message)
+            }
+        } catch {
+            switch error {
+            case .closed: logger.debug("client disconnected")
+            case .framing(let why): logger.notice("closing connection: \(why)")
+            case .io(let e): logger.notice("closing connection: socket error \(e)")
+            }
+        }
+    }
+
+    // MARK: Polling for host-side events
+
+    private func rebuildPollSet() {
+        pollIRQ = interrupts.watched
+        interrupts.watchedChanged = false
+        guard !pollIRQ.isEmpty || !deviceFDs.isEmpty else { pollSet = []; return }
+        pollSet = [pollfd(fd: transport.socket, events: Int16(POLLIN), revents: 0)]
+        for w in pollIRQ { pollSet.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
+        for fd in deviceFDs { pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+    }
+
+    /// Blocks until the socket or a watched descriptor is ready, servicing the latter.
+    private func waitForEvents() throws(TransportEnd) {
+        let n = poll(&pollSet, nfds_t(pollSet.count), -1)
+        if n < 0 {
+            if errno == EINTR { return }
+            throw .io(errno)
+        }
+        var socketReady = false
+        for i in pollSet.indices where pollSet[i].revents != 0 {
+            if i == 0 { socketReady = true; continue }
+            let irq = i - 1
+            if irq < pollIRQ.count {
+                let w = pollIRQ[irq]
+                interrupts.watchedFired(fd: w.fd, index: w.index, vector: w.vector, unmask: w.unmask)
+            } else {
+                host.device.serviceEvent(fd: pollSet[i].fd)
+            }
+        }
+        if interrupts.watchedChanged { rebuildPollSet() }
+        if socketReady, let message = try transport.receive(nonBlocking: true) { try handle(message) }
+    }
+
+    // MARK: Dispatch
+
+    /// Handles one inbound message, answering unless the client posted it.
+    func handle(_ m: InboundMessage) throws(TransportEnd) {
+        let h = m.header
+        if m.oversized {
+            logger.debug("refusing \(h.messageSize)-byte message (limit \(transport.maxMessageSize))")
+            if h.wantsReply { try transport.sendError(to: h, errno: E2BIG) }
+            return
+        }
+        if m.fdOverflow {
+            if h.wantsReply { try transport.sendError(to: h, errno: EINVAL) }
+            return
+        }
+        do {
+            let request = try Request.decode(h, payload: m.payload, fdCount: m.fdCount)
+            try route(request, header: h, fdCount: m.fdCount)
+        } catch let failure as ProtocolError {
+            transport.closeFDs()
+            if h.isReply {
+                // A reply nobody asked for: answering it would confuse the client.
+                logger.debug("dropping unsolicited reply to command \(h.command)")
+                return
+            }
+            logger.debug("\(Command(rawValue: h.command)?.name ?? "command \(h.command)"): \(failure)")
+            if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
+        } catch let end as TransportEnd {
+            throw end
+        } catch {
+            if h.wantsReply { try transport.sendError(to: h, errno: EIO) }
+        }
+    }
+
+    /// The reply flags for a success.
+    private static let replyFlags = Header.typeReply
+
+    @inline(__always)
+    private func reply(_ w: MessageWriter, to h: Header, fds: UnsafeBufferPointer<Int32> = UnsafeBufferPointer(start: nil, count: 0)) throws(TransportEnd) {
+        guard h.wantsReply else { return }
+        let n = w.finish(messageID: h.messageID, command: h.command, flags: Endpoint.replyFlags)
+        try transport.send(length: n, fds: fds)
+    }
+
+    private func route(_ request: Request, header h: Header, fdCount: Int) throws {
+        if client == nil {
+            guard case .version = request else { throw ProtocolError.invalid("VERSION must come first") }
+        }
+        var w = MessageWriter(transport.sendBuffer)
+        switch request {
+        case .regionRead(let a):
+            let size = try checkAccess(a, write: false)
+            w.u64(a.offset); w.u32(a.region); w.u32(a.count)
+            if size > 0 {
+                let e = host.device.read(region: Int(a.region), offset: a.offset, into: w.space(size))
+                guard e == 0 else { throw ProtocolError(e, "device refused the read") }
+            }
+            try reply(w, to: h)
+
+        case .regionWrite(let a):
+            let size = try checkAccess(a, write: true)
+            if size > 0 {
+                let e = host.device.write(region: Int(a.region), offset: a.offset, data: a.data)
+                guard e == 0 else { throw ProtocolError(e, "device refused the write") }
+            }
+            w.u64(a.offset); w.u32(a.region); w.u32(a.count)
+            try reply(w, to: h)
+
+        case .regionWriteMulti(let count, let entries):
+            for i in 0..<count {
+                let base = i * 24
+                let c = entries.u32(base + 12)
+                let a = RegionAccess(offset: entries.u64(base), region: entries.u32(base + 8), count: c,
+                                     data: UnsafeRawBufferPointer(rebasing: entries[(base + 16)..<(base + 16 + Int(c))]))
+                _ = try checkAccess(a, write: true)
+                let e = host.device.write(region: Int(a.region), offset: a.offset, data: a.data)
+                guard e == 0 else { throw ProtocolError(e, "device refused the write") }
+            }
+            w.u64(UInt64(count))
+            try reply(w, to: h)
+
+        case .version(_, _, let caps):
+            guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
+            let answer = try Capabilities.serverReply(to: caps, offersMigration: host.device.migrationType != nil)
+            w.u16(0); w.u16(0)
+            w.bytes(Array(answer.json.utf8))
+            w.u8(0)
+            client = caps
+            try reply(w, to: h)
+
+        case .dmaMap(let m):
+            let fd = fdCount == 1 ? transport.takeFD(0) : -1
+            try dma.map(m, fd: fd)
+            try reply(w, to: h)
+
+        case .dmaUnmap(let u):
+            if u.flags & VFIO.dmaUnmapAll != 0 { dma.removeAll() } else { try dma.unmap(address: u.address, size: u.size) }
+            u.encode(&w)
+            try reply(w, to: h)
+
+        case .deviceGetInfo:
+            w.u32(16)
+            w.u32(VFIO.deviceFlagsPCI | (host.device.supportsReset ? VFIO.deviceFlagsReset : 0))
+            w.u32(UInt32(host.regions.count))
+            w.u32(UInt32(host.irqs.count))
+            try reply(w, to: h)
+
+        case .deviceGetRegionInfo(let argsz, let index):
+            guard Int(index) < host.regions.count else { throw ProtocolError.invalid("region index out of range") }
+            let fd = try RegionInfoReply.encode(host.regions[Int(index)], index: index, argsz: argsz, into: &w)
+            if fd >= 0 {
+                var one = fd
+                try withUnsafePointer(to: &one) { (p) throws(TransportEnd) in try reply(w, to: h, fds: UnsafeBufferPointer(start: p, count: 1)) }
+            } else {
+                try reply(w, to: h)
+            }
+
+        case .deviceGetRegionIOFDs(_, let index):
+            guard Int(index) < host.regions.count else { throw ProtocolError.invalid("region index out of range") }
+            // umdev offers no ioeventfds: the answer lists no sub-regions.
+            w.u32(16); w.u32(0); w.u32(index); w.u32(0)
+            try reply(w, to: h)
+
+        case .deviceGetIRQInfo(_, let index):
+            guard Int(index) < host.irqs.count else { throw ProtocolError.invalid("IRQ index out of range") }
+            let irq = host.irqs[Int(index)]
+            var flags = VFIO.irqInfoEventfd
+            if irq.maskable { flags |= VFIO.irqInfoMaskable }
+            if irq.automasked { flags |= VFIO.irqInfoAutomasked }
+            if irq.noResize { flags |= VFIO.irqInfoNoResize }
+            w.u32(16); w.u32(flags); w.u32(index); w.u32(irq.count)
+            try reply(w, to: h)
+
+        case .deviceSetIRQs(let s):
+            var taken = [Int32]()
+            if fdCount > 0 { for i in 0..<fdCount { taken.append(transport.takeFD(i)) } }
+            try taken.withUnsafeBufferPointer { (fds) throws(ProtocolError) in try interrupts.apply(s, fds: fds) }
+            if interrupts.watchedChanged { rebuildPollSet() }
+            try reply(w, to: h)
+
+        case .deviceReset:
+            guard host.device.supportsReset else { throw ProtocolError(ENOTTY, "device does not support reset") }
+            host.device.reset()
+            host.migration.reset()
+            host.device.setRunning(true)
+            try reply(w, to: h)
+
+        case .dirtyPages:
+            throw ProtocolError(ENOTSUP, "dirty page tracking is not supported")
+
+        case .deviceFeature(let f):
+            try deviceFeature(f, writer: &w)
+            try reply(w, to: h)
+
+        case .migDataRead(_, let size):
+            let chunk = try host.migration.read(max: Int(size))
+            w.u32(UInt32(8 + chunk.count)); w.u32(UInt32(chunk.count))
+            chunk.withUnsafeBytes { w.bytes($0) }
+            try reply(w, to: h)
+
+        case .migDataWrite(_, _, let data):
+            try host.migration.write(data)
+            try reply(w, to: h)
+        }
+    }
+
+    /// Range-checks a region access; returns the byte count.
+    @inline(__always)
+    private func checkAccess(_ a: RegionAccess, write: Bool) throws(ProtocolError) -> Int {
+        let i = Int(a.region)
+        guard i < regionSize.count else { throw .invalid("region index out of range") }
+        guard regionAccess[i] & (write ? 2 : 1) != 0 else { throw .invalid("region does not allow this access") }
+        let size = regionSize[i]
+        guard a.offset <= size, UInt64(a.count) <= size - a.offset else { throw .invalid("access beyond the end of the region") }
+        return Int(a.count)
+    }
+
+    // MARK: DEVICE_FEATURE
+
+    private func deviceFeature(_ f: DeviceFeature, writer w: inout MessageWriter) throws(ProtocolError) {
+        guard host.device.migrationType != nil else { throw ProtocolError(ENOTTY, "device does not support migration") }
+        switch f.feature {
+        case VFIO.featureMigration:
+            guard !f.isSet else { throw .invalid("MIGRATION feature cannot be SET") }
+            if f.isProbe { w.u32(8); w.u32(f.flags); return }
+            guard f.argsz >= 16 else { throw .invalid("argsz too small for the MIGRATION feature") }
+            w.u32(16); w.u32(f.flags); w.u64(VFIO.migrationStopCopy | VFIO.migrationPreCopy)
+        case VFIO.featureMigDeviceState:
+            if f.isProbe { w.u32(8); w.u32(f.flags); return }
+            guard f.argsz >= 16 else { throw .invalid("argsz too small for MIG_DEVICE_STATE") }
+            if f.isSet {
+                guard f.data.count >= 8 else { throw .invalid("MIG_DEVICE_STATE SET without a state") }
+                guard let target = DeviceState(rawValue: f.data.u32(0)) else { throw .invalid("unknown device state") }
+                try host.migration.transition(to: target, device: host.device, typeName: host.typeName)
+            }
+            w.u32(16); w.u32(f.flags); w.u32(host.migration.state.rawValue); w.u32(UInt32(bitPattern: -1))
+        case 9: // VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
+            guard !f.isSet else { throw .invalid("MIG_DATA_SIZE cannot be SET") }
+            if f.isProbe { w.u32(8); w.u32(f.flags); return }
+            guard f.argsz >= 16 else { throw .invalid("argsz too small for MIG_DATA_SIZE") }
+            let estimate = MigrationMachine.preamble(host.typeName).count + 4 + host.device.saveState().count
+            w.u32(16); w.u32(f.flags); w.u64(UInt64(estimate))
+        case VFIO.featureDMALoggingStart, VFIO.featureDMALoggingStop, VFIO.featureDMALoggingReport:
+            throw ProtocolError(ENOTTY, "DMA dirty logging is not supported")
+        default:
+            throw ProtocolError(ENOTTY, "unknown device feature")
+        }
+    }
+
+    // MARK: Server-initiated DMA
+
+    /// Sends DMA_READ/DMA_WRITE to the client and waits for its reply,
+    /// deferring any command that arrives meanwhile.
+    fileprivate func clientDMA(write: Bool, iova: UInt64, buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) {
+        let limit = max(1, min(client?.maxDataTransferSize ?? 1 << 20, Limits.maxDataTransfer))
+        var done = 0
+        while done < buffer.count {
+            let n = min(limit, buffer.count - done)
+            nextRequestID &+= 1
+            let id = nextRequestID
+            let command: Command = write ? .dmaWrite : .dmaRead
+            var w = MessageWriter(transport.sendBuffer)
+            w.u64(iova + UInt64(done)); w.u64(UInt64(n))
+            if write { w.bytes(UnsafeRawBufferPointer(rebasing: buffer[done..<(done + n)])) }
+            let length = w.finish(messageID: id, command: command.rawValue, flags: Header.typeCommand)
+            do {
+                try transport.send(length: length)
+                while true {
+                    guard let m = try transport.receive(includeDeferred: false) else { continue }
+                    if m.header.isReply && m.header.messageID == id && m.header.command == command.rawValue {
+                        if m.header.isError { throw DeviceError(Int32(m.header.error), "client refused \(command.name)") }
+                        if !write {
+                            guard m.payload.count == 16 + n, m.payload.u64(8) == UInt64(n) else {
+                                throw DeviceError(EIO, "malformed DMA_READ reply")
+                            }
+                            (buffer.baseAddress! + done).copyMemory(from: m.payload.baseAddress! + 16, byteCount: n)
+                        }
+                        break
+                    }
+                    if m.header.isReply { continue } // stray reply: drop
+                    transport.deferMessage(m)
+                }
+            } catch let e as DeviceError {
+                throw e
+            } catch {
+                throw DeviceError(EIO, "connection failed during DMA")
+            }
+            done += n
+        }
+    }
+}
+
+/// Guest memory as the device sees it: mmapped windows directly, the rest
+/// through DMA_READ/DMA_WRITE messages.
+final class GuestMemory: DMAAccess {
+    unowned let endpoint: Endpoint
+    init(endpoint: Endpoint) { self.endpoint = endpoint }
+
+    func read(iova: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) {
+        guard buffer.count > 0 else { return }
+        guard let w = endpoint.dma.window(containing: iova, count: buffer.count), w.readable else {
+            throw DeviceError(EFAULT, "IOVA range not mapped readable")
+        }
+        if let p = w.mapping {
+            buffer.baseAddress!.copyMemory(from: p + Int(iova - w.address), byteCount: buffer.count)
+        } else {
+            try endpoint.clientDMA(write: false, iova: iova, buffer: buffer)
+        }
+    }
+
+    func write(iova: UInt64, from data: UnsafeRawBufferPointer) throws(DeviceError) {
+        guard data.count > 0 else { return }
+        guard let w = endpoint.dma.window(containing: iova, count: data.count), w.writable else {
+            throw DeviceError(EFAULT, "IOVA range not mapped writable")
+        }
+        if let p = w.mapping {
+            (p + Int(iova - w.address)).copyMemory(from: data.baseAddress!, byteCount: data.count)
+        } else {
+            try endpoint.clientDMA(write: true, iova: iova, buffer: UnsafeMutableRawBufferPointer(mutating: data))
+        }
+    }
+}
+
+/// DEVICE_GET_REGION_INFO's answer: the 32-byte info, then the capability
+/// chain (SPARSE_MMAP for mappable regions, TYPE for typed ones), truncated
+/// to what the client offered (QEMU's first ask is argsz 32).
+enum RegionInfoReply {
+    /// Writes the reply payload; returns the descriptor to attach or -1.
+    static func encode(_ r: Region, index: UInt32, argsz: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> Int32 {
+        var capsLength = 0
+        if let m = r.mapping { capsLength += 16 + 16 * max(1, m.areas.count) }
+        if r.type != nil { capsLength += 16 }
+        let needed = 32 + capsLength
+        var flags: UInt32 = 0
+        if r.readable { flags |= VFIO.regionFlagRead }
+        if r.writable { flags |= VFIO.regionFlagWrite }
+        if r.mapping != nil { flags |= VFIO.regionFlagMmap }
+        let fits = Int(argsz) >= needed
+        if capsLength > 0 && fits { flags |= VFIO.regionFlagCaps }
+        w.u32(UInt32(needed)); w.u32(flags); w.u32(index)
+        w.u32(capsLength > 0 && fits ? 32 : 0)
+        w.u64(r.size); w.u64(r.mapping?.fileOffset ?? 0)
+        guard fits, capsLength > 0 else { return -1 }
+        var offset = 32
+        if let m = r.mapping {
+            let areas = m.areas.isEmpty ? [Region.Area(offset: 0, size: r.size)] : m.areas
+            let next = r.type != nil ? UInt32(offset + 16 + 16 * areas.count) : 0
+            w.u16(VFIO.regionCapSparseMmap); w.u16(1); w.u32(next)
+            w.u32(UInt32(areas.count)); w.u32(0)
+            for a in areas { w.u64(a.offset); w.u64(a.size) }
+            offset = Int(next)
+        }
+        if let t = r.type {
+            w.u16(VFIO.regionCapType); w.u16(1); w.u32(0)
+            w.u32(t.type); w.u32(t.subtype)
+        }
+        _ = offset
+        return r.mapping?.fd ?? -1
+    }
+}

@@ -1,0 +1,171 @@
+import Glibc
+import PCI
+import VFIOUser
+
+/// The server side of DEVICE_SET_IRQS: which eventfd each vector signals,
+/// mask state, and what fired while masked. Implements `InterruptSink`, so a
+/// device raises an interrupt without knowing how it is delivered.
+///
+/// Owned by one connection thread; no locking.
+public final class InterruptState: InterruptSink {
+    struct Vector {
+        var trigger: Int32 = -1
+        /// eventfd whose signal unmasks (KVM resample) / masks this vector.
+        var unmaskFD: Int32 = -1
+        var maskFD: Int32 = -1
+        var masked = false
+        /// An edge arrived while masked (or with no eventfd attached).
+        var pending = false
+    }
+
+    let irqs: [IRQ]
+    private var vectors: [[Vector]]
+    /// Current INTx level as the device reports it.
+    public private(set) var intxLevel = false
+    /// Counts of signals written per index (for `umdev info`, tests, stats).
+    public private(set) var delivered = [Int](repeating: 0, count: 5)
+    /// Called when the set of watched descriptors changes.
+    var watchedChanged = false
+
+    init(irqs: [IRQ]) {
+        self.irqs = irqs
+        vectors = irqs.map { [Vector](repeating: Vector(), count: Int($0.count)) }
+    }
+
+    deinit { closeAll() }
+
+    /// Closes every descriptor (client gone) and forgets masks and pending edges.
+    func closeAll() {
+        for i in vectors.indices {
+            for j in vectors[i].indices {
+                for fd in [vectors[i][j].trigger, vectors[i][j].unmaskFD, vectors[i][j].maskFD] where fd >= 0 { close(fd) }
+                vectors[i][j] = Vector()
+            }
+        }
+        watchedChanged = true
+    }
+
+    /// Descriptors to poll: (fd, index, vector, isUnmask).
+    var watched: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] {
+        var out: [(Int32, Int, Int, Bool)] = []
+        for i in vectors.indices {
+            for j in vectors[i].indices {
+                if vectors[i][j].unmaskFD >= 0 { out.append((vectors[i][j].unmaskFD, i, j, true)) }
+                if vectors[i][j].maskFD >= 0 { out.append((vectors[i][j].maskFD, i, j, false)) }
+            }
+        }
+        return out
+    }
+
+    // MARK: InterruptSink
+
+    public func trigger(_ index: IRQIndex, vector: Int) {
+        let i = index.rawValue
+        guard i < vectors.count, vector >= 0, vector < vectors[i].count else { return }
+        if vectors[i][vector].masked || vectors[i][vector].trigger < 0 {
+            vectors[i][vector].pending = true
+            return
+        }
+        fire(i, vector)
+    }
+
+    public func setINTxLevel(_ asserted: Bool) {
+        let rising = asserted && !intxLevel
+        intxLevel = asserted
+        if rising { trigger(.intx, vector: 0) }
+    }
+
+    private func fire(_ i: Int, _ j: Int) {
+        var one: UInt64 = 1
+        _ = write(vectors[i][j].trigger, &one, 8)
+        delivered[i] += 1
+        vectors[i][j].pending = false
+        if irqs[i].automasked { vectors[i][j].masked = true }
+    }
+
+    // MARK: SET_IRQS
+
+    /// Applies one validated SET_IRQS. `fds` are the received eventfds (this
+    /// function takes ownership of them, closing any it does not keep).
+    func apply(_ s: SetIRQs, fds: UnsafeBufferPointer<Int32>) throws(ProtocolError) {
+        var owned = true
+        defer { if owned { for fd in fds where fd >= 0 { close(fd) } } }
+
+        guard Int(s.index) < irqs.count else { throw .invalid("IRQ index out of range") }
+        let i = Int(s.index)
+        let irq = irqs[i]
+        let action = s.action
+        if s.count == 0 {
+            // TRIGGER|DATA_NONE, start 0, count 0: disable the whole index.
+            for j in vectors[i].indices {
+                for fd in [vectors[i][j].trigger, vectors[i][j].unmaskFD, vectors[i][j].maskFD] where fd >= 0 { close(fd) }
+                vectors[i][j] = Vector()
+            }
+            watchedChanged = true
+            return
+        }
+        guard UInt64(s.start) + UInt64(s.count) <= UInt64(irq.count) else { throw .invalid("SET_IRQS range beyond the index's vectors") }
+        if i == IRQIndex.err.rawValue || i == IRQIndex.req.rawValue {
+            guard action == VFIO.irqSetActionTrigger else { throw .invalid("ERR/REQ only take TRIGGER") }
+        }
+        if action != VFIO.irqSetActionTrigger {
+            guard irq.maskable else { throw .invalid("IRQ index is not maskable") }
+        }
+        let range = Int(s.start)..<Int(s.start + s.count)
+
+        func selected(_ k: Int) -> Bool {
+            s.dataType != VFIO.irqSetDataBool || s.bools[k - Int(s.start)] != 0
+        }
+
+        switch (action, s.dataType) {
+        case (VFIO.irqSetActionTrigger, VFIO.irqSetDataEventfd):
+            owned = false
+            for (n, j) in range.enumerated() {
+                if vectors[i][j].trigger >= 0 { close(vectors[i][j].trigger) }
+                vectors[i][j].trigger = fds.isEmpty ? -1 : fds[n]
+                if vectors[i][j].trigger >= 0 && vectors[i][j].pending && !vectors[i][j].masked {
+                    fire(i, j)
+                }
+            }
+        case (VFIO.irqSetActionTrigger, _):
+            for j in range where selected(j) {
+                if vectors[i][j].masked || vectors[i][j].trigger < 0 { vectors[i][j].pending = true } else { fire(i, j) }
+            }
+        case (VFIO.irqSetActionMask, VFIO.irqSetDataEventfd), (VFIO.irqSetActionUnmask, VFIO.irqSetDataEventfd):
+            owned = false
+            let unmask = action == VFIO.irqSetActionUnmask
+            for (n, j) in range.enumerated() {
+                let old = unmask ? vectors[i][j].unmaskFD : vectors[i][j].maskFD
+                if old >= 0 { close(old) }
+                let fd: Int32 = fds.isEmpty ? -1 : fds[n]
+                if unmask { vectors[i][j].unmaskFD = fd } else { vectors[i][j].maskFD = fd }
+            }
+            watchedChanged = true
+        case (VFIO.irqSetActionMask, _):
+            for j in range where selected(j) { vectors[i][j].masked = true }
+        default: // UNMASK with NONE/BOOL
+            for j in range where selected(j) { unmask(i, j) }
+        }
+    }
+
+    /// Clears the mask; an edge that arrived while masked, or an INTx level
+    /// still high, fires again now so nothing is lost.
+    func unmask(_ i: Int, _ j: Int) {
+        vectors[i][j].masked = false
+        let levelHigh = i == IRQIndex.intx.rawValue && intxLevel
+        if (vectors[i][j].pending || levelHigh) && vectors[i][j].trigger >= 0 { fire(i, j) }
+    }
+
+    func mask(_ i: Int, _ j: Int) { vectors[i][j].masked = true }
+
+    /// A watched mask/unmask eventfd became readable.
+    func watchedFired(fd: Int32, index: Int, vector: Int, unmask isUnmask: Bool) {
+        var counter: UInt64 = 0
+        _ = read(fd, &counter, 8)
+        if isUnmask { unmask(index, vector) } else { mask(index, vector) }
+    }
+
+    /// Per-vector view for diagnostics and tests.
+    public func isMasked(_ index: IRQIndex, vector: Int = 0) -> Bool { vectors[index.rawValue][vector].masked }
+    public func hasTrigger(_ index: IRQIndex, vector: Int = 0) -> Bool { vectors[index.rawValue][vector].trigger >= 0 }
+}

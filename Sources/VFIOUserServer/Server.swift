@@ -1,0 +1,120 @@
+import CShim
+import Glibc
+import Logging
+import PCI
+import Synchronization
+import VFIOUser
+
+/// Creates, binds and listens on a UNIX stream socket at `path`,
+/// replacing a stale socket file. Returns the listening descriptor.
+public func listenUNIX(path: String, backlog: Int32 = 8) throws(DeviceError) -> Int32 {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        throw DeviceError(ENAMETOOLONG, "socket path too long: \(path)")
+    }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        for (i, b) in bytes.enumerated() { raw[i] = b }
+        raw[bytes.count] = 0
+    }
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw DeviceError(errno, "socket() failed") }
+    var st = stat()
+    if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+    let rc = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else {
+        let e = errno
+        close(fd)
+        throw DeviceError(e, "cannot bind \(path): \(String(cString: strerror(e)))")
+    }
+    guard listen(fd, backlog) == 0 else {
+        let e = errno
+        close(fd)
+        throw DeviceError(e, "listen() failed")
+    }
+    return fd
+}
+
+/// Serves one device on one listening socket, on a thread of its own.
+///
+/// A vfio-user device has one client at a time: the thread accepts a
+/// connection, serves it until it closes, then accepts the next. Each served
+/// device has its own thread, so a stalled client of one device never holds
+/// up another device.
+public final class DeviceServer: @unchecked Sendable {
+    // @unchecked: `host` is touched only by the serving thread after `start`;
+    // the descriptors shared with `stop` are behind `control`.
+    public let host: DeviceHost
+    public let path: String
+    let logger: Logger
+    private let control: Mutex<(listen: Int32, connection: Int32, stopped: Bool)>
+    private var thread: pthread_t?
+    /// Connections served so far (for tests and `umdev serve` logs).
+    public let connectionsServed = Atomic<Int>(0)
+
+    public init(host: DeviceHost, path: String, logger: Logger) throws(DeviceError) {
+        self.host = host
+        self.path = path
+        self.logger = logger
+        let fd = try listenUNIX(path: path)
+        control = Mutex((fd, -1, false))
+    }
+
+    /// Starts the serving thread.
+    public func start() {
+        let box = Unmanaged.passRetained(self)
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            let server = Unmanaged<DeviceServer>.fromOpaque(arg!).takeRetainedValue()
+            server.serve()
+            return nil
+        }, box.toOpaque())
+        precondition(rc == 0, "pthread_create failed")
+        thread = t
+    }
+
+    /// Runs the accept/serve loop on the calling thread until `stop`.
+    public func serve() {
+        while true {
+            let listenFD = control.withLock { $0.stopped ? -1 : $0.listen }
+            guard listenFD >= 0 else { return }
+            let c = accept(listenFD, nil, nil)
+            if c < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if control.withLock({ $0.stopped }) { return }
+                logger.error("accept failed: \(String(cString: strerror(errno)))")
+                return
+            }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            let proceed = control.withLock { state -> Bool in
+                if state.stopped { return false }
+                state.connection = c
+                return true
+            }
+            guard proceed else { close(c); return }
+            logger.info("client connected", metadata: ["socket": "\(path)"])
+            let endpoint = Endpoint(host: host, socket: c, logger: logger)
+            endpoint.run()
+            control.withLock { $0.connection = -1 }
+            close(c)
+            connectionsServed.add(1, ordering: .relaxed)
+            logger.info("client disconnected", metadata: ["socket": "\(path)"])
+        }
+    }
+
+    /// Stops accepting, ends the current connection, and waits for the thread.
+    public func stop() {
+        let fds = control.withLock { state -> (Int32, Int32) in
+            if state.stopped { return (-1, -1) }
+            state.stopped = true
+            return (state.listen, state.connection)
+        }
+        if fds.0 >= 0 { shutdown(fds.0, Int32(SHUT_RDWR)) }
+        if fds.1 >= 0 { shutdown(fds.1, Int32(SHUT_RDWR)) }
+        if let t = thread { pthread_join(t, nil); thread = nil }
+        if fds.0 >= 0 { close(fds.0); unlink(path) }
+    }
+}

@@ -1,0 +1,105 @@
+import ArgumentParser
+import CMallocCounter
+import Glibc
+import Logging
+import PCI
+import TestDevice
+import VFIOUser
+import VFIOUserClient
+import VFIOUserServer
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure REGION_READ/REGION_WRITE round trips against the test device.",
+        discussion: """
+        Without --socket, a test device is served in this process on a private socket
+        and the figures include heap allocations per operation (server and client).
+        With --socket, only the client runs here (to measure a server under strace or
+        valgrind in another process).
+        """)
+
+    @Option(help: "Round trips per measurement.") var iterations = 200_000
+    @Option(help: "Serve nothing; drive the server at this socket.") var socket: String?
+    @Option(help: "Only this case, e.g. read-1 or write-4.") var only: String?
+
+    func run() throws {
+        umdev_malloc_counter_link()
+        signal(SIGPIPE, SIG_IGN)
+        var server: DeviceServer?
+        let path: String
+        if let socket {
+            path = socket
+        } else {
+            path = "/tmp/umdev-bench-\(getpid()).sock"
+            let device = try TestDevice()
+            var logger = Logger(label: "bench")
+            logger.logLevel = .error
+            server = try DeviceServer(host: DeviceHost(device: device, typeName: "test"), path: path, logger: logger)
+            server?.start()
+        }
+        defer { server?.stop() }
+        let client = try VFIOUserClient(path: path)
+        try client.negotiate()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
+        defer { buffer.deallocate() }
+        memset(buffer.baseAddress!, 0x5a, 8)
+        print("case       ops/s      p50 ns   p99 ns   allocs/op   rss KiB")
+        for write in [false, true] {
+            for size in [1, 4, 8] {
+                let name = "\(write ? "write" : "read")-\(size)"
+                if let only, only != name { continue }
+                let io = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size])
+                func once() throws {
+                    if write {
+                        try client.write(region: 0, offset: TestDevice.Register.scratch, from: UnsafeRawBufferPointer(io))
+                    } else {
+                        try client.read(region: 0, offset: TestDevice.Register.scratch, into: io)
+                    }
+                }
+                for _ in 0..<1000 { try once() } // warm up
+                var samples = [UInt64](repeating: 0, count: iterations)
+                let mallocsBefore = umdev_malloc_count()
+                let start = now()
+                for i in 0..<iterations {
+                    let t0 = now()
+                    try once()
+                    samples[i] = now() - t0
+                }
+                let elapsed = now() - start
+                let mallocs = umdev_malloc_count() - mallocsBefore
+                samples.sort()
+                let opsPerSecond = Double(iterations) / (Double(elapsed) / 1e9)
+                let allocs = socket == nil ? String(format2(Double(mallocs) / Double(iterations))) : "n/a"
+                print(pad(name, 9), pad(String(Int(opsPerSecond)), 9), pad(String(samples[iterations / 2]), 8),
+                      pad(String(samples[iterations * 99 / 100]), 8), pad(allocs, 11), pad(String(rssKiB()), 9))
+            }
+        }
+    }
+}
+
+func now() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+
+func format2(_ v: Double) -> String {
+    let scaled = Int((v * 100).rounded())
+    let frac = scaled % 100
+    return "\(scaled / 100).\(frac < 10 ? "0" : "")\(frac)"
+}
+
+/// Resident set size from /proc/self/statm.
+func rssKiB() -> Int {
+    guard let f = fopen("/proc/self/statm", "r") else { return 0 }
+    defer { fclose(f) }
+    var size = 0, resident = 0
+    _ = withUnsafeMutablePointer(to: &size) { s in
+        withUnsafeMutablePointer(to: &resident) { r in
+            withVaList([s, r]) { vfscanf(f, "%ld %ld", $0) }
+        }
+    }
+    return resident * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+}

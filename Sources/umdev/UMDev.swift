@@ -1,0 +1,33 @@
+import ArgumentParser
+import Glibc
+import Logging
+
+@main
+struct UMDev: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "umdev",
+        abstract: "Linux's sample mediated devices as vfio-user servers.",
+        discussion: """
+        Each device instance is a vfio-user server on a UNIX socket. Attach it to QEMU with
+          -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"PATH"}}'
+        """,
+        subcommands: [Serve.self, Info.self, Types.self, Bench.self],
+        defaultSubcommand: nil)
+}
+
+/// Log level option shared by the commands.
+struct LoggingOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func bootstrap() {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
