@@ -128,7 +128,6 @@ public final class TestDevice: VFIODevice {
         case Register.doorbell:
             setU32(Register.triggerCount, u32(Register.triggerCount) &+ 1)
             setU32(Register.status, u32(Register.status) | 1)
-            interrupts?.trigger(.intx, vector: 0)
             interrupts?.setINTxLevel(true)
         case Register.triggerCount:
             break // read-only

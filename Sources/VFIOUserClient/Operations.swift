@@ -35,6 +35,7 @@ public struct IRQInfo: Equatable, Sendable {
     public var flags: UInt32
     public var index: UInt32
     public var count: UInt32
+    public init(flags: UInt32, index: UInt32, count: UInt32) { self.flags = flags; self.index = index; self.count = count }
 }
 
 extension Array where Element == UInt8 {

@@ -21,7 +21,7 @@ public final class DMATable {
 
     /// Sorted by address.
     public private(set) var windows: [Window] = []
-    public let maxWindows: Int
+    public internal(set) var maxWindows: Int
 
     init(maxWindows: Int) { self.maxWindows = maxWindows }
     deinit { removeAll() }

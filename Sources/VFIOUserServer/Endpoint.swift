@@ -209,6 +209,7 @@ public final class Endpoint {
             w.bytes(Array(answer.json.utf8))
             w.u8(0)
             client = caps
+            dma.maxWindows = answer.maxDMAMaps
             try reply(w, to: h)
 
         case .dmaMap(let m):

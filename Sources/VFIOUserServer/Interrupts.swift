@@ -72,7 +72,12 @@ public final class InterruptState: InterruptSink {
     public func setINTxLevel(_ asserted: Bool) {
         let rising = asserted && !intxLevel
         intxLevel = asserted
-        if rising { trigger(.intx, vector: 0) }
+        if rising {
+            trigger(.intx, vector: 0)
+        } else if !asserted, !vectors.isEmpty, !vectors[0].isEmpty {
+            // The condition went away before the client unmasked: nothing to deliver.
+            vectors[0][0].pending = false
+        }
     }
 
     private func fire(_ i: Int, _ j: Int) {

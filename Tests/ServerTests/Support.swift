@@ -1,0 +1,122 @@
+import CShim
+import Foundation
+import Glibc
+import Logging
+import PCI
+import TestDevice
+import Testing
+import VFIOUser
+import VFIOUserClient
+import VFIOUserServer
+
+/// A unique socket path for one test.
+func socketPath(_ tag: String = "t") -> String {
+    "/tmp/umdev-test-\(getpid())-\(tag)-\(UInt32.random(in: 0...UInt32.max)).sock"
+}
+
+/// A device served in this process on its own thread.
+final class LiveServer {
+    let server: DeviceServer
+    let path: String
+    let device: VFIODevice
+
+    init(_ device: VFIODevice, type: String = "test") throws {
+        self.device = device
+        path = socketPath(type)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        server = try DeviceServer(host: DeviceHost(device: device, typeName: type), path: path, logger: logger)
+        server.start()
+    }
+
+    convenience init(mappable: Bool = true) throws { try self.init(TestDevice(mappable: mappable)) }
+
+    func connect(negotiate: Bool = true) throws -> VFIOUserClient {
+        let c = try VFIOUserClient(path: path)
+        if negotiate { try c.negotiate() }
+        return c
+    }
+
+    deinit { server.stop() }
+}
+
+/// A message built by hand, for malformed input.
+func rawMessage(id: UInt16 = 7, command: UInt16, flags: UInt32 = 0, error: UInt32 = 0, size: UInt32? = nil, payload: [UInt8] = []) -> [UInt8] {
+    var m = [UInt8](repeating: 0, count: 16)
+    m.withUnsafeMutableBytes {
+        Header(messageID: id, command: command, messageSize: size ?? UInt32(16 + payload.count), flags: flags, error: error).store(to: $0.baseAddress!)
+    }
+    return m + payload
+}
+
+/// Sends raw bytes and returns the reply's errno (0 for success).
+func errnoOf(_ client: VFIOUserClient, _ bytes: [UInt8], fds: [Int32] = []) throws -> Int32 {
+    try client.sendRaw(bytes, fds: fds)
+    let r = try client.receiveMessage(timeout: 5000)
+    for fd in r.fds { close(fd) }
+    #expect(r.header.isReply)
+    return r.header.isError ? Int32(r.header.error) : 0
+}
+
+/// Asserts the connection still answers a valid request.
+func expectAlive(_ client: VFIOUserClient, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(throws: Never.self, sourceLocation: sourceLocation) { _ = try client.deviceInfo() }
+}
+
+func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
+func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
+
+func eventfd() -> Int32 { umdev_eventfd(0) }
+
+/// Reads an eventfd's counter; 0 if it was not signalled.
+func drain(_ fd: Int32) -> UInt64 {
+    var v: UInt64 = 0
+    return read(fd, &v, 8) == 8 ? v : 0
+}
+
+/// Waits up to `ms` for an eventfd to be signalled and returns its counter.
+func waitSignal(_ fd: Int32, ms: Int32 = 2000) -> UInt64 {
+    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    guard poll(&p, 1, ms) == 1 else { return 0 }
+    return drain(fd)
+}
+
+/// The umdev executable next to the test bundle.
+func umdevExecutable() -> String {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+    let exe = String(decoding: buf[0..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    var dir = (exe as NSString).deletingLastPathComponent
+    // swift-testing runs inside X.xctest; the products are beside it.
+    while !FileManager.default.isExecutableFile(atPath: dir + "/umdev"), dir != "/" {
+        dir = (dir as NSString).deletingLastPathComponent
+    }
+    return dir + "/umdev"
+}
+
+/// `umdev serve` in a child process.
+final class ServerProcess {
+    let process = Process()
+    let path: String
+
+    init(type: String, extraArguments: [String] = []) throws {
+        path = socketPath(type)
+        process.executableURL = URL(fileURLWithPath: umdevExecutable())
+        process.arguments = ["serve", "--type", type, "--socket", path, "--log-level", "critical"] + extraArguments
+        try process.run()
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: path) { usleep(10_000) }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    /// Descriptors the server process holds, by number.
+    func openFDs() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).sorted()
+    }
+
+    deinit {
+        if process.isRunning { process.terminate(); process.waitUntilExit() }
+        unlink(path)
+    }
+}
