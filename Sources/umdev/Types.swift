@@ -3,7 +3,14 @@ import ArgumentParser
 struct Types: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List the device types umdev can serve.")
 
+    @Flag(help: "Print only the type names, one per line.")
+    var names = false
+
     func run() {
+        if names {
+            for t in DeviceType.all { print(t.name) }
+            return
+        }
         for t in DeviceType.all {
             print("\(t.name)")
             print("  description: \(t.description)")

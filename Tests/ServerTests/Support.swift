@@ -95,20 +95,33 @@ func umdevExecutable() -> String {
     return dir + "/umdev"
 }
 
-/// `umdev serve` in a child process.
+/// `umdev serve` in a child process, its output sent to /dev/null so it
+/// never holds the test runner's pipes open.
 final class ServerProcess {
-    let process = Process()
+    let pid: pid_t
     let path: String
 
     init(type: String, extraArguments: [String] = []) throws {
         path = socketPath(type)
-        process.executableURL = URL(fileURLWithPath: umdevExecutable())
-        process.arguments = ["serve", "--type", type, "--socket", path, "--log-level", "critical"] + extraArguments
-        try process.run()
-        for _ in 0..<200 where !FileManager.default.fileExists(atPath: path) { usleep(10_000) }
+        let argv = [umdevExecutable(), "serve", "--type", type, "--socket", path, "--log-level", "critical"] + extraArguments
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, argv[0], &actions, nil, &cArgs, environ)
+        guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(argv[0])") }
+        pid = child
+        for _ in 0..<500 where access(path, F_OK) != 0 { usleep(10_000) }
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool {
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == 0
+    }
 
     /// Descriptors the server process holds, by number.
     func openFDs() -> [String] {
@@ -116,7 +129,9 @@ final class ServerProcess {
     }
 
     deinit {
-        if process.isRunning { process.terminate(); process.waitUntilExit() }
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
         unlink(path)
     }
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the C conformance suite and runs it against `umdev serve` for each
+# device type, each with its device profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+swift build --product umdev
+swift build --product vfio-user-conformance
+bin=$(swift build --show-bin-path)
+status=0
+for type in $("$bin/umdev" types --names); do
+    sock=$(mktemp -u /tmp/umdev-conformance-XXXXXX.sock)
+    "$bin/umdev" serve --type "$type" --socket "$sock" --log-level error &
+    pid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+    profile=Tests/Conformance/profiles/$type.json
+    args=(--socket "$sock")
+    [ -f "$profile" ] && args+=(--profile "$profile")
+    echo "== vfio-user-conformance: $type"
+    "$bin/vfio-user-conformance" "${args[@]}" || status=1
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+done
+exit $status
