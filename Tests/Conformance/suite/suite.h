@@ -1,0 +1,124 @@
+/*
+ * vfio-user conformance suite: shared declarations.
+ *
+ * Written from Protocol/README.md and the vfio-user specification only; it
+ * shares no code with umdev's Swift server. Each check names the section
+ * of Protocol/README.md (and the spec) it tests.
+ */
+#ifndef SUITE_H
+#define SUITE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdbool.h>
+#include <cmocka.h>
+#include <json-c/json.h>
+
+#include "../../../Protocol/vfio-user-wire.h"
+
+/* What --profile says about the device under test. */
+struct region_expect { int present; uint64_t size; int mmap; };
+struct reg_access { int present; uint32_t region; uint64_t offset; uint32_t width; uint64_t value; };
+struct profile {
+    char name[64];
+    int have;                     /* a profile was given */
+    int vendor_id, device_id;     /* -1 = not checked */
+    int class_code;               /* -1 = not checked */
+    int reset;                    /* -1 = not checked */
+    int migration;                /* -1 = not checked */
+    struct region_expect regions[VU_PCI_NUM_REGIONS];
+    int irq_count[5];             /* -1 = not checked */
+    struct reg_access scratch;    /* a read/write register */
+    /* INTx: writes that raise it, then a write that clears it. */
+    struct reg_access intx_raise[8];
+    int intx_raise_count;
+    struct reg_access intx_clear;
+    /* Bytes written to `echo_write` come back from `echo_read` (mtty loopback). */
+    struct reg_access echo_write, echo_read;
+};
+extern struct profile g_profile;
+extern const char *g_socket;
+
+/* A connection with its negotiated state. */
+struct conn {
+    int fd;
+    uint16_t next_id;
+    int server_write_multiple;
+    int server_migration;
+    uint32_t server_max_msg_fds;
+};
+
+struct reply {
+    struct vu_header hdr;
+    uint8_t *payload;       /* malloc'ed, hdr.msg_size - 16 bytes */
+    uint32_t len;
+    int fds[16];
+    int nfds;
+};
+
+/* conn.c */
+int conn_open_raw(struct conn *c);                 /* connect, no VERSION */
+void conn_open(struct conn *c);                    /* connect + VERSION (asserts) */
+void conn_close(struct conn *c);
+int send_msg(struct conn *c, uint16_t id, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
+             const int *fds, int nfds);
+int send_bytes(struct conn *c, const void *bytes, size_t len, const int *fds, int nfds);
+int recv_msg(struct conn *c, struct reply *r, int timeout_ms);  /* 0, -1 on EOF/timeout */
+void reply_free(struct reply *r);
+/* Sends a command and waits for its reply. Returns 0 on success, the errno of an
+   error reply, or -1 when the connection failed. *r is filled when r != NULL. */
+int request(struct conn *c, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
+            const int *fds, int nfds, struct reply *r);
+/* request() with no reply kept. */
+int req(struct conn *c, uint16_t cmd, const void *payload, size_t len);
+void assert_alive(struct conn *c);                 /* a valid request still works */
+int version_with(struct conn *c, uint16_t major, uint16_t minor, const char *json, struct reply *r);
+int region_read(struct conn *c, uint32_t region, uint64_t offset, uint32_t count, void *out);
+int region_write(struct conn *c, uint32_t region, uint64_t offset, uint32_t count, const void *data);
+int region_info(struct conn *c, uint32_t index, uint32_t argsz, struct reply *r);
+int set_irqs(struct conn *c, uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
+             const int *fds, int nfds);
+int new_eventfd(void);
+uint64_t wait_eventfd(int fd, int timeout_ms);     /* counter, 0 if not signalled */
+int dma_map(struct conn *c, uint32_t flags, uint64_t offset, uint64_t addr, uint64_t size, int fd);
+int dma_unmap(struct conn *c, uint32_t flags, uint64_t addr, uint64_t size);
+int feature(struct conn *c, uint32_t flags, const void *data, size_t len, uint32_t argsz, struct reply *r);
+int set_state(struct conn *c, uint32_t state);
+int get_state(struct conn *c, uint32_t *state);
+int reg_write(struct conn *c, const struct reg_access *a, uint64_t value);
+int reg_read(struct conn *c, const struct reg_access *a, uint64_t *value);
+uint32_t le32_at(const uint8_t *p);
+uint64_t le64_at(const uint8_t *p);
+void skip_unless(int condition);
+
+/* Test tables, one per file. */
+extern const struct CMUnitTest version_tests[];    extern const size_t version_tests_count;
+extern const struct CMUnitTest header_tests[];     extern const size_t header_tests_count;
+extern const struct CMUnitTest info_tests[];       extern const size_t info_tests_count;
+extern const struct CMUnitTest irq_tests[];        extern const size_t irq_tests_count;
+extern const struct CMUnitTest access_tests[];     extern const size_t access_tests_count;
+extern const struct CMUnitTest dma_tests[];        extern const size_t dma_tests_count;
+extern const struct CMUnitTest config_tests[];     extern const size_t config_tests_count;
+extern const struct CMUnitTest migration_tests[];  extern const size_t migration_tests_count;
+extern const struct CMUnitTest device_tests[];     extern const size_t device_tests_count;
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Fixtures: each check gets a fresh connection in *state, closed by the
+   teardown even when the check fails. */
+int setup_open(void **state);
+int setup_raw(void **state);
+int teardown_conn(void **state);
+#define CHECK(f) cmocka_unit_test_setup_teardown(f, setup_open, teardown_conn)
+#define CHECK_RAW(f) cmocka_unit_test_setup_teardown(f, setup_raw, teardown_conn)
+#define CONN struct conn *c = (struct conn *)*state
+
+/* An error case: the request fails with `e` and the connection lives on (§16). */
+#define EXPECT_ERRNO(c, cmd, payload, len, e) do { \
+        assert_int_equal(request((c), (cmd), 0, (payload), (len), NULL, 0, NULL), (e)); \
+        assert_alive(c); \
+    } while (0)
+
+#endif

@@ -1,0 +1,149 @@
+/* PCI configuration space (region 7): Protocol/README.md §17; PCI Local
+   Bus 3.0 §6.1–6.2, §6.7. */
+#include "suite.h"
+#include <errno.h>
+#include <string.h>
+
+static void read_config(struct conn *c, uint8_t cfg[256]) {
+    assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, 0, 256, cfg), 0);
+}
+
+static uint16_t u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+/* §17: the whole space reads in one REGION_READ (QEMU does at realize),
+   and the header fields are a type-0 function's. */
+static void config_header_fields(void **state) {
+    CONN;
+    uint8_t cfg[256];
+    read_config(c, cfg);
+    assert_int_not_equal(u16(cfg), 0xffff);
+    assert_int_not_equal(u16(cfg), 0);
+    assert_int_equal(cfg[0x0e] & 0x7f, 0);
+    if (g_profile.vendor_id >= 0) assert_int_equal(u16(cfg), g_profile.vendor_id);
+    if (g_profile.device_id >= 0) assert_int_equal(u16(cfg + 2), g_profile.device_id);
+    if (g_profile.class_code >= 0) assert_int_equal(cfg[9] | cfg[10] << 8 | cfg[11] << 16, g_profile.class_code);
+    assert_true(cfg[0x3d] <= 4);
+}
+
+/* §17: each BAR answers an all-ones write with its size mask, keeping its
+   type bits; a BAR for an absent region reads 0. */
+static void config_bar_sizing(void **state) {
+    CONN;
+    uint8_t cfg[256];
+    read_config(c, cfg);
+    for (uint32_t bar = 0; bar < 6; bar++) {
+        struct reply r;
+        assert_int_equal(region_info(c, bar, 32, &r), 0);
+        uint64_t size = le64_at(r.payload + 16);
+        reply_free(&r);
+        uint32_t off = 0x10 + 4 * bar, orig = le32_at(cfg + off), ones = 0xffffffff, got;
+        assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, off, 4, &ones), 0);
+        assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, off, 4, &got), 0);
+        if (size == 0) {
+            /* absent, or the upper half of a 64-bit BAR */
+            if (bar > 0 && (le32_at(cfg + off - 4) & 0x7) == 0x4) { assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, off, 4, &orig), 0); continue; }
+            assert_int_equal(got, 0);
+        } else if (orig & 1) {
+            assert_int_equal(got, (uint32_t)(~(size - 1) & ~0x3u) | 1);
+        } else {
+            uint32_t mask = (uint32_t)~(size - 1) & ~0xfu;
+            assert_int_equal(got, mask | (orig & 0xf));
+        }
+        assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, off, 4, &orig), 0);
+    }
+}
+
+/* §17: the capability list is dword-aligned, in range, and ends without loops. */
+static void config_capability_list(void **state) {
+    CONN;
+    uint8_t cfg[256];
+    read_config(c, cfg);
+    int has_list = u16(cfg + 6) & 0x10;
+    uint8_t ptr = has_list ? cfg[0x34] : 0;
+    if (!has_list) return;
+    uint8_t seen[256] = { 0 };
+    int hops = 0;
+    while (ptr) {
+        assert_true(ptr >= 0x40 && ptr <= 0xfc);
+        assert_int_equal(ptr & 3, 0);
+        assert_false(seen[ptr]);
+        seen[ptr] = 1;
+        assert_true(++hops <= 48);
+        ptr = cfg[ptr + 1];
+    }
+}
+
+/* §17: identity and read-only fields ignore writes (and the write succeeds,
+   as QEMU forwards every guest write). */
+static void config_read_only_fields(void **state) {
+    CONN;
+    uint8_t before[256], after[256];
+    read_config(c, before);
+    uint32_t junk = 0x12345678;
+    assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 0x00, 4, &junk), 0);
+    assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 0x08, 4, &junk), 0);
+    assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 0x2c, 4, &junk), 0);
+    uint8_t pin = 3;
+    assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 0x3d, 1, &pin), 0);
+    read_config(c, after);
+    assert_memory_equal(before, after, 0x10);
+    assert_memory_equal(before + 0x2c, after + 0x2c, 4);
+    assert_int_equal(before[0x3d], after[0x3d]);
+}
+
+/* §17: the interrupt line is guest-writable; status error bits are
+   write-1-to-clear, so writing 1s never sets them. */
+static void config_writable_and_w1c(void **state) {
+    CONN;
+    uint8_t line = 0x0a, got;
+    assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 0x3c, 1, &line), 0);
+    assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, 0x3c, 1, &got), 0);
+    assert_int_equal(got, 0x0a);
+    uint16_t status_before, ones = 0xffff, status_after;
+    assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, 6, 2, &status_before), 0);
+    assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 6, 2, &ones), 0);
+    assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, 6, 2, &status_after), 0);
+    assert_int_equal(status_after & 0xf900, 0);
+    assert_int_equal(status_after & 0x10, status_before & 0x10);
+}
+
+/* §17, reference transcripts: the config writes QEMU, SeaBIOS and Linux
+   make all succeed: ROM sizing, COMMAND values, BARs to 0. */
+static void config_qemu_writes_accepted(void **state) {
+    CONN;
+    uint32_t rom[] = { 0xfffff800, 0xfffffffe, 0 };
+    for (size_t i = 0; i < 3; i++) assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 0x30, 4, &rom[i]), 0);
+    uint16_t cmds[] = { 0x0, 0x100, 0x103, 0x503, 0x0 };
+    for (size_t i = 0; i < 5; i++) assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, 4, 2, &cmds[i]), 0);
+    uint32_t zero = 0;
+    for (uint32_t off = 0x10; off <= 0x24; off += 4) assert_int_equal(region_write(c, VU_PCI_CONFIG_REGION, off, 4, &zero), 0);
+    uint32_t rom_now;
+    assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, 0x30, 4, &rom_now), 0);
+}
+
+/* §17: byte, word and dword accesses at every offset read consistently. */
+static void config_access_widths(void **state) {
+    CONN;
+    uint8_t cfg[256];
+    read_config(c, cfg);
+    for (uint32_t off = 0; off < 64; off += 4) {
+        uint32_t d; uint16_t w; uint8_t b;
+        assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, off, 4, &d), 0);
+        assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, off + 2, 2, &w), 0);
+        assert_int_equal(region_read(c, VU_PCI_CONFIG_REGION, off + 1, 1, &b), 0);
+        assert_int_equal(d, le32_at(cfg + off));
+        assert_int_equal(w, u16(cfg + off + 2));
+        assert_int_equal(b, cfg[off + 1]);
+    }
+}
+
+const struct CMUnitTest config_tests[] = {
+    CHECK(config_header_fields),
+    CHECK(config_bar_sizing),
+    CHECK(config_capability_list),
+    CHECK(config_read_only_fields),
+    CHECK(config_writable_and_w1c),
+    CHECK(config_qemu_writes_accepted),
+    CHECK(config_access_widths),
+};
+const size_t config_tests_count = COUNT_OF(config_tests);

@@ -1,0 +1,172 @@
+/* DMA_MAP / DMA_UNMAP: Protocol/README.md §4. */
+#define _GNU_SOURCE
+#include "suite.h"
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define RW (VU_DMA_READ_FLAG | VU_DMA_WRITE_FLAG)
+
+static int memfd_of(size_t size) {
+    int fd = memfd_create("conformance-ram", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)size), 0);
+    return fd;
+}
+
+/* §4: a window with a descriptor, then its exact unmap. */
+static void dma_map_with_fd(void **state) {
+    CONN;
+    int fd = memfd_of(1 << 20);
+    assert_int_equal(dma_map(c, RW, 0x10000, 0x100000, 0x10000, fd), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x100000, 0x10000), 0);
+    close(fd);
+}
+
+/* §4: a window without a descriptor (QEMU's ROM and BAR windows). */
+static void dma_map_without_fd(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, VU_DMA_READ_FLAG, 0, 0xfffc0000, 0x40000, -1), 0);
+    assert_int_equal(dma_unmap(c, 0, 0xfffc0000, 0x40000), 0);
+}
+
+/* §4: overlapping an existing window: EEXIST. */
+static void dma_map_overlap(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x20000, 0x4000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x20000, 0x4000, -1), EEXIST);
+    assert_int_equal(dma_map(c, RW, 0, 0x22000, 0x4000, -1), EEXIST);
+    assert_int_equal(dma_map(c, RW, 0, 0x1f000, 0x2000, -1), EEXIST);
+    assert_alive(c);
+}
+
+static void dma_map_zero_size(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x20000, 0, -1), EINVAL);
+    assert_alive(c);
+}
+
+static void dma_map_unaligned(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x20001, 0x1000, -1), EINVAL);
+    assert_int_equal(dma_map(c, RW, 0, 0x20000, 0x800, -1), EINVAL);
+    assert_alive(c);
+}
+
+static void dma_map_unknown_flags(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, 0x100, 0, 0x20000, 0x1000, -1), EINVAL);
+    assert_alive(c);
+}
+
+static void dma_map_range_wraps(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, UINT64_MAX - 0xfff, 0x2000, -1), EINVAL);
+    assert_alive(c);
+}
+
+/* §4: a window beyond the end of the file it names. */
+static void dma_map_beyond_file(void **state) {
+    CONN;
+    int fd = memfd_of(0x1000);
+    assert_int_equal(dma_map(c, RW, 0, 0x40000, 0x2000, fd), EINVAL);
+    assert_alive(c);
+    close(fd);
+}
+
+static void dma_map_bad_argsz(void **state) {
+    CONN;
+    struct vu_dma_map m = { .argsz = 16, .flags = RW, .addr = 0x50000, .size = 0x1000 };
+    EXPECT_ERRNO(c, VU_DMA_MAP, &m, sizeof(m), EINVAL);
+    EXPECT_ERRNO(c, VU_DMA_MAP, &m, 24, EINVAL);
+}
+
+static void dma_map_two_fds(void **state) {
+    CONN;
+    int fds[2] = { memfd_of(0x1000), memfd_of(0x1000) };
+    struct vu_dma_map m = { .argsz = 32, .flags = RW, .addr = 0x50000, .size = 0x1000 };
+    assert_int_equal(request(c, VU_DMA_MAP, 0, &m, sizeof(m), fds, 2, NULL), EINVAL);
+    assert_alive(c);
+    close(fds[0]); close(fds[1]);
+}
+
+/* §4: unmap must name a mapped window exactly: ENOENT otherwise. */
+static void dma_unmap_unmapped(void **state) {
+    CONN;
+    assert_int_equal(dma_unmap(c, 0, 0x70000, 0x1000), ENOENT);
+    assert_int_equal(dma_map(c, RW, 0, 0x70000, 0x2000, -1), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x70000, 0x1000), ENOENT);
+    assert_alive(c);
+}
+
+/* §4: UNMAP_ALL with address and size 0 removes every window. */
+static void dma_unmap_all(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x10000, 0x1000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x11000, 0x1000, -1), 0);
+    assert_int_equal(dma_unmap(c, VU_UNMAP_ALL, 0, 0), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x10000, 0x2000, -1), 0);
+}
+
+static void dma_unmap_all_with_range(void **state) {
+    CONN;
+    assert_int_equal(dma_unmap(c, VU_UNMAP_ALL, 0x10000, 0x1000), EINVAL);
+    assert_alive(c);
+}
+
+static void dma_unmap_dirty_bitmap_unsupported(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x10000, 0x1000, -1), 0);
+    assert_int_equal(dma_unmap(c, VU_UNMAP_GET_DIRTY_BITMAP, 0x10000, 0x1000), ENOTSUP);
+    assert_alive(c);
+}
+
+static void dma_unmap_unknown_flags(void **state) {
+    CONN;
+    assert_int_equal(dma_unmap(c, 0x10, 0x10000, 0x1000), EINVAL);
+    assert_alive(c);
+}
+
+/* §4: the reply to an unmap is at most the 24-byte request, echoed. */
+static void dma_unmap_reply_echo(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x90000, 0x1000, -1), 0);
+    struct vu_dma_unmap u = { .argsz = 24, .flags = 0, .addr = 0x90000, .size = 0x1000 };
+    struct reply r;
+    assert_int_equal(request(c, VU_DMA_UNMAP, 0, &u, sizeof(u), NULL, 0, &r), 0);
+    assert_true(r.len == 0 || (r.len == 24 && memcmp(r.payload, &u, 24) == 0));
+    reply_free(&r);
+}
+
+/* §3, §4: max_dma_maps from VERSION bounds the windows. */
+static void dma_max_dma_maps(void **state) {
+    CONN;
+    assert_int_equal(version_with(c, 0, 0, "{\"capabilities\":{\"max_dma_maps\":2}}", NULL), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x1000, 0x1000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x2000, 0x1000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x3000, 0x1000, -1), ENOSPC);
+    assert_int_equal(dma_unmap(c, 0, 0x1000, 0x1000), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x3000, 0x1000, -1), 0);
+}
+
+const struct CMUnitTest dma_tests[] = {
+    CHECK(dma_map_with_fd),
+    CHECK(dma_map_without_fd),
+    CHECK(dma_map_overlap),
+    CHECK(dma_map_zero_size),
+    CHECK(dma_map_unaligned),
+    CHECK(dma_map_unknown_flags),
+    CHECK(dma_map_range_wraps),
+    CHECK(dma_map_beyond_file),
+    CHECK(dma_map_bad_argsz),
+    CHECK(dma_map_two_fds),
+    CHECK(dma_unmap_unmapped),
+    CHECK(dma_unmap_all),
+    CHECK(dma_unmap_all_with_range),
+    CHECK(dma_unmap_dirty_bitmap_unsupported),
+    CHECK(dma_unmap_unknown_flags),
+    CHECK(dma_unmap_reply_echo),
+    CHECK_RAW(dma_max_dma_maps),
+};
+const size_t dma_tests_count = COUNT_OF(dma_tests);

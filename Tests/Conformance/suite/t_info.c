@@ -1,0 +1,246 @@
+/* DEVICE_GET_INFO §5, DEVICE_GET_REGION_INFO §6, GET_REGION_IO_FDS §7,
+   DEVICE_GET_IRQ_INFO §8. */
+#include "suite.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static uint32_t num_regions(struct conn *c) {
+    struct vu_device_info in = { .argsz = 16 }, out;
+    struct reply r;
+    assert_int_equal(request(c, VU_DEVICE_GET_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+    memcpy(&out, r.payload, sizeof(out));
+    reply_free(&r);
+    return out.num_regions;
+}
+
+/* §5: PCI flag, ≥ 9 regions, 5 IRQ indices, RESET as the profile says. */
+static void device_info_valid(void **state) {
+    CONN;
+    struct vu_device_info in = { .argsz = 16 }, out;
+    struct reply r;
+    assert_int_equal(request(c, VU_DEVICE_GET_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+    assert_int_equal(r.len, 16);
+    memcpy(&out, r.payload, 16);
+    reply_free(&r);
+    assert_int_equal(out.argsz, 16);
+    assert_true(out.flags & VU_DEVICE_FLAGS_PCI);
+    assert_int_equal(out.flags & ~(VU_DEVICE_FLAGS_PCI | VU_DEVICE_FLAGS_RESET), 0);
+    assert_true(out.num_regions >= VU_PCI_NUM_REGIONS && out.num_regions <= 100);
+    assert_int_equal(out.num_irqs, 5);
+    if (g_profile.reset >= 0) assert_int_equal(!!(out.flags & VU_DEVICE_FLAGS_RESET), g_profile.reset);
+}
+
+static void device_info_short(void **state) {
+    CONN;
+    EXPECT_ERRNO(c, VU_DEVICE_GET_INFO, "\x10\0\0\0\0\0\0\0", 8, EINVAL);
+}
+
+static void device_info_oversized(void **state) {
+    CONN;
+    uint8_t p[32] = { 16 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_INFO, p, sizeof(p), EINVAL);
+}
+
+static void device_info_bad_argsz(void **state) {
+    CONN;
+    struct vu_device_info in = { .argsz = 8 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_INFO, &in, sizeof(in), EINVAL);
+}
+
+/* §6: every index answers; sizes, flags and mmap as the profile says; the
+   reply never exceeds argsz. */
+static void region_info_every_index(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        assert_int_equal(region_info(c, i, 32, &r), 0);
+        assert_true(r.len == 32);
+        struct vu_region_info ri;
+        memcpy(&ri, r.payload, 32);
+        assert_int_equal(ri.index, i);
+        assert_true(ri.argsz >= 32);
+        assert_int_equal(ri.flags & ~(VU_REGION_FLAG_READ | VU_REGION_FLAG_WRITE | VU_REGION_FLAG_MMAP | VU_REGION_FLAG_CAPS), 0);
+        /* With argsz 32 there is no room for caps: no CAPS flag and no fd. */
+        assert_int_equal(ri.flags & VU_REGION_FLAG_CAPS, 0);
+        assert_int_equal(r.nfds, 0);
+        if (i < VU_PCI_NUM_REGIONS && g_profile.regions[i].present) {
+            assert_int_equal(ri.size, g_profile.regions[i].size);
+            assert_int_equal(!!(ri.flags & VU_REGION_FLAG_MMAP), g_profile.regions[i].mmap);
+        }
+        if (i == VU_PCI_CONFIG_REGION) assert_true(ri.size >= 256 && (ri.flags & VU_REGION_FLAG_READ));
+        reply_free(&r);
+    }
+}
+
+/* §6: a mappable region asked with argsz 32 reports the argsz it needs;
+   asked again with that, it carries CAPS, cap_offset ≥ 32 and one fd. */
+static void region_info_argsz_retry(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    int seen = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        assert_int_equal(region_info(c, i, 32, &r), 0);
+        struct vu_region_info ri;
+        memcpy(&ri, r.payload, 32);
+        reply_free(&r);
+        if (ri.argsz == 32) continue;
+        seen++;
+        assert_int_equal(region_info(c, i, ri.argsz, &r), 0);
+        assert_int_equal(r.len, ri.argsz);
+        struct vu_region_info full;
+        memcpy(&full, r.payload, 32);
+        assert_true(full.flags & VU_REGION_FLAG_CAPS);
+        assert_true(full.cap_offset >= 32 && full.cap_offset < full.argsz);
+        if (full.flags & VU_REGION_FLAG_MMAP) assert_int_equal(r.nfds, 1);
+        else assert_int_equal(r.nfds, 0);
+        reply_free(&r);
+    }
+    (void)seen;
+}
+
+/* §6: the capability chain ends, stays inside the reply, and sparse areas
+   lie inside the region; the fd maps with the advertised size. */
+static void region_info_caps_and_fd(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        assert_int_equal(region_info(c, i, 4096, &r), 0);
+        struct vu_region_info ri;
+        memcpy(&ri, r.payload, 32);
+        assert_int_equal(r.len, ri.argsz); /* not padded to what we offered */
+        uint32_t next = (ri.flags & VU_REGION_FLAG_CAPS) ? ri.cap_offset : 0;
+        int hops = 0;
+        while (next) {
+            assert_true(next >= 32 && next + 8 <= r.len);
+            assert_true(++hops < 16);
+            struct vu_cap_header h;
+            memcpy(&h, r.payload + next, sizeof(h));
+            if (h.id == VU_CAP_SPARSE_MMAP) {
+                uint32_t areas = le32_at(r.payload + next + 8);
+                assert_true(next + 16 + 16 * areas <= r.len);
+                for (uint32_t a = 0; a < areas; a++) {
+                    uint64_t off = le64_at(r.payload + next + 16 + 16 * a), size = le64_at(r.payload + next + 24 + 16 * a);
+                    assert_true(size > 0 && off + size <= ri.size && off + size > off);
+                }
+            }
+            assert_true(h.next == 0 || h.next > next);
+            next = h.next;
+        }
+        if (ri.flags & VU_REGION_FLAG_MMAP) {
+            assert_int_equal(r.nfds, 1);
+            void *p = mmap(NULL, ri.size, PROT_READ, MAP_SHARED, r.fds[0], (off_t)ri.offset);
+            assert_true(p != MAP_FAILED);
+            munmap(p, ri.size);
+        }
+        reply_free(&r);
+    }
+}
+
+static void region_info_bad_index(void **state) {
+    CONN;
+    struct vu_region_info in = { .argsz = 32, .index = num_regions(c) };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_INFO, &in, sizeof(in), EINVAL);
+    in.index = 0xffffffff;
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_INFO, &in, sizeof(in), EINVAL);
+}
+
+static void region_info_short(void **state) {
+    CONN;
+    struct vu_region_info in = { .argsz = 32, .index = 0 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_INFO, &in, 12, EINVAL);
+}
+
+static void region_info_bad_argsz(void **state) {
+    CONN;
+    struct vu_region_info in = { .argsz = 16, .index = 0 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_INFO, &in, sizeof(in), EINVAL);
+}
+
+/* §7: umdev lists no ioeventfds. */
+static void region_io_fds_valid(void **state) {
+    CONN;
+    struct vu_region_io_fds in = { .argsz = 16, .index = VU_PCI_CONFIG_REGION };
+    struct reply r;
+    assert_int_equal(request(c, VU_DEVICE_GET_REGION_IO_FDS, 0, &in, sizeof(in), NULL, 0, &r), 0);
+    assert_true(r.len >= 16);
+    assert_int_equal(le32_at(r.payload + 12), 0);
+    assert_int_equal(r.nfds, 0);
+    reply_free(&r);
+}
+
+static void region_io_fds_bad_index(void **state) {
+    CONN;
+    struct vu_region_io_fds in = { .argsz = 16, .index = 1000 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_IO_FDS, &in, sizeof(in), EINVAL);
+}
+
+static void region_io_fds_bad_flags(void **state) {
+    CONN;
+    struct vu_region_io_fds in = { .argsz = 16, .flags = 1, .index = 0 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_IO_FDS, &in, sizeof(in), EINVAL);
+}
+
+/* §8: every index answers with EVENTFD and the profile's counts; INTx, when
+   present, is maskable and automasked. */
+static void irq_info_every_index(void **state) {
+    CONN;
+    for (uint32_t i = 0; i < 5; i++) {
+        struct vu_irq_info in = { .argsz = 16, .index = i }, out;
+        struct reply r;
+        assert_int_equal(request(c, VU_DEVICE_GET_IRQ_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+        assert_int_equal(r.len, 16);
+        memcpy(&out, r.payload, 16);
+        reply_free(&r);
+        assert_int_equal(out.index, i);
+        assert_true(out.flags & VU_IRQ_INFO_EVENTFD);
+        if (g_profile.irq_count[i] >= 0) assert_int_equal(out.count, (uint32_t)g_profile.irq_count[i]);
+        if (i == VU_PCI_INTX_IRQ && out.count > 0)
+            assert_int_equal(out.flags & (VU_IRQ_INFO_MASKABLE | VU_IRQ_INFO_AUTOMASKED), VU_IRQ_INFO_MASKABLE | VU_IRQ_INFO_AUTOMASKED);
+        if (i == VU_PCI_ERR_IRQ || i == VU_PCI_REQ_IRQ) assert_true(out.count <= 1);
+    }
+}
+
+static void irq_info_bad_index(void **state) {
+    CONN;
+    struct vu_irq_info in = { .argsz = 16, .index = 5 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_IRQ_INFO, &in, sizeof(in), EINVAL);
+}
+
+static void irq_info_short(void **state) {
+    CONN;
+    struct vu_irq_info in = { .argsz = 16, .index = 0 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_IRQ_INFO, &in, 8, EINVAL);
+}
+
+static void irq_info_bad_argsz(void **state) {
+    CONN;
+    struct vu_irq_info in = { .argsz = 4, .index = 0 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_IRQ_INFO, &in, sizeof(in), EINVAL);
+}
+
+const struct CMUnitTest info_tests[] = {
+    CHECK(device_info_valid),
+    CHECK(device_info_short),
+    CHECK(device_info_oversized),
+    CHECK(device_info_bad_argsz),
+    CHECK(region_info_every_index),
+    CHECK(region_info_argsz_retry),
+    CHECK(region_info_caps_and_fd),
+    CHECK(region_info_bad_index),
+    CHECK(region_info_short),
+    CHECK(region_info_bad_argsz),
+    CHECK(region_io_fds_valid),
+    CHECK(region_io_fds_bad_index),
+    CHECK(region_io_fds_bad_flags),
+    CHECK(irq_info_every_index),
+    CHECK(irq_info_bad_index),
+    CHECK(irq_info_short),
+    CHECK(irq_info_bad_argsz),
+};
+const size_t info_tests_count = COUNT_OF(info_tests);
