@@ -1,1 +1,209 @@
-public enum MTTYPlaceholder {}
+import Glibc
+import PCI
+
+/// The Linux mtty sample (samples/vfio-mdev/mtty.c): a PCI serial card with
+/// one or two 16550A ports, each behind an 8-byte I/O BAR, sharing INTx.
+///
+/// As the guest sees it, the identity matches the sample so Linux's stock
+/// 8250_pci binds (WCH CH352 2S, board pbn_b0_bt_2_115200). Differences
+/// from the sample are listed in Samples/MTTY/README.md.
+public final class MTTY: VFIODevice {
+    // MARK: Identity (mtty.c: mtty_create_config_space)
+    public static let vendorID: UInt16 = 0x4348       // WCH
+    public static let deviceID: UInt16 = 0x3253       // CH352 2S
+    public static let classCode: UInt32 = 0x070002    // serial controller, 16550-compatible
+    public static let revision: UInt8 = 0x10
+    /// Opaque bytes the sample puts in the vendor area, and its ASCII tag.
+    static let vendorFiller: [(Int, UInt8)] = [(0x40, 0x23), (0x43, 0x80), (0x44, 0x23), (0x48, 0x23), (0x4c, 0x23)]
+    static let tag = Array("PCI Serial/UART".utf8)
+    static let stateMagic: [UInt8] = Array("MTTY".utf8)
+    static let stateVersion: UInt16 = 1
+
+    public let portCount: Int
+    public private(set) var ports: [UART16550]
+    public private(set) var config = ConfigSpace()
+    private let initialConfig: ConfigSpace
+    private let lines: [HostLine?]
+    private let clock: () -> UInt64
+    /// The level last reported on INTx, so only changes are sent.
+    private var intxLevel = false
+    private var running = true
+
+    public let regions: [Region]
+    /// INTx (maskable, automasked), and MSI with one vector as the sample reports at the VFIO level.
+    public let irqs: [IRQ] = [.intx, IRQ(count: 1, noResize: true), .none, .none, .none]
+    /// Unlike the sample, reset is advertised and implemented.
+    public let supportsReset = true
+    public weak var interrupts: InterruptSink?
+    public weak var dma: DMAAccess?
+    public let hasHostEvents: Bool
+    public var migrationType: String? { "mtty-\(portCount)" }
+
+    /// `ports`: 1 (mtty-1) or 2 (mtty-2). `backends`: per port; missing ones are loopback.
+    public init(ports: Int, backends: [SerialBackend] = [], clock: @escaping () -> UInt64 = monotonicNanoseconds) throws(DeviceError) {
+        precondition(ports == 1 || ports == 2)
+        portCount = ports
+        self.ports = [UART16550](repeating: UART16550(), count: ports)
+        self.clock = clock
+        var made: [HostLine?] = []
+        for i in 0..<ports {
+            let kind = i < backends.count ? backends[i] : .loopback
+            made.append(kind == .loopback ? nil : try HostLine(kind))
+        }
+        lines = made
+        hasHostEvents = made.contains { $0 != nil }
+
+        config.setIdentity(vendor: Self.vendorID, device: Self.deviceID, subsystemVendor: Self.vendorID,
+                           subsystem: Self.deviceID, classCode: Self.classCode, revision: Self.revision)
+        config.set16(ConfigSpace.Offset.command, ConfigSpace.CommandBit.io)
+        config.set16(ConfigSpace.Offset.status, ConfigSpace.StatusBit.devselMedium)
+        for p in 0..<ports { config.setBAR(p, BAR(.io, size: 8)) }
+        config.setInterruptPin(1)
+        for (offset, byte) in Self.vendorFiller { config.setBytes(offset, [byte]) }
+        config.setBytes(0x60, Self.tag)
+        initialConfig = config
+
+        var r = [Region](repeating: .absent, count: 9)
+        for p in 0..<ports { r[p] = Region(size: 8) }
+        r[7] = Region(size: 256)
+        regions = r
+    }
+
+    /// Where each port's host side is (pty path, socket path), nil for loopback.
+    public var backendNames: [String?] { lines.map { $0?.name } }
+
+    // MARK: Region access
+
+    public func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        if region == 7 {
+            config.read(offset: Int(offset), into: buffer)
+            return 0
+        }
+        guard region < portCount else { return EINVAL }
+        // Byte registers: wider reads return one register per byte.
+        let now = clock()
+        for i in 0..<buffer.count { buffer[i] = ports[region].read(Int(offset) + i, now: now) }
+        updateInterrupt(now: now)
+        return 0
+    }
+
+    public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
+        if region == 7 {
+            config.write(offset: Int(offset), data: data)
+            return 0
+        }
+        guard region < portCount else { return EINVAL }
+        let now = clock()
+        for i in 0..<data.count {
+            if let byte = ports[region].write(Int(offset) + i, data[i], now: now) { transmit(byte, port: region, now: now) }
+        }
+        updateInterrupt(now: now)
+        return 0
+    }
+
+    /// A byte the guest sent: to the host line, or back to the receiver (the sample's echo).
+    private func transmit(_ byte: UInt8, port: Int, now: UInt64) {
+        if let line = lines[port] {
+            line.send(byte)
+        } else {
+            ports[port].receive(byte, now: now)
+        }
+    }
+
+    /// Drives the shared INTx line from the ports' interrupt outputs.
+    private func updateInterrupt(now: UInt64) {
+        let level = ports.contains { $0.interruptPending(now: now) }
+        guard level != intxLevel else { return }
+        intxLevel = level
+        interrupts?.setINTxLevel(level)
+        if level { interrupts?.trigger(.msi, vector: 0) }
+    }
+
+    // MARK: Host side
+
+    public func pollRequests() -> [(fd: Int32, events: Int16)] {
+        var out: [(fd: Int32, events: Int16)] = []
+        for (p, line) in lines.enumerated() {
+            guard let line else { continue }
+            for r in line.pollRequests() {
+                // Stop reading while the receive FIFO is full or the device is stopped.
+                let wantsInput = running && ports[p].receiveSpace > 0
+                let events = r.events & ~(wantsInput ? 0 : Int16(POLLIN))
+                if events != 0 { out.append((r.fd, events)) }
+            }
+        }
+        return out
+    }
+
+    public func serviceEvent(fd: Int32, revents: Int16) {
+        let now = clock()
+        for (p, line) in lines.enumerated() {
+            guard let line else { continue }
+            let space = running ? ports[p].receiveSpace : 0
+            for byte in line.service(fd: fd, revents: revents, space: space) { ports[p].receive(byte, now: now) }
+        }
+        updateInterrupt(now: now)
+    }
+
+    public var timerDeadline: UInt64? {
+        guard !intxLevel else { return nil }
+        return ports.compactMap { $0.ier & UART16550.ierReceivedData != 0 ? $0.timeoutDeadline : nil }.min()
+    }
+
+    public func timerExpired() { updateInterrupt(now: clock()) }
+
+    public func setRunning(_ running: Bool) { self.running = running }
+
+    // MARK: Lifecycle
+
+    public func reset() {
+        for p in 0..<portCount { ports[p] = UART16550() }
+        config = initialConfig
+        running = true
+        updateInterrupt(now: clock())
+    }
+
+    /// Versioned state: "MTTY", u16 version, u8 port count, then per port the
+    /// registers, the pending THRE condition and the receive FIFO; then the
+    /// 256-byte config space. Interrupt state follows from the registers.
+    public func saveState() -> [UInt8] {
+        var out = Self.stateMagic
+        out += [UInt8(Self.stateVersion & 0xff), UInt8(Self.stateVersion >> 8), UInt8(portCount)]
+        for u in ports {
+            out += [u.ier, u.lcr, u.mcr, u.scr, u.fcr, UInt8(u.divisor & 0xff), UInt8(u.divisor >> 8),
+                    u.lsrErrors, u.msr, u.transmitEmptyPending ? 1 : 0, UInt8(u.receive.count)]
+            out += u.receive + [UInt8](repeating: 0, count: UART16550.fifoSize - u.receive.count)
+        }
+        return out + config.bytes
+    }
+
+    public static let portStateSize = 11 + UART16550.fifoSize
+
+    public func restoreState(_ s: [UInt8]) throws(DeviceError) {
+        guard s.count >= 7, Array(s[0..<4]) == Self.stateMagic else { throw DeviceError(EINVAL, "not an mtty state") }
+        let version = UInt16(s[4]) | UInt16(s[5]) << 8
+        guard version == Self.stateVersion else { throw DeviceError(EINVAL, "unsupported mtty state version \(version)") }
+        guard Int(s[6]) == portCount else {
+            throw DeviceError(EINVAL, "state has \(s[6]) ports, this mtty-\(portCount) has \(portCount)")
+        }
+        guard s.count == 7 + portCount * Self.portStateSize + 256 else { throw DeviceError(EINVAL, "mtty state has the wrong length") }
+        var restored: [UART16550] = []
+        var at = 7
+        for _ in 0..<portCount {
+            var u = UART16550()
+            u.ier = s[at] & 0x0f; u.lcr = s[at + 1]; u.mcr = s[at + 2] & 0x1f; u.scr = s[at + 3]; u.fcr = s[at + 4] & 0xc9
+            u.divisor = UInt16(s[at + 5]) | UInt16(s[at + 6]) << 8
+            u.lsrErrors = s[at + 7] & UART16550.lsrOverrun; u.msr = s[at + 8]; u.transmitEmptyPending = s[at + 9] != 0
+            let count = Int(s[at + 10])
+            guard count <= u.receiveCapacity else { throw DeviceError(EINVAL, "mtty state holds more bytes than the FIFO") }
+            u.receive = Array(s[(at + 11)..<(at + 11 + count)])
+            u.lastReceiveActivity = clock()
+            restored.append(u)
+            at += Self.portStateSize
+        }
+        ports = restored
+        config = initialConfig
+        config.setBytes(0, Array(s[at..<(at + 256)]))
+        updateInterrupt(now: clock())
+    }
+}

@@ -1,3 +1,5 @@
+import Glibc
+
 /// The contract between a device model and the vfio-user server.
 ///
 /// A device model is a plain state machine: the server calls it on the
@@ -121,21 +123,38 @@ public protocol VFIODevice: AnyObject {
     /// Restores `saveState()` output; throws with a reason on a bad stream.
     func restoreState(_ bytes: [UInt8]) throws(DeviceError)
 
-    /// Host-side descriptors (pty, socket backends) the server polls for the
-    /// device; `serviceEvent` is called on the owner thread when one is ready.
-    var eventDescriptors: [Int32] { get }
-    func serviceEvent(fd: Int32)
+    /// Whether the device has host-side descriptors (pty, socket backends)
+    /// for the server to poll. Read on every message, so keep it cheap.
+    var hasHostEvents: Bool { get }
+    /// The descriptors to poll now, with poll(2) events; asked only when `hasHostEvents`.
+    func pollRequests() -> [(fd: Int32, events: Int16)]
+    /// A polled descriptor is ready; called on the owner thread.
+    func serviceEvent(fd: Int32, revents: Int16)
+    /// A CLOCK_MONOTONIC time (ns) at which `timerExpired` must run, if any
+    /// (the UART's receive timeout).
+    var timerDeadline: UInt64? { get }
+    func timerExpired()
     /// Called when the migration state machine stops or restarts the device.
     func setRunning(_ running: Bool)
 }
 
 extension VFIODevice {
-    public var eventDescriptors: [Int32] { [] }
-    public func serviceEvent(fd: Int32) {}
+    public var hasHostEvents: Bool { false }
+    public func pollRequests() -> [(fd: Int32, events: Int16)] { [] }
+    public func serviceEvent(fd: Int32, revents: Int16) {}
+    public var timerDeadline: UInt64? { nil }
+    public func timerExpired() {}
     public func setRunning(_ running: Bool) {}
     public var migrationType: String? { nil }
     public func saveState() -> [UInt8] { [] }
     public func restoreState(_ bytes: [UInt8]) throws(DeviceError) {
         throw DeviceError(95, "device does not support migration")
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

@@ -42,9 +42,7 @@ public final class Endpoint {
     private let regionSize: [UInt64]
     private let regionAccess: [UInt8] // bit0 read, bit1 write
     private var nextRequestID: UInt16 = 0
-    private var pollSet: [pollfd] = []
     private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
-    private let deviceFDs: [Int32]
 
     public init(host: DeviceHost, socket: Int32, logger: Logger) {
         self.host = host
@@ -54,7 +52,6 @@ public final class Endpoint {
         interrupts = InterruptState(irqs: host.irqs)
         regionSize = host.regions.map(\.size)
         regionAccess = host.regions.map { ($0.readable ? 1 : 0) | ($0.writable ? 2 : 0) }
-        deviceFDs = host.device.eventDescriptors
     }
 
     /// Serves until the client disconnects; then releases everything the
@@ -70,10 +67,11 @@ public final class Endpoint {
             interrupts.closeAll()
             transport.closeFDs()
         }
-        rebuildPollSet()
+        pollIRQ = interrupts.watched
         do {
             while true {
-                if !pollSet.isEmpty && !transport.hasBufferedMessage && !transport.hasDeferred {
+                if !transport.hasBufferedMessage && !transport.hasDeferred
+                    && (!pollIRQ.isEmpty || device.hasHostEvents || device.timerDeadline != nil) {
                     try waitForEvents()
                     continue
                 }
@@ -91,35 +89,35 @@ public final class Endpoint {
 
     // MARK: Polling for host-side events
 
-    private func rebuildPollSet() {
-        pollIRQ = interrupts.watched
-        interrupts.watchedChanged = false
-        guard !pollIRQ.isEmpty || !deviceFDs.isEmpty else { pollSet = []; return }
-        pollSet = [pollfd(fd: transport.socket, events: Int16(POLLIN), revents: 0)]
-        for w in pollIRQ { pollSet.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
-        for fd in deviceFDs { pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-    }
-
-    /// Blocks until the socket or a watched descriptor is ready, servicing the latter.
+    /// Blocks until the socket, a watched eventfd or a device descriptor is
+    /// ready, or the device's timer is due; services what is ready.
     private func waitForEvents() throws(TransportEnd) {
-        let n = poll(&pollSet, nfds_t(pollSet.count), -1)
+        let device = host.device
+        var set = [pollfd(fd: transport.socket, events: Int16(POLLIN), revents: 0)]
+        for w in pollIRQ { set.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
+        let deviceRequests = device.hasHostEvents ? device.pollRequests() : []
+        for r in deviceRequests { set.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
+        var timeout: Int32 = -1
+        if let deadline = device.timerDeadline {
+            let now = monotonicNanoseconds()
+            timeout = deadline <= now ? 0 : Int32(min((deadline - now + 999_999) / 1_000_000, 1000))
+        }
+        let n = poll(&set, nfds_t(set.count), timeout)
         if n < 0 {
             if errno == EINTR { return }
             throw .io(errno)
         }
-        var socketReady = false
-        for i in pollSet.indices where pollSet[i].revents != 0 {
-            if i == 0 { socketReady = true; continue }
-            let irq = i - 1
-            if irq < pollIRQ.count {
-                let w = pollIRQ[irq]
+        for i in 1..<set.count where set[i].revents != 0 {
+            if i - 1 < pollIRQ.count {
+                let w = pollIRQ[i - 1]
                 interrupts.watchedFired(fd: w.fd, index: w.index, vector: w.vector, unmask: w.unmask)
             } else {
-                host.device.serviceEvent(fd: pollSet[i].fd)
+                device.serviceEvent(fd: set[i].fd, revents: set[i].revents)
             }
         }
-        if interrupts.watchedChanged { rebuildPollSet() }
-        if socketReady, let message = try transport.receive(nonBlocking: true) { try handle(message) }
+        if let deadline = device.timerDeadline, monotonicNanoseconds() >= deadline { device.timerExpired() }
+        if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
+        if set[0].revents != 0, let message = try transport.receive(nonBlocking: true) { try handle(message) }
     }
 
     // MARK: Dispatch
@@ -259,7 +257,7 @@ public final class Endpoint {
             var taken = [Int32]()
             if fdCount > 0 { for i in 0..<fdCount { taken.append(transport.takeFD(i)) } }
             try taken.withUnsafeBufferPointer { (fds) throws(ProtocolError) in try interrupts.apply(s, fds: fds) }
-            if interrupts.watchedChanged { rebuildPollSet() }
+            if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
             try reply(w, to: h)
 
         case .deviceReset:

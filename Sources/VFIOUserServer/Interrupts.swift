@@ -63,7 +63,10 @@ public final class InterruptState: InterruptSink {
         let i = index.rawValue
         guard i < vectors.count, vector >= 0, vector < vectors[i].count else { return }
         if vectors[i][vector].masked || vectors[i][vector].trigger < 0 {
-            vectors[i][vector].pending = true
+            // Remembered for a maskable line (delivered at unmask or when an
+            // eventfd is attached); an edge on an unwired MSI vector is lost,
+            // as on hardware with MSI disabled.
+            if irqs[i].maskable { vectors[i][vector].pending = true }
             return
         }
         fire(i, vector)

@@ -7,15 +7,20 @@ struct DeviceType: Sendable {
     var name: String
     var description: String
     var deviceAPI = "vfio-pci"
-    var make: @Sendable () throws -> VFIODevice
+    /// Builds an instance; `backends` are the per-port serial backends (mtty only).
+    var make: @Sendable (_ backends: [SerialBackend]) throws -> VFIODevice
 
     static let all: [DeviceType] = [
         DeviceType(name: "test", description: "Protocol test device (BAR0 trapped MMIO, BAR1 mmap-able memfd, BAR2 I/O, INTx/MSI/MSI-X)") {
+_ in
             try TestDevice(mappable: true)
         },
         DeviceType(name: "test-nommap", description: "Protocol test device with every BAR trapped (QEMU posts MMIO writes to it)") {
+_ in
             try TestDevice(mappable: false)
         },
+        DeviceType(name: "mtty-1", description: "Single port serial") { try MTTY(ports: 1, backends: $0) },
+        DeviceType(name: "mtty-2", description: "Dual port serial") { try MTTY(ports: 2, backends: $0) },
     ]
 
     static func named(_ name: String) -> DeviceType? { all.first { $0.name == name } }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import MTTY
 import VFIOUserServer
 
 struct Serve: ParsableCommand {
@@ -8,7 +9,8 @@ struct Serve: ParsableCommand {
         abstract: "Serve one device on a vfio-user socket.",
         discussion: """
         Types: \(DeviceType.all.map(\.name).joined(separator: ", ")) (see `umdev types`).
-        The "test" types are protocol test devices, not sample devices.
+        mtty-1 and mtty-2 are the Linux mtty sample; "test" and "test-nommap" are
+        protocol test devices for exercising the server, not sample devices.
         One client at a time is served; when it disconnects the device keeps
         its state and the next client may connect. Stop with SIGINT or SIGTERM.
         """)
@@ -19,6 +21,11 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "UNIX socket path to listen on.")
     var socket: String
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Serial backend of the next mtty port: loopback (as the sample), pty, or unix:PATH. Repeat per port.",
+        valueName: "backend"))
+    var serial: [String] = []
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -27,7 +34,18 @@ struct Serve: ParsableCommand {
         guard let kind = DeviceType.named(type) else {
             throw ValidationError("unknown device type '\(type)'; known: \(DeviceType.all.map(\.name).joined(separator: ", "))")
         }
-        let device = try kind.make()
+        var backends: [SerialBackend] = []
+        for s in serial {
+            guard let b = SerialBackend(argument: s) else { throw ValidationError("bad --serial '\(s)': use loopback, pty or unix:PATH") }
+            backends.append(b)
+        }
+        guard backends.isEmpty || kind.name.hasPrefix("mtty") else { throw ValidationError("--serial applies to mtty types only") }
+        let device = try kind.make(backends)
+        if let mtty = device as? MTTY {
+            for (port, name) in mtty.backendNames.enumerated() {
+                logger.notice("port \(port): \(name ?? "loopback (what the guest sends comes back)")")
+            }
+        }
         let server = try DeviceServer(host: DeviceHost(device: device, typeName: kind.name), path: socket, logger: logger)
         signal(SIGPIPE, SIG_IGN)
         installTerminationHandler(path: socket)

@@ -1,0 +1,135 @@
+import CShim
+import Glibc
+import PCI
+
+/// Where a port's line goes.
+public enum SerialBackend: Sendable, Equatable {
+    /// As the Linux sample: what the guest transmits comes back on its receive side.
+    case loopback
+    /// A host pseudo-terminal; `screen /dev/pts/N` talks to the guest.
+    case pty
+    /// A UNIX stream socket at this path; one peer at a time.
+    case unixSocket(String)
+
+    /// Parses `loopback`, `pty` or `unix:PATH`.
+    public init?(argument: String) {
+        switch argument {
+        case "loopback": self = .loopback
+        case "pty": self = .pty
+        default:
+            guard argument.hasPrefix("unix:"), argument.count > 5 else { return nil }
+            self = .unixSocket(String(argument.dropFirst(5)))
+        }
+    }
+}
+
+/// The host side of a non-loopback port: a pty master, or a listening
+/// socket and its one accepted peer. Non-blocking descriptors, serviced on
+/// the device's owner thread.
+final class HostLine {
+    let kind: SerialBackend
+    /// Where a user connects: the pty slave path or the socket path.
+    let name: String
+    private var listener: Int32 = -1
+    /// The descriptor bytes flow through (pty master, or the accepted peer).
+    private(set) var line: Int32 = -1
+    /// Transmitted bytes the host has not taken yet (bounded).
+    private var pendingOutput: [UInt8] = []
+    static let maxPendingOutput = 64 * 1024
+
+    init(_ kind: SerialBackend) throws(DeviceError) {
+        self.kind = kind
+        switch kind {
+        case .loopback:
+            name = "loopback"
+        case .pty:
+            var buffer = [CChar](repeating: 0, count: 128)
+            let fd = umdev_open_pty(&buffer, buffer.count)
+            guard fd >= 0 else { throw DeviceError(errno, "cannot open a pty") }
+            line = fd
+            name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        case .unixSocket(let path):
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw DeviceError(ENAMETOOLONG, "socket path too long") }
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, b) in bytes.enumerated() { raw[i] = b }
+                raw[bytes.count] = 0
+            }
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { throw DeviceError(errno, "socket() failed") }
+            unlink(path)
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard rc == 0, listen(fd, 1) == 0 else {
+                let e = errno
+                close(fd)
+                throw DeviceError(e, "cannot listen on \(path)")
+            }
+            listener = fd
+            name = path
+        }
+    }
+
+    deinit {
+        if line >= 0 { close(line) }
+        if listener >= 0 { close(listener) }
+        if case .unixSocket(let path) = kind { unlink(path) }
+    }
+
+    /// Descriptors to poll and for what.
+    func pollRequests() -> [(fd: Int32, events: Int16)] {
+        var out: [(Int32, Int16)] = []
+        if listener >= 0 && line < 0 { out.append((listener, Int16(POLLIN))) }
+        if line >= 0 { out.append((line, Int16(POLLIN) | (pendingOutput.isEmpty ? 0 : Int16(POLLOUT)))) }
+        return out
+    }
+
+    /// Services `fd` if it is one of ours: accepts a waiting peer, flushes
+    /// output, and returns up to `space` bytes the host sent.
+    func service(fd: Int32, revents: Int16, space: Int) -> [UInt8] {
+        if fd == listener { acceptIfReady(); return [] }
+        guard fd == line else { return [] }
+        if revents & Int16(POLLOUT) != 0 { flush() }
+        guard revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 else { return [] }
+        return read(max: space)
+    }
+
+    /// Accepts a peer if one is waiting on the listener.
+    func acceptIfReady() {
+        guard listener >= 0, line < 0 else { return }
+        let fd = accept(listener, nil, nil)
+        if fd >= 0 {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            line = fd
+        }
+    }
+
+    /// Reads up to `max` bytes the host sent.
+    func read(max: Int) -> [UInt8] {
+        guard line >= 0, max > 0 else { return [] }
+        var buffer = [UInt8](repeating: 0, count: max)
+        let n = Glibc.read(line, &buffer, max)
+        if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR && errno != EIO) {
+            if listener >= 0 { close(line); line = -1 } // the socket peer left; wait for the next
+            return []
+        }
+        return n > 0 ? Array(buffer[0..<n]) : []
+    }
+
+    /// Sends a transmitted byte to the host (queued while the host is slow).
+    func send(_ byte: UInt8) {
+        guard line >= 0 else { return }
+        if pendingOutput.count < HostLine.maxPendingOutput { pendingOutput.append(byte) }
+        flush()
+    }
+
+    func flush() {
+        guard line >= 0, !pendingOutput.isEmpty else { return }
+        let n = pendingOutput.withUnsafeBytes { Glibc.write(line, $0.baseAddress, $0.count) }
+        if n > 0 { pendingOutput.removeFirst(n) }
+    }
+}
