@@ -49,7 +49,7 @@ let package = Package(
 
         // Device models.
         .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
-        .target(name: "MTTY", dependencies: ["PCI"], path: "Samples/MTTY", swiftSettings: strict),
+        .target(name: "MTTY", dependencies: ["PCI", "CShim"], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
 
         .executableTarget(
             name: "umdev",

@@ -2,6 +2,8 @@ import ArgumentParser
 import CMallocCounter
 import Glibc
 import Logging
+import MTTY
+import CShim
 import PCI
 import TestDevice
 import VFIOUser
@@ -21,10 +23,12 @@ struct Bench: ParsableCommand {
     @Option(help: "Round trips per measurement.") var iterations = 200_000
     @Option(help: "Serve nothing; drive the server at this socket.") var socket: String?
     @Option(help: "Only this case, e.g. read-1 or write-4.") var only: String?
+    @Flag(help: "Measure mtty instead: loopback throughput and interrupt latency.") var mtty = false
 
     func run() throws {
         umdev_malloc_counter_link()
         signal(SIGPIPE, SIG_IGN)
+        if mtty { return try benchMTTY() }
         var server: DeviceServer?
         let path: String
         if let socket {
@@ -102,4 +106,49 @@ func rssKiB() -> Int {
         }
     }
     return resident * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+}
+
+extension Bench {
+    /// mtty-1 served in-process. Each round: the guest writes a byte to THR
+    /// (REGION_WRITE), the echo raises INTx (eventfd), the guest reads RBR and
+    /// unmasks, as QEMU under TCG would. Latency is from sending the THR write
+    /// to the eventfd being readable.
+    func benchMTTY() throws {
+        let path = "/tmp/umdev-bench-mtty-\(getpid()).sock"
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let server = try DeviceServer(host: DeviceHost(device: try MTTY(ports: 1), typeName: "mtty-1"), path: path, logger: logger)
+        server.start()
+        defer { server.stop() }
+        let c = try VFIOUserClient(path: path)
+        try c.negotiate()
+        let intx = umdev_eventfd(0)
+        defer { close(intx) }
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        try c.write8(region: 0, offset: 2, 0x01) // FIFO on, trigger 1
+        try c.write8(region: 0, offset: 1, 0x01) // RX data interrupt
+        let rounds = min(iterations, 50_000)
+        var latency = [UInt64](repeating: 0, count: rounds)
+        var one: UInt8 = 0
+        var counter: UInt64 = 0
+        let start = now()
+        for i in 0..<rounds {
+            one = UInt8(truncatingIfNeeded: i)
+            let t0 = now()
+            try withUnsafeBytes(of: &one) { try c.write(region: 0, offset: 0, from: $0) }
+            var p = pollfd(fd: intx, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 1000) == 1 else { throw ValidationError("no interrupt for byte \(i)") }
+            latency[i] = now() - t0
+            _ = read(intx, &counter, 8)
+            var got: UInt8 = 0
+            try withUnsafeMutableBytes(of: &got) { try c.read(region: 0, offset: 0, into: $0) }
+            guard got == one else { throw ValidationError("byte \(i) came back as \(got)") }
+            try c.setIRQs(index: 0, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+        }
+        let elapsed = now() - start
+        latency.sort()
+        print("mtty-1 loopback, \(rounds) bytes, one interrupt each")
+        print("  throughput        \(Int(Double(rounds) / (Double(elapsed) / 1e9))) bytes/s")
+        print("  interrupt latency p50 \(latency[rounds / 2]) ns, p99 \(latency[rounds * 99 / 100]) ns")
+    }
 }
