@@ -423,20 +423,18 @@ enum RegionInfoReply {
         w.u32(capsLength > 0 && fits ? 32 : 0)
         w.u64(r.size); w.u64(r.mapping?.fileOffset ?? 0)
         guard fits, capsLength > 0 else { return -1 }
-        var offset = 32
         if let m = r.mapping {
             let areas = m.areas.isEmpty ? [Region.Area(offset: 0, size: r.size)] : m.areas
-            let next = r.type != nil ? UInt32(offset + 16 + 16 * areas.count) : 0
+            // The TYPE capability, if any, follows the sparse areas.
+            let next = r.type != nil ? UInt32(32 + 16 + 16 * areas.count) : 0
             w.u16(VFIO.regionCapSparseMmap); w.u16(1); w.u32(next)
             w.u32(UInt32(areas.count)); w.u32(0)
             for a in areas { w.u64(a.offset); w.u64(a.size) }
-            offset = Int(next)
         }
         if let t = r.type {
             w.u16(VFIO.regionCapType); w.u16(1); w.u32(0)
             w.u32(t.type); w.u32(t.subtype)
         }
-        _ = offset
         return r.mapping?.fd ?? -1
     }
 }

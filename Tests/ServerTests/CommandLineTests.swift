@@ -1,0 +1,86 @@
+import Foundation
+import Glibc
+import MTTY
+import Testing
+import VFIOUser
+import VFIOUserClient
+
+@Suite("umdev command line")
+struct CommandLineTests {
+    func run(_ arguments: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: umdevExecutable())
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    @Test func infoDescribesWhatServeOffers() throws {
+        let server = try ServerProcess(type: "mtty-2")
+        let text = try run(["info", "--socket", server.path])
+        #expect(text.contains("max_msg_fds 8, max_data_xfer_size 1048576"))
+        #expect(text.contains("device: PCI|RESET, 9 regions, 5 IRQ indices"))
+        #expect(text.contains("PCI 4348:3253 class 070002 rev 10"))
+        #expect(text.contains("0 BAR0: 8 bytes, read|write"))
+        #expect(text.contains("1 BAR1: 8 bytes, read|write"))
+        #expect(text.contains("7 CONFIG: 256 bytes, read|write"))
+        #expect(text.contains("0 INTx: 1 vector, eventfd|maskable|automasked"))
+        #expect(text.contains("migration: STOP_COPY|PRE_COPY, state RUNNING"))
+        let test = try ServerProcess(type: "test")
+        let t = try run(["info", "--socket", test.path])
+        #expect(t.contains("1 BAR1: 4096 bytes, read|write|mmap, mappable areas [0x0+0x1000], fd offset 0x0"))
+    }
+
+    @Test func typesListsTheMdevTypes() throws {
+        let text = try run(["types"])
+        #expect(text.contains("mtty-1\n  description: Single port serial\n  device_api:  vfio-pci"))
+        #expect(text.contains("mtty-2\n  description: Dual port serial"))
+    }
+}
+
+@Suite("mtty socket backend")
+struct MTTYSocketBackendTests {
+    @Test func unixSocketBackendCarriesBytesBothWays() throws {
+        let path = socketPath("line")
+        let device = try MTTY(ports: 2, backends: [.loopback, .unixSocket(path)])
+        let s = try LiveServer(device, type: "mtty-2")
+        let c = try s.connect()
+        let guest = Guest8250(c)
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [guest.intx])
+        try guest.startup(1)
+        // The host peer connects to the port's socket.
+        let peer = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(peer) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(peer, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(rc == 0)
+        // Host → guest: accepted and delivered on the server's thread, with an interrupt.
+        let msg = Array("ping".utf8)
+        #expect(write(peer, msg, msg.count) == msg.count)
+        #expect(waitSignal(guest.intx) == 1)
+        var rx: [UInt8] = []
+        while try guest.inb(1, 5) & 0x01 != 0 { rx.append(try guest.inb(1, 0)) }
+        #expect(rx == msg)
+        // Guest → host
+        for b in Array("pong".utf8) { try guest.outb(1, 0, b) }
+        var got = [UInt8](repeating: 0, count: 16)
+        var p = pollfd(fd: peer, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&p, 1, 2000) == 1)
+        let n = read(peer, &got, 16)
+        #expect(Array(got[0..<max(0, n)]) == Array("pong".utf8))
+        // Port 0 still echoes.
+        try guest.outb(0, 0, 0x7e)
+        #expect(try guest.inb(0, 0) == 0x7e)
+    }
+}
