@@ -145,9 +145,15 @@ public final class MTTY: VFIODevice {
         updateInterrupt(now: now)
     }
 
+    /// The earliest receive timeout among ports with RX interrupts on; read
+    /// by the server after every message, so it allocates nothing.
     public var timerDeadline: UInt64? {
         guard !intxLevel else { return nil }
-        return ports.compactMap { $0.ier & UART16550.ierReceivedData != 0 ? $0.timeoutDeadline : nil }.min()
+        var earliest: UInt64?
+        for p in 0..<portCount where ports[p].ier & UART16550.ierReceivedData != 0 {
+            if let d = ports[p].timeoutDeadline, d < (earliest ?? .max) { earliest = d }
+        }
+        return earliest
     }
 
     public func timerExpired() { updateInterrupt(now: clock()) }
