@@ -16,7 +16,7 @@ struct Serve: ParsableCommand {
         """)
 
     @Option(name: .long, help: "Device type to serve.")
-    var type: String = "test"
+    var type: String = "mtty-2"
 
     @Option(name: .long, help: "UNIX socket path to listen on.")
     var socket: String
