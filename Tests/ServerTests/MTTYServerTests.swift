@@ -148,7 +148,14 @@ struct MTTYServerTests {
         let info = try c.deviceInfo()
         #expect(info.supportsReset)
         try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [guest.intx])
-        for p: UInt32 in [0, 1] { try guest.startup(p) }
+        for p: UInt32 in [0, 1] {
+            let probe = try guest.probe(p)
+            #expect(probe.is16550A && probe.fifoSize == 16)
+            try guest.startup(p)
+        }
+        _ = waitSignal(guest.intx, ms: 50) // the probe's loopback may have raised the line
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+        _ = drain(guest.intx)
         var rng = SystemRandomNumberGenerator()
         let data = (0..<2).map { _ in (0..<65536).map { _ in UInt8.random(in: 0...255, using: &rng) } }
         let received = try guest.transfer(data)
