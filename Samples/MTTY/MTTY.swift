@@ -34,7 +34,14 @@ public final class MTTY: VFIODevice {
     public let irqs: [IRQ] = [.intx, IRQ(count: 1, noResize: true), .none, .none, .none]
     /// Unlike the sample, reset is advertised and implemented.
     public let supportsReset = true
-    public weak var interrupts: InterruptSink?
+    /// Set by the server when a client attaches; the line's current level is
+    /// announced to the new sink so an interrupt pending across a reconnect is kept.
+    public weak var interrupts: InterruptSink? {
+        didSet {
+            intxLevel = false
+            updateInterrupt(now: clock())
+        }
+    }
     public weak var dma: DMAAccess?
     public let hasHostEvents: Bool
     public var migrationType: String? { "mtty-\(portCount)" }

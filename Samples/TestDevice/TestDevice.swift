@@ -54,7 +54,10 @@ public final class TestDevice: VFIODevice {
     public let regions: [Region]
     public let irqs: [IRQ] = [.intx, IRQ(count: 1, noResize: true), IRQ(count: 4, noResize: true), IRQ(count: 1), IRQ(count: 1)]
     public let supportsReset = true
-    public weak var interrupts: InterruptSink?
+    /// Set by the server when a client attaches; STATUS.IS is announced to it.
+    public weak var interrupts: InterruptSink? {
+        didSet { interrupts?.setINTxLevel(u32(Register.status) & 1 != 0) }
+    }
     public weak var dma: DMAAccess?
     public var migrationType: String? { "test" }
 

@@ -252,3 +252,21 @@ struct MTTYServerTests {
         #expect(rx == msg)
     }
 }
+
+@Suite("mtty across reconnects")
+struct MTTYReconnectTests {
+    @Test func anInterruptPendingAtDisconnectReachesTheNextClient() throws {
+        let s = try LiveServer(try MTTY(ports: 1), type: "mtty-1")
+        do {
+            let c = try s.connect()
+            try c.write8(region: 0, offset: 1, 0x01) // RX interrupts
+            try c.write8(region: 0, offset: 0, 0x33) // echo: line asserted, nobody listening
+        }
+        let c = try s.connect()
+        let fd = eventfd()
+        defer { close(fd) }
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [fd])
+        #expect(waitSignal(fd) == 1)
+        #expect(try c.read8(region: 0, offset: 0) == 0x33)
+    }
+}
