@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.
@@ -133,3 +134,9 @@ long long umdev_fd_size(int fd) {
     return (long long)end;
 }
 
+
+int umdev_poll_ns(void *fds, unsigned long nfds, long long timeout_ns) {
+    if (timeout_ns < 0) return ppoll((struct pollfd *)fds, nfds, NULL, NULL);
+    struct timespec ts = { .tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL };
+    return ppoll((struct pollfd *)fds, nfds, &ts, NULL);
+}

@@ -97,12 +97,12 @@ public final class Endpoint {
         for w in pollIRQ { set.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
         let deviceRequests = device.hasHostEvents ? device.pollRequests() : []
         for r in deviceRequests { set.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
-        var timeout: Int32 = -1
+        var timeout: Int64 = -1
         if let deadline = device.timerDeadline {
             let now = monotonicNanoseconds()
-            timeout = deadline <= now ? 0 : Int32(min((deadline - now + 999_999) / 1_000_000, 1000))
+            timeout = deadline <= now ? 0 : Int64(min(deadline - now, 1_000_000_000))
         }
-        let n = poll(&set, nfds_t(set.count), timeout)
+        let n = set.withUnsafeMutableBufferPointer { umdev_poll_ns($0.baseAddress, UInt($0.count), timeout) }
         if n < 0 {
             if errno == EINTR { return }
             throw .io(errno)

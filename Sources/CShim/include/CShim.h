@@ -46,4 +46,9 @@ int umdev_make_raw(int fd);
 /// fstat size, or -1.
 long long umdev_fd_size(int fd);
 
+/// ppoll(2) with a nanosecond timeout (negative waits for ever); `fds` is a
+/// `struct pollfd` array. poll(2)'s millisecond timeout is too coarse for a
+/// UART's receive timeout (0.35 ms at 115200 baud).
+int umdev_poll_ns(void *fds, unsigned long nfds, long long timeout_ns);
+
 #endif
