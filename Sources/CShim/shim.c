@@ -96,13 +96,8 @@ ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
     return n;
 }
 
-/// Size of the pending data on a socket is not needed; MSG_PEEK etc are plain flags.
+/// MSG_DONTWAIT, which Swift's Glibc module imports as an enum case.
 int umdev_msg_dontwait(void) { return MSG_DONTWAIT; }
-int umdev_msg_peek(void) { return MSG_PEEK; }
-int umdev_msg_waitall(void) { return MSG_WAITALL; }
-
-/// fcntl(F_GETFD): -1 if the descriptor is not open. Used by leak checks.
-int umdev_fd_is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
 
 /// posix_openpt + grantpt + unlockpt, master in raw mode, non-blocking.
 int umdev_open_pty(char *name, size_t namelen) {
@@ -128,11 +123,6 @@ int umdev_make_raw(int fd) {
     return tcsetattr(fd, TCSANOW, &t);
 }
 
-/// fstat size, or -1.
-long long umdev_fd_size(int fd) {
-    off_t end = lseek(fd, 0, SEEK_END);
-    return (long long)end;
-}
 
 
 int umdev_poll_ns(void *fds, unsigned long nfds, long long timeout_ns) {

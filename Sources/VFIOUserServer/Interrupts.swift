@@ -22,8 +22,6 @@ public final class InterruptState: InterruptSink {
     private var vectors: [[Vector]]
     /// Current INTx level as the device reports it.
     public private(set) var intxLevel = false
-    /// Counts of signals written per index (for `umdev info`, tests, stats).
-    public private(set) var delivered = [Int](repeating: 0, count: 5)
     /// Called when the set of watched descriptors changes.
     var watchedChanged = false
 
@@ -36,11 +34,17 @@ public final class InterruptState: InterruptSink {
 
     /// Closes every descriptor (client gone) and forgets masks and pending edges.
     func closeAll() {
-        for i in vectors.indices {
-            for j in vectors[i].indices {
-                for fd in [vectors[i][j].trigger, vectors[i][j].unmaskFD, vectors[i][j].maskFD] where fd >= 0 { close(fd) }
-                vectors[i][j] = Vector()
-            }
+        for i in vectors.indices { releaseAll(i) }
+    }
+
+    /// Closes the descriptors of every vector of index `i` and resets them.
+    private func releaseAll(_ i: Int) {
+        for j in vectors[i].indices {
+            let v = vectors[i][j]
+            if v.trigger >= 0 { close(v.trigger) }
+            if v.unmaskFD >= 0 { close(v.unmaskFD) }
+            if v.maskFD >= 0 { close(v.maskFD) }
+            vectors[i][j] = Vector()
         }
         watchedChanged = true
     }
@@ -62,14 +66,19 @@ public final class InterruptState: InterruptSink {
     public func trigger(_ index: IRQIndex, vector: Int) {
         let i = index.rawValue
         guard i < vectors.count, vector >= 0, vector < vectors[i].count else { return }
-        if vectors[i][vector].masked || vectors[i][vector].trigger < 0 {
+        raise(i, vector)
+    }
+
+    /// An edge on vector j of index i, from the device or a client TRIGGER.
+    private func raise(_ i: Int, _ j: Int) {
+        if vectors[i][j].masked || vectors[i][j].trigger < 0 {
             // Remembered for a maskable line (delivered at unmask or when an
             // eventfd is attached); an edge on an unwired MSI vector is lost,
             // as on hardware with MSI disabled.
-            if irqs[i].maskable { vectors[i][vector].pending = true }
+            if irqs[i].maskable { vectors[i][j].pending = true }
             return
         }
-        fire(i, vector)
+        fire(i, j)
     }
 
     public func setINTxLevel(_ asserted: Bool) {
@@ -86,7 +95,6 @@ public final class InterruptState: InterruptSink {
     private func fire(_ i: Int, _ j: Int) {
         var one: UInt64 = 1
         _ = write(vectors[i][j].trigger, &one, 8)
-        delivered[i] += 1
         vectors[i][j].pending = false
         if irqs[i].automasked { vectors[i][j].masked = true }
     }
@@ -105,11 +113,7 @@ public final class InterruptState: InterruptSink {
         let action = s.action
         if s.count == 0 {
             // TRIGGER|DATA_NONE, start 0, count 0: disable the whole index.
-            for j in vectors[i].indices {
-                for fd in [vectors[i][j].trigger, vectors[i][j].unmaskFD, vectors[i][j].maskFD] where fd >= 0 { close(fd) }
-                vectors[i][j] = Vector()
-            }
-            watchedChanged = true
+            releaseAll(i)
             return
         }
         guard UInt64(s.start) + UInt64(s.count) <= UInt64(irq.count) else { throw .invalid("SET_IRQS range beyond the index's vectors") }
@@ -136,9 +140,7 @@ public final class InterruptState: InterruptSink {
                 }
             }
         case (VFIO.irqSetActionTrigger, _):
-            for j in range where selected(j) {
-                if vectors[i][j].masked || vectors[i][j].trigger < 0 { vectors[i][j].pending = true } else { fire(i, j) }
-            }
+            for j in range where selected(j) { raise(i, j) }
         case (VFIO.irqSetActionMask, VFIO.irqSetDataEventfd), (VFIO.irqSetActionUnmask, VFIO.irqSetDataEventfd):
             owned = false
             let unmask = action == VFIO.irqSetActionUnmask
@@ -150,7 +152,7 @@ public final class InterruptState: InterruptSink {
             }
             watchedChanged = true
         case (VFIO.irqSetActionMask, _):
-            for j in range where selected(j) { vectors[i][j].masked = true }
+            for j in range where selected(j) { mask(i, j) }
         default: // UNMASK with NONE/BOOL
             for j in range where selected(j) { unmask(i, j) }
         }
@@ -172,8 +174,4 @@ public final class InterruptState: InterruptSink {
         _ = read(fd, &counter, 8)
         if isUnmask { unmask(index, vector) } else { mask(index, vector) }
     }
-
-    /// Per-vector view for diagnostics and tests.
-    public func isMasked(_ index: IRQIndex, vector: Int = 0) -> Bool { vectors[index.rawValue][vector].masked }
-    public func hasTrigger(_ index: IRQIndex, vector: Int = 0) -> Bool { vectors[index.rawValue][vector].trigger >= 0 }
 }

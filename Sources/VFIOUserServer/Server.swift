@@ -52,8 +52,6 @@ public final class DeviceServer: @unchecked Sendable {
     let logger: Logger
     private let control: Mutex<(listen: Int32, connection: Int32, stopped: Bool)>
     private var thread: pthread_t?
-    /// Connections served so far (for tests and `umdev serve` logs).
-    public let connectionsServed = Atomic<Int>(0)
 
     public init(host: DeviceHost, path: String, logger: Logger) throws(DeviceError) {
         self.host = host
@@ -100,7 +98,6 @@ public final class DeviceServer: @unchecked Sendable {
             endpoint.run()
             control.withLock { $0.connection = -1 }
             close(c)
-            connectionsServed.add(1, ordering: .relaxed)
             logger.info("client disconnected", metadata: ["socket": "\(path)"])
         }
     }

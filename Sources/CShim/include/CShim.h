@@ -31,20 +31,14 @@ ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
 ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
                                     int *fds, int maxfds, int *nfds, int *truncated);
 
-/// Size of the pending data on a socket is not needed; MSG_PEEK etc are plain flags.
+/// MSG_DONTWAIT, which Swift's Glibc module imports as an enum case.
 int umdev_msg_dontwait(void);
-
-/// fcntl(F_GETFD): -1 if the descriptor is not open. Used by leak checks.
-int umdev_fd_is_open(int fd);
 
 /// posix_openpt + grantpt + unlockpt, master in raw mode, non-blocking.
 int umdev_open_pty(char *name, size_t namelen);
 
 /// Sets a descriptor (a pty slave the tests open) to raw mode.
 int umdev_make_raw(int fd);
-
-/// fstat size, or -1.
-long long umdev_fd_size(int fd);
 
 /// ppoll(2) with a nanosecond timeout (negative waits for ever); `fds` is a
 /// `struct pollfd` array. poll(2)'s millisecond timeout is too coarse for a
