@@ -23,6 +23,8 @@ let package = Package(
         // The few Linux calls Swift's Glibc module does not import (eventfd,
         // memfd_create, CMSG_* macros), as static inline wrappers.
         .target(name: "CShim", path: "Sources/CShim"),
+        // UNIX stream sockets by path (server, client, mtty socket backend).
+        .target(name: "UnixSocket", path: "Sources/UnixSocket", swiftSettings: strict),
         // Heap-allocation counter used by `umdev bench` only (malloc interposer).
         .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
 
@@ -34,7 +36,7 @@ let package = Package(
         .target(
             name: "VFIOUserServer",
             dependencies: [
-                "VFIOUser", "PCI", "CShim",
+                "VFIOUser", "PCI", "CShim", "UnixSocket",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -42,14 +44,14 @@ let package = Package(
         .target(
             name: "VFIOUserClient",
             dependencies: [
-                "VFIOUser", "CShim",
+                "VFIOUser", "CShim", "UnixSocket",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Sources/VFIOUserClient", swiftSettings: strict),
 
         // Device models.
         .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
-        .target(name: "MTTY", dependencies: ["PCI", "CShim"], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
+        .target(name: "MTTY", dependencies: ["PCI", "CShim", "UnixSocket"], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
 
         .executableTarget(
             name: "umdev",
@@ -77,7 +79,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",
-            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "CShim",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "CShim", "UnixSocket",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/ServerTests",
             resources: [],

@@ -1,6 +1,7 @@
 import CShim
 import Glibc
 import PCI
+import UnixSocket
 
 /// Where a port's line goes.
 public enum SerialBackend: Sendable, Equatable {
@@ -49,24 +50,9 @@ final class HostLine {
             line = fd
             name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         case .unixSocket(let path):
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw DeviceError(ENAMETOOLONG, "socket path too long") }
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                for (i, b) in bytes.enumerated() { raw[i] = b }
-                raw[bytes.count] = 0
-            }
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            guard fd >= 0 else { throw DeviceError(errno, "socket() failed") }
-            unlink(path)
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard rc == 0, listen(fd, 1) == 0 else {
-                let e = errno
-                close(fd)
-                throw DeviceError(e, "cannot listen on \(path)")
+            let fd: Int32
+            do { fd = try UnixSocket.listen(path: path, backlog: 1, nonBlocking: true) } catch {
+                throw DeviceError(error.errno, error.description)
             }
             listener = fd
             name = path

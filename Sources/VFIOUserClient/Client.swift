@@ -1,5 +1,6 @@
 import CShim
 import Glibc
+import UnixSocket
 import VFIOUser
 
 /// What went wrong on the client side.
@@ -63,24 +64,8 @@ public final class VFIOUserClient {
 
     /// Connects to the server socket at `path`.
     public convenience init(path: String) throws(ClientError) {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw .system(ENAMETOOLONG, path) }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .system(errno, "socket") }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            throw .system(e, "connect \(path)")
-        }
+        let fd: Int32
+        do { fd = try UnixSocket.connect(path: path) } catch { throw .system(error.errno, error.message) }
         self.init(connected: fd)
     }
 

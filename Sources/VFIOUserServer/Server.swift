@@ -3,40 +3,8 @@ import Glibc
 import Logging
 import PCI
 import Synchronization
+import UnixSocket
 import VFIOUser
-
-/// Creates, binds and listens on a UNIX stream socket at `path`,
-/// replacing a stale socket file. Returns the listening descriptor.
-public func listenUNIX(path: String, backlog: Int32 = 8) throws(DeviceError) -> Int32 {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-        throw DeviceError(ENAMETOOLONG, "socket path too long: \(path)")
-    }
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        for (i, b) in bytes.enumerated() { raw[i] = b }
-        raw[bytes.count] = 0
-    }
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { throw DeviceError(errno, "socket() failed") }
-    var st = stat()
-    if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-    let rc = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    guard rc == 0 else {
-        let e = errno
-        close(fd)
-        throw DeviceError(e, "cannot bind \(path): \(String(cString: strerror(e)))")
-    }
-    guard listen(fd, backlog) == 0 else {
-        let e = errno
-        close(fd)
-        throw DeviceError(e, "listen() failed")
-    }
-    return fd
-}
 
 /// Serves one device on one listening socket, on a thread of its own.
 ///
@@ -57,7 +25,8 @@ public final class DeviceServer: @unchecked Sendable {
         self.host = host
         self.path = path
         self.logger = logger
-        let fd = try listenUNIX(path: path)
+        let fd: Int32
+        do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
         control = Mutex((fd, -1, false))
     }
 

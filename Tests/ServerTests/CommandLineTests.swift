@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import MTTY
+import PCI
 import Testing
+import UnixSocket
 import VFIOUser
 import VFIOUserClient
 
@@ -54,17 +56,8 @@ struct MTTYSocketBackendTests {
         try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [guest.intx])
         try guest.startup(1)
         // The host peer connects to the port's socket.
-        let peer = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let peer = try UnixSocket.connect(path: path)
         defer { close(peer) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in path.utf8.enumerated() { raw[i] = b }
-        }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(peer, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        #expect(rc == 0)
         // Host → guest: accepted and delivered on the server's thread, with an interrupt.
         let msg = Array("ping".utf8)
         #expect(write(peer, msg, msg.count) == msg.count)
@@ -82,5 +75,15 @@ struct MTTYSocketBackendTests {
         // Port 0 still echoes.
         try guest.outb(0, 0, 0x7e)
         #expect(try guest.inb(0, 0) == 0x7e)
+    }
+
+    @Test func aRegularFileAtTheSocketPathIsNeverRemoved() throws {
+        let path = socketPath("keep")
+        let fd = open(path, O_CREAT | O_WRONLY, 0o600)
+        #expect(fd >= 0)
+        close(fd)
+        defer { unlink(path) }
+        #expect(throws: DeviceError.self) { try MTTY(ports: 1, backends: [.unixSocket(path)]) }
+        #expect(access(path, F_OK) == 0)
     }
 }

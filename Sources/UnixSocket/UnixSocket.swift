@@ -1,0 +1,64 @@
+import Glibc
+
+/// A socket call that failed: errno and what was being done.
+public struct SocketError: Error, Sendable, CustomStringConvertible {
+    public let errno: Int32
+    public let message: String
+    public var description: String { "\(message): \(String(cString: strerror(errno)))" }
+}
+
+/// UNIX stream sockets by path: the vfio-user server, its client, and
+/// mtty's socket backend all go through these two calls.
+public enum UnixSocket {
+    /// Binds and listens at `path`. A stale socket left there by an earlier
+    /// run is replaced; any other kind of file is left alone (EADDRINUSE).
+    public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false) throws(SocketError) -> Int32 {
+        let fd = try open(nonBlocking: nonBlocking)
+        var st = stat()
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        let rc = try withAddress(path) { Glibc.bind(fd, $0, $1) }
+        guard rc == 0, Glibc.listen(fd, backlog) == 0 else {
+            let e = errno
+            close(fd)
+            throw SocketError(errno: e, message: "cannot listen on \(path)")
+        }
+        return fd
+    }
+
+    /// Connects to the listener at `path`.
+    public static func connect(path: String) throws(SocketError) -> Int32 {
+        let fd = try open(nonBlocking: false)
+        let rc = try withAddress(path) { Glibc.connect(fd, $0, $1) }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw SocketError(errno: e, message: "cannot connect to \(path)")
+        }
+        return fd
+    }
+
+    private static func open(nonBlocking: Bool) throws(SocketError) -> Int32 {
+        var type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if nonBlocking { type |= Int32(SOCK_NONBLOCK.rawValue) }
+        let fd = socket(AF_UNIX, type, 0)
+        guard fd >= 0 else { throw SocketError(errno: errno, message: "socket(AF_UNIX)") }
+        return fd
+    }
+
+    /// Calls `body` with a sockaddr_un for `path` (refused when too long).
+    private static func withAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) throws(SocketError) -> Int32 {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SocketError(errno: ENAMETOOLONG, message: "socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+            raw[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+}
