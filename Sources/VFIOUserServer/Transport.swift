@@ -69,7 +69,7 @@ public final class Transport {
 
     deinit {
         closeFDs()
-        for i in 0..<pendingFDCount { Glibc.close(pendingFDs[i]) }
+        dropPending()
         buffer.deallocate()
         sendBuffer.deallocate()
     }
@@ -146,15 +146,19 @@ public final class Transport {
                     let owned = takePending(messageAt: start)
                     discard = size
                     return InboundMessage(header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0),
-                                          fdCount: owned, fdOverflow: pendingOverflowTaken, oversized: true)
+                                          fdCount: owned.count, fdOverflow: owned.overflow, oversized: true)
                 }
                 if end - start >= size {
                     let owned = takePending(messageAt: start)
                     let payload = UnsafeRawBufferPointer(start: buffer.baseAddress! + start + Header.size, count: size - Header.size)
                     start += size
-                    if start == end { start = 0; end = 0; if pendingFDOwner >= 0 { pendingFDOwner = 0 } }
-                    return InboundMessage(header: header, payload: payload, fdCount: owned,
-                                          fdOverflow: pendingOverflowTaken, oversized: false)
+                    if start == end {
+                        // Nothing buffered: descriptors still pending belong to no message.
+                        start = 0; end = 0
+                        dropPending()
+                    }
+                    return InboundMessage(header: header, payload: payload, fdCount: owned.count,
+                                          fdOverflow: owned.overflow, oversized: false)
                 }
             }
             // Need more bytes: make room, then read what the kernel has.
@@ -166,31 +170,37 @@ public final class Transport {
                 end = n
             }
             if discard > 0 && end == start { start = 0; end = 0 }
-            try fill(nonBlocking: nonBlocking)
-            if nonBlocking && lastFillWouldBlock { return nil }
+            if try !fill(nonBlocking: nonBlocking) { return nil }
         }
     }
 
-    private var lastFillWouldBlock = false
-    private var pendingOverflowTaken = false
-
-    /// Moves pending descriptors to `fds` if they belong to the message at `offset`.
-    private func takePending(messageAt offset: Int) -> Int {
-        pendingOverflowTaken = false
-        guard pendingFDOwner == offset, pendingFDCount > 0 || pendingOverflow else { return 0 }
+    /// Moves pending descriptors to `fds` if they belong to the message at
+    /// `offset`. When more arrived than a message may carry, they are all
+    /// closed and `overflow` is set.
+    private func takePending(messageAt offset: Int) -> (count: Int, overflow: Bool) {
+        guard pendingFDOwner == offset, pendingFDCount > 0 || pendingOverflow else { return (0, false) }
         let n = pendingFDCount
         for i in 0..<n { fds[i] = pendingFDs[i]; pendingFDs[i] = -1 }
         heldFDs = n
-        pendingOverflowTaken = pendingOverflow
+        let overflow = pendingOverflow
         pendingFDCount = 0
         pendingOverflow = false
         pendingFDOwner = -1
-        if pendingOverflowTaken { closeFDs(); return 0 }
-        return n
+        if overflow { closeFDs(); return (0, true) }
+        return (n, false)
     }
 
-    private func fill(nonBlocking: Bool) throws(TransportEnd) {
-        lastFillWouldBlock = false
+    /// Closes descriptors that no message claimed.
+    private func dropPending() {
+        for i in 0..<pendingFDCount { Glibc.close(pendingFDs[i]); pendingFDs[i] = -1 }
+        pendingFDCount = 0
+        pendingOverflow = false
+        pendingFDOwner = -1
+    }
+
+    /// Reads what the kernel has into the buffer. Returns false when a
+    /// non-blocking read found nothing.
+    private func fill(nonBlocking: Bool) throws(TransportEnd) -> Bool {
         var nfds: Int32 = 0
         var truncated: Int32 = 0
         let space = buffer.count - end
@@ -201,7 +211,7 @@ public final class Transport {
         }
         if n < 0 {
             let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK { lastFillWouldBlock = true; return }
+            if e == EAGAIN || e == EWOULDBLOCK { return false }
             throw .io(e)
         }
         if n == 0 {
@@ -213,9 +223,10 @@ public final class Transport {
             let owner = lastMessageStart(before: end + n)
             if pendingFDOwner >= 0 && pendingFDOwner != owner {
                 // A previous message's descriptors never got claimed (its bytes
-                // were malformed); drop them.
-                for i in 0..<pendingFDCount { Glibc.close(pendingFDs[i]) }
-                for i in 0..<Int(nfds) { pendingFDs[i] = pendingFDs[pendingFDCount + i]; pendingFDs[pendingFDCount + i] = -1 }
+                // were malformed); drop them and keep the new ones.
+                let old = pendingFDCount
+                for i in 0..<old { Glibc.close(pendingFDs[i]) }
+                for i in 0..<Int(nfds) { pendingFDs[i] = pendingFDs[old + i]; pendingFDs[old + i] = -1 }
                 pendingFDCount = 0
                 pendingOverflow = false
             }
@@ -224,6 +235,7 @@ public final class Transport {
             if truncated != 0 || pendingFDCount > maxFDs { pendingOverflow = true }
         }
         end += n
+        return true
     }
 
     private func lastMessageStart(before limit: Int) -> Int {
