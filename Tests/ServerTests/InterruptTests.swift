@@ -4,6 +4,21 @@ import Testing
 import VFIOUser
 import VFIOUserClient
 
+/// A test device served in-process with its INTx wired to an eventfd.
+final class WiredINTx {
+    let server: LiveServer
+    let client: VFIOUserClient
+    let fd = eventfd()
+
+    init() throws {
+        server = try LiveServer()
+        client = try server.connect()
+        try client.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [fd])
+    }
+
+    deinit { close(fd) }
+}
+
 @Suite("DEVICE_SET_IRQS and interrupt delivery")
 struct InterruptTests {
     let trigger = VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger
@@ -14,11 +29,8 @@ struct InterruptTests {
     func clearStatus(_ c: VFIOUserClient) throws { try c.write32(region: 0, offset: TestDevice.Register.status, 1) }
 
     @Test func intxIsAutomaskedAndUnmaskedByTheClient() throws {
-        let s = try LiveServer()
-        let c = try s.connect()
-        let fd = eventfd()
-        defer { close(fd) }
-        try c.setIRQs(index: 0, flags: trigger, count: 1, fds: [fd])
+        let wired = try WiredINTx()
+        let c = wired.client, fd = wired.fd
         try ringDoorbell(c)
         #expect(waitSignal(fd) == 1)
         // Masked now: a second doorbell does not signal...
@@ -31,11 +43,8 @@ struct InterruptTests {
     }
 
     @Test func unmaskWithNothingPendingDoesNotFire() throws {
-        let s = try LiveServer()
-        let c = try s.connect()
-        let fd = eventfd()
-        defer { close(fd) }
-        try c.setIRQs(index: 0, flags: trigger, count: 1, fds: [fd])
+        let wired = try WiredINTx()
+        let c = wired.client, fd = wired.fd
         try ringDoorbell(c)
         #expect(waitSignal(fd) == 1)
         try clearStatus(c)
@@ -44,11 +53,8 @@ struct InterruptTests {
     }
 
     @Test func levelStillHighAtUnmaskFiresAgain() throws {
-        let s = try LiveServer()
-        let c = try s.connect()
-        let fd = eventfd()
-        defer { close(fd) }
-        try c.setIRQs(index: 0, flags: trigger, count: 1, fds: [fd])
+        let wired = try WiredINTx()
+        let c = wired.client, fd = wired.fd
         try ringDoorbell(c)
         #expect(waitSignal(fd) == 1)
         // The guest did not clear STATUS.IS: the line is still asserted.
@@ -57,11 +63,8 @@ struct InterruptTests {
     }
 
     @Test func explicitMaskHoldsBackAnEdge() throws {
-        let s = try LiveServer()
-        let c = try s.connect()
-        let fd = eventfd()
-        defer { close(fd) }
-        try c.setIRQs(index: 0, flags: trigger, count: 1, fds: [fd])
+        let wired = try WiredINTx()
+        let c = wired.client, fd = wired.fd
         try c.setIRQs(index: 0, flags: maskNone, count: 1)
         try ringDoorbell(c)
         #expect(waitSignal(fd, ms: 100) == 0)
