@@ -43,6 +43,8 @@ public final class Endpoint {
     private let regionAccess: [UInt8] // bit0 read, bit1 write
     private var nextRequestID: UInt16 = 0
     private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
+    /// Reused by every wait, so polling (a KVM resample fd, a pty) allocates nothing per message.
+    private var pollSet: [pollfd] = []
 
     public init(host: DeviceHost, socket: Int32, logger: Logger) {
         self.host = host
@@ -93,31 +95,33 @@ public final class Endpoint {
     /// ready, or the device's timer is due; services what is ready.
     private func waitForEvents() throws(TransportEnd) {
         let device = host.device
-        var set = [pollfd(fd: transport.socket, events: Int16(POLLIN), revents: 0)]
-        for w in pollIRQ { set.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
-        let deviceRequests = device.hasHostEvents ? device.pollRequests() : []
-        for r in deviceRequests { set.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
+        pollSet.removeAll(keepingCapacity: true)
+        pollSet.append(pollfd(fd: transport.socket, events: Int16(POLLIN), revents: 0))
+        for w in pollIRQ { pollSet.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
+        if device.hasHostEvents {
+            for r in device.pollRequests() { pollSet.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
+        }
         var timeout: Int64 = -1
         if let deadline = device.timerDeadline {
             let now = monotonicNanoseconds()
             timeout = deadline <= now ? 0 : Int64(min(deadline - now, 1_000_000_000))
         }
-        let n = set.withUnsafeMutableBufferPointer { umdev_poll_ns($0.baseAddress, UInt($0.count), timeout) }
+        let n = pollSet.withUnsafeMutableBufferPointer { umdev_poll_ns($0.baseAddress, UInt($0.count), timeout) }
         if n < 0 {
             if errno == EINTR { return }
             throw .io(errno)
         }
-        for i in 1..<set.count where set[i].revents != 0 {
+        for i in 1..<pollSet.count where pollSet[i].revents != 0 {
             if i - 1 < pollIRQ.count {
                 let w = pollIRQ[i - 1]
                 interrupts.watchedFired(fd: w.fd, index: w.index, vector: w.vector, unmask: w.unmask)
             } else {
-                device.serviceEvent(fd: set[i].fd, revents: set[i].revents)
+                device.serviceEvent(fd: pollSet[i].fd, revents: pollSet[i].revents)
             }
         }
         if let deadline = device.timerDeadline, monotonicNanoseconds() >= deadline { device.timerExpired() }
         if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
-        if set[0].revents != 0, let message = try transport.receive(nonBlocking: true) { try handle(message) }
+        if pollSet[0].revents != 0, let message = try transport.receive(nonBlocking: true) { try handle(message) }
     }
 
     // MARK: Dispatch
