@@ -81,11 +81,8 @@ struct Bench: ParsableCommand {
     }
 }
 
-func now() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+/// CLOCK_MONOTONIC in nanoseconds.
+func now() -> UInt64 { monotonicNanoseconds() }
 
 func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
 
