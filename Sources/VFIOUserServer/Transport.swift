@@ -155,7 +155,7 @@ public final class Transport {
                     if start == end {
                         // Nothing buffered: descriptors still pending belong to no message.
                         start = 0; end = 0
-                        dropPending()
+                        if pendingFDCount > 0 || pendingOverflow { dropPending() }
                     }
                     return InboundMessage(header: header, payload: payload, fdCount: owned.count,
                                           fdOverflow: owned.overflow, oversized: false)
@@ -177,8 +177,13 @@ public final class Transport {
     /// Moves pending descriptors to `fds` if they belong to the message at
     /// `offset`. When more arrived than a message may carry, they are all
     /// closed and `overflow` is set.
+    @inline(__always)
     private func takePending(messageAt offset: Int) -> (count: Int, overflow: Bool) {
         guard pendingFDOwner == offset, pendingFDCount > 0 || pendingOverflow else { return (0, false) }
+        return movePending()
+    }
+
+    private func movePending() -> (count: Int, overflow: Bool) {
         let n = pendingFDCount
         for i in 0..<n { fds[i] = pendingFDs[i]; pendingFDs[i] = -1 }
         heldFDs = n
