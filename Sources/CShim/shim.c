@@ -25,6 +25,10 @@ int umdev_memfd(const char *name) {
     return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 }
 
+int umdev_memfd_seal_size(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+}
+
 /// Sends `len` bytes from `buf` plus `nfds` descriptors as SCM_RIGHTS in one
 /// sendmsg(2). Returns bytes sent or -1 with errno set. MSG_NOSIGNAL so a
 /// vanished peer is an EPIPE, not a SIGPIPE.

@@ -18,6 +18,10 @@ int umdev_eventfd(unsigned int initval);
 /// memfd_create(2) with MFD_CLOEXEC (and sealing allowed).
 int umdev_memfd(const char *name);
 
+/// Seals a memfd's size (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), so a
+/// client holding the descriptor cannot truncate memory this process maps.
+int umdev_memfd_seal_size(int fd);
+
 /// Sends `len` bytes from `buf` plus `nfds` descriptors as SCM_RIGHTS in one
 /// sendmsg(2). Returns bytes sent or -1 with errno set. MSG_NOSIGNAL so a
 /// vanished peer is an EPIPE, not a SIGPIPE.

@@ -1,0 +1,149 @@
+import Synchronization
+
+/// DRM fourcc codes (include/uapi/drm/drm_fourcc.h) that umdev's planes use.
+public enum DRMFormat {
+    /// 'XR24': 32-bit x:R:G:B, little-endian (blue in the first byte).
+    public static let xrgb8888: UInt32 = 0x3432_5258
+    /// 'BX24': 32-bit B:G:R:x, little-endian (bochs with a big-endian framebuffer).
+    public static let bgrx8888: UInt32 = 0x3432_5842
+    /// 'RG16': 16-bit R:G:B 5:6:5, little-endian.
+    public static let rgb565: UInt32 = 0x3631_4752
+
+    /// Bytes per pixel of the formats above; nil for any other code.
+    public static func bytesPerPixel(_ fourcc: UInt32) -> Int? {
+        switch fourcc {
+        case xrgb8888, bgrx8888: 4
+        case rgb565: 2
+        default: nil
+        }
+    }
+
+    /// The four characters of a fourcc ("XR24"), or "none" for 0.
+    public static func name(_ fourcc: UInt32) -> String {
+        guard fourcc != 0 else { return "none" }
+        let chars = (0..<4).map { UInt8(truncatingIfNeeded: fourcc >> (8 * UInt32($0))) }
+        guard chars.allSatisfy({ (0x20..<0x7f).contains($0) }) else { return "0x" + String(fourcc, radix: 16) }
+        return String(decoding: chars, as: UTF8.self)
+    }
+}
+
+/// What a display device shows now: the facts of the kernel's
+/// `vfio_device_gfx_plane_info` for the primary plane, as a value.
+///
+/// A region plane (mdpy) lives in a region the client maps; a dmabuf plane
+/// (mbochs) is a buffer inside VRAM that the client asks for by `id`.
+public struct DisplayPlane: Sendable, Equatable, CustomStringConvertible {
+    /// How a client reaches the pixels (VFIO_GFX_PLANE_TYPE_REGION / _DMABUF).
+    public enum Kind: UInt8, Sendable { case region = 1, dmabuf = 2 }
+
+    public var kind: Kind
+    /// DRM fourcc; 0 means the plane is disabled (nothing on screen).
+    public var fourcc: UInt32
+    public var width: UInt32
+    public var height: UInt32
+    /// Bytes from one line to the next.
+    public var stride: UInt32
+    /// Bytes the plane spans: stride × height.
+    public var size: UInt64
+    /// The region holding the pixels: the display region of a region plane,
+    /// the VRAM BAR of a dmabuf plane.
+    public var region: Int
+    /// Offset of the first visible pixel inside that region.
+    public var offset: UInt64
+    /// Changes exactly when the layout (format, size, stride, offset)
+    /// changes; 0 for a disabled plane. A dmabuf plane's `dmabuf_id`.
+    public var id: UInt32
+
+    public init(kind: Kind, fourcc: UInt32, width: UInt32, height: UInt32, stride: UInt32, size: UInt64,
+                region: Int, offset: UInt64, id: UInt32) {
+        self.kind = kind; self.fourcc = fourcc; self.width = width; self.height = height
+        self.stride = stride; self.size = size; self.region = region; self.offset = offset; self.id = id
+    }
+
+    /// Nothing on screen: every field 0, as the kernel reports it.
+    public static func disabled(_ kind: Kind) -> DisplayPlane {
+        DisplayPlane(kind: kind, fourcc: 0, width: 0, height: 0, stride: 0, size: 0, region: 0, offset: 0, id: 0)
+    }
+
+    public var isEnabled: Bool { fourcc != 0 }
+
+    /// The same layout, ignoring the id.
+    public func sameLayout(as other: DisplayPlane) -> Bool {
+        var a = self, b = other
+        a.id = 0; b.id = 0
+        return a == b
+    }
+
+    public var description: String {
+        guard isEnabled else { return "disabled" }
+        return "\(DRMFormat.name(fourcc)) \(width)x\(height) stride \(stride) size \(size) region \(region) offset 0x\(String(offset, radix: 16)) id \(id)"
+    }
+}
+
+/// The current plane of one device, written by the device's thread and read
+/// by any other (viewers, the display socket) without ever blocking the
+/// writer: a sequence lock over a few atomic words.
+///
+/// The writer bumps the sequence to an odd number, stores the words, and
+/// bumps it to even; a reader retries while the sequence is odd or changed
+/// under it. There is one writer at a time (the device's owner).
+public final class PlanePublisher: Sendable {
+    private let sequence = Atomic<UInt64>(0)
+    private let word0 = Atomic<UInt64>(0) // fourcc | id << 32
+    private let word1 = Atomic<UInt64>(0) // width | height << 32
+    private let word2 = Atomic<UInt64>(0) // stride | region << 32
+    private let word3 = Atomic<UInt64>(0) // size
+    private let word4 = Atomic<UInt64>(0) // offset
+    private let kind: DisplayPlane.Kind
+
+    /// Starts out publishing a disabled plane of `kind`.
+    public init(kind: DisplayPlane.Kind) { self.kind = kind }
+
+    /// Replaces the published plane. Called by the device's owner only.
+    public func publish(_ p: DisplayPlane) {
+        let s = sequence.load(ordering: .relaxed)
+        sequence.store(s &+ 1, ordering: .relaxed)
+        atomicMemoryFence(ordering: .releasing)
+        word0.store(UInt64(p.fourcc) | UInt64(p.id) << 32, ordering: .relaxed)
+        word1.store(UInt64(p.width) | UInt64(p.height) << 32, ordering: .relaxed)
+        word2.store(UInt64(p.stride) | UInt64(UInt32(truncatingIfNeeded: p.region)) << 32, ordering: .relaxed)
+        word3.store(p.size, ordering: .relaxed)
+        word4.store(p.offset, ordering: .relaxed)
+        sequence.store(s &+ 2, ordering: .releasing)
+    }
+
+    /// The plane last published, read consistently from any thread.
+    public func current() -> DisplayPlane {
+        while true {
+            let before = sequence.load(ordering: .acquiring)
+            if before & 1 != 0 { continue }
+            let w0 = word0.load(ordering: .relaxed), w1 = word1.load(ordering: .relaxed)
+            let w2 = word2.load(ordering: .relaxed), w3 = word3.load(ordering: .relaxed)
+            let w4 = word4.load(ordering: .relaxed)
+            atomicMemoryFence(ordering: .acquiring)
+            guard sequence.load(ordering: .relaxed) == before else { continue }
+            return DisplayPlane(kind: kind, fourcc: UInt32(truncatingIfNeeded: w0), width: UInt32(truncatingIfNeeded: w1),
+                                height: UInt32(truncatingIfNeeded: w1 >> 32), stride: UInt32(truncatingIfNeeded: w2),
+                                size: w3, region: Int(UInt32(truncatingIfNeeded: w2 >> 32)), offset: w4,
+                                id: UInt32(truncatingIfNeeded: w0 >> 32))
+        }
+    }
+
+    /// How many times a plane was published: a reader can tell cheaply
+    /// whether anything changed since it last looked.
+    public var generation: UInt64 { sequence.load(ordering: .acquiring) / 2 }
+}
+
+/// A device that shows a picture. Its owner thread keeps `planes` current;
+/// other threads read it and the shared memory, never the registers.
+public protocol DisplayDevice: VFIODevice {
+    /// Region planes (mdpy) or dmabuf planes (mbochs).
+    var planeKind: DisplayPlane.Kind { get }
+    /// The primary plane, published on every layout change.
+    var planes: PlanePublisher { get }
+    /// The memory the plane's region is backed by (framebuffer or VRAM).
+    var planeMemory: SharedMemory { get }
+    /// The layout a recent plane id stood for, if the device still knows it
+    /// (a client asks for a dmabuf by id). Called on the owner thread.
+    func plane(id: UInt32) -> DisplayPlane?
+}
