@@ -52,11 +52,13 @@ let package = Package(
         // Device models.
         .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
         .target(name: "MTTY", dependencies: ["PCI", "CShim", "UnixSocket"], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
+        .target(name: "MDPY", dependencies: ["PCI"], path: "Samples/MDPY", exclude: ["README.md"], swiftSettings: strict),
+        .target(name: "MBochs", dependencies: ["PCI"], path: "Samples/MBochs", exclude: ["README.md"], swiftSettings: strict),
 
         .executableTarget(
             name: "umdev",
             dependencies: [
-                "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY",
+                "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
                 "CShim", "CMallocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -79,7 +81,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",
-            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "CShim", "UnixSocket",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "CShim", "UnixSocket",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/ServerTests",
             resources: [],

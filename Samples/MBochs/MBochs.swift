@@ -1,0 +1,242 @@
+import Glibc
+import PCI
+
+/// The Linux mbochs sample (samples/vfio-mdev/mbochs.c): QEMU's
+/// bochs-display as a mediated device, so the stock `bochs` DRM driver
+/// binds it. VRAM is BAR0; the DISPI (VBE) registers, QEMU's extended
+/// registers and the EDID the guest reads are in BAR2; the host writes
+/// the EDID through a device-specific region. The host sees the picture
+/// as a dmabuf plane: a buffer inside VRAM, named by an id.
+///
+/// Differences from the sample are listed in Samples/MBochs/README.md.
+public final class MBochs: DisplayDevice {
+    // MARK: Identity (mbochs.c: mbochs_create_config_space)
+    public static let vendorID: UInt16 = 0x1234           // QEMU / Bochs stdvga
+    public static let deviceID: UInt16 = 0x1111
+    public static let subsystemVendorID: UInt16 = 0x1af4  // Red Hat Qumranet
+    public static let subsystemID: UInt16 = 0x1100        // QEMU
+    public static let classCode: UInt32 = 0x038000        // display controller, other
+    /// The sample's revision; the guest driver reads QEMU's extended
+    /// registers only at revision 2 or later.
+    public static let revision: UInt8 = 0x01
+
+    // MARK: Regions
+    /// BAR0: VRAM, a sparse memfd the client maps.
+    public static let vramRegion = RegionIndex.bar0
+    /// BAR2: 4 KiB of registers, trapped.
+    public static let mmioRegion = RegionIndex.bar2
+    public static let mmioSize = 4096
+    /// The EDID region, with TYPE capability GFX/EDID.
+    public static let edidRegion = RegionIndex.firstDeviceSpecific
+
+    /// BAR2 layout (QEMU's PCI_VGA_* in bochs-vbe.h).
+    public enum MMIO {
+        /// The EDID blob the guest reads (0x000–0x3ff).
+        public static let edid = 0x000..<0x400
+        /// VGA ports 0x3c0–0x3df (nothing there on bochs-display).
+        public static let vgaPorts = 0x400..<0x420
+        /// DISPI registers, 16-bit, register i at 0x500 + 2·i.
+        public static let dispi = 0x500..<(0x500 + 2 * DispiRegisters.Index.count)
+        /// QEMU's extended registers, 32-bit: size, then byte order.
+        public static let extended = 0x600..<0x608
+        public static let extendedSize = 0x600
+        public static let extendedByteOrder = 0x604
+    }
+
+    public let type: MBochsType
+    public private(set) var config = ConfigSpace()
+    private let initialConfig: ConfigSpace
+    public let vram: SharedMemory
+    public private(set) var dispi: DispiRegisters
+    public private(set) var edid: EDIDRegion
+    private var planeIDs = PlaneIDs()
+    /// The plane last published (compared on every register write, so a
+    /// repeated identical mode set publishes nothing).
+    public private(set) var plane = DisplayPlane.disabled(.dmabuf)
+
+    public let regions: [Region]
+    public let irqs: [IRQ] = [.none, .none, .none, .none, .none]
+    /// Unlike the sample, reset is advertised (QEMU then resets the
+    /// registers on a guest reboot).
+    public let supportsReset = true
+    public weak var interrupts: InterruptSink?
+    public weak var dma: DMAAccess?
+    public let planeKind = DisplayPlane.Kind.dmabuf
+    public let planes = PlanePublisher(kind: .dmabuf)
+    public var planeMemory: SharedMemory { vram }
+
+    public init(type: MBochsType) throws(DeviceError) {
+        self.type = type
+        vram = try SharedMemory(name: "umdev-\(type.name)-vram", size: Int(type.vramSize))
+        dispi = DispiRegisters(vramSize: type.vramSize)
+        let preferred = type.defaultMode
+        edid = EDIDRegion(maxXres: type.maxWidth, maxYres: type.maxHeight,
+                          initial: EDID.generate(preferred: EDID.Mode(Int(preferred.width), Int(preferred.height)),
+                                                 limit: type.maxWidth == 0 ? nil : EDID.Mode(Int(type.maxWidth), Int(type.maxHeight)),
+                                                 name: "umdev mbochs"))
+
+        config.setIdentity(vendor: Self.vendorID, device: Self.deviceID, subsystemVendor: Self.subsystemVendorID,
+                           subsystem: Self.subsystemID, classCode: Self.classCode, revision: Self.revision)
+        config.set16(ConfigSpace.Offset.command, ConfigSpace.CommandBit.io | ConfigSpace.CommandBit.memory)
+        config.setBAR(Self.vramRegion, BAR(.memory32, size: type.vramSize, prefetchable: true))
+        config.setBAR(Self.mmioRegion, BAR(.memory32, size: UInt64(Self.mmioSize)))
+        initialConfig = config
+
+        var r = [Region](repeating: .absent, count: Self.edidRegion + 1)
+        r[Self.vramRegion] = Region(size: type.vramSize, mapping: Region.Mapping(fd: vram.fd))
+        r[Self.mmioRegion] = Region(size: UInt64(Self.mmioSize))
+        r[RegionIndex.config] = Region(size: 256)
+        r[Self.edidRegion] = Region(size: UInt64(EDIDRegion.regionSize),
+                                    type: (RegionType.graphics, RegionType.graphicsEDID))
+        regions = r
+        planes.publish(plane)
+    }
+
+    // MARK: Region access
+
+    public func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        switch region {
+        case Self.mmioRegion:
+            readMMIO(Int(offset), into: buffer)
+        case Self.vramRegion:
+            // The sample offsets trapped VRAM accesses by the wrong BAR; the
+            // offset is honoured here.
+            buffer.baseAddress!.copyMemory(from: vram.base + Int(offset), byteCount: buffer.count)
+        case RegionIndex.config:
+            config.read(offset: Int(offset), into: buffer)
+        case Self.edidRegion:
+            return edid.read(offset: Int(offset), into: buffer)
+        default:
+            return EINVAL
+        }
+        return 0
+    }
+
+    public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
+        switch region {
+        case Self.mmioRegion:
+            writeMMIO(Int(offset), data)
+        case Self.vramRegion:
+            (vram.base + Int(offset)).copyMemory(from: data.baseAddress!, byteCount: data.count)
+        case RegionIndex.config:
+            config.write(offset: Int(offset), data: data)
+        case Self.edidRegion:
+            return edid.write(offset: Int(offset), data: data)
+        default:
+            return EINVAL
+        }
+        return 0
+    }
+
+    // MARK: BAR2
+
+    /// BAR2 reads. The guest driver reads DISPI 16 bits, the extended
+    /// registers 32 bits and the EDID a byte at a time; other widths read
+    /// byte by byte from the same registers. Holes read all-ones, as they do
+    /// on QEMU's device; an extended register read narrower than 32 bits
+    /// reads 0, as QEMU answers an access of a size its registers refuse.
+    private func readMMIO(_ offset: Int, into buffer: UnsafeMutableRawBufferPointer) {
+        if buffer.count == 2, offset & 1 == 0, MMIO.dispi.contains(offset) {
+            buffer.storeBytes(of: dispi.read((offset - MMIO.dispi.lowerBound) / 2).littleEndian, as: UInt16.self)
+            return
+        }
+        let end = offset + buffer.count
+        for i in 0..<buffer.count {
+            let o = offset + i
+            switch o {
+            case MMIO.edid:
+                buffer[i] = edid.guestByte(o)
+            case MMIO.dispi:
+                let value = dispi.read((o - MMIO.dispi.lowerBound) / 2)
+                buffer[i] = UInt8(truncatingIfNeeded: o & 1 == 0 ? value : value >> 8)
+            case MMIO.extended:
+                let dword = o & ~3
+                guard dword >= offset, dword + 4 <= end else { buffer[i] = 0; continue }
+                let value = dword == MMIO.extendedSize ? DispiRegisters.Extended.size : dispi.byteOrder
+                buffer[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(o - dword)))
+            default:
+                buffer[i] = 0xff
+            }
+        }
+    }
+
+    /// BAR2 writes: DISPI registers take the bytes written (byte lanes merge
+    /// into the 16-bit register), the byte-order register takes a whole
+    /// 32-bit write; everything else is read-only or empty and ignores them.
+    private func writeMMIO(_ offset: Int, _ data: UnsafeRawBufferPointer) {
+        var dispiWritten = false
+        if data.count == 2, offset & 1 == 0, MMIO.dispi.contains(offset) {
+            dispi.write((offset - MMIO.dispi.lowerBound) / 2, UInt16(littleEndian: data.loadUnaligned(as: UInt16.self)))
+            dispiWritten = true
+        } else {
+            for i in 0..<data.count where MMIO.dispi.contains(offset + i) {
+                let o = offset + i
+                let index = (o - MMIO.dispi.lowerBound) / 2
+                var value = dispi.read(index)
+                value = o & 1 == 0 ? (value & 0xff00) | UInt16(data[i]) : (value & 0x00ff) | UInt16(data[i]) << 8
+                dispi.write(index, value)
+                dispiWritten = true
+            }
+            let order = MMIO.extendedByteOrder
+            if offset <= order, offset + data.count >= order + 4 {
+                dispi.writeByteOrder(UInt32(littleEndian: data.loadUnaligned(fromByteOffset: order - offset, as: UInt32.self)))
+                dispiWritten = true
+            }
+        }
+        if dispiWritten { updatePlane() }
+    }
+
+    // MARK: Display
+
+    /// Derives the scanout from the registers and publishes it when the
+    /// layout changed. Runs after every register write, so it allocates
+    /// nothing unless the layout is new.
+    private func updatePlane() {
+        let next: DisplayPlane
+        if let layout = dispi.scanout(region: Self.vramRegion) {
+            next = plane.sameLayout(as: layout) ? plane : planeIDs.identify(layout)
+        } else {
+            next = .disabled(.dmabuf)
+        }
+        guard next != plane else { return }
+        plane = next
+        planes.publish(next)
+    }
+
+    public func plane(id: UInt32) -> DisplayPlane? { planeIDs.layout(id: id) }
+
+    // MARK: Lifecycle
+
+    /// The sample's reset: every DISPI register to 0 (ID and VIDEO_MEMORY_64K
+    /// read their fixed values), little-endian framebuffer, config space to
+    /// power-on. VRAM and the EDID are left as they are.
+    public func reset() {
+        dispi = DispiRegisters(vramSize: type.vramSize)
+        config = initialConfig
+        updatePlane()
+    }
+}
+
+/// An mbochs type: how much VRAM, and the largest mode its EDID offers.
+public struct MBochsType: Sendable, Equatable {
+    /// The mdev type name, e.g. "mbochs-small".
+    public let name: String
+    public let vramMiB: Int
+    /// EDID max_xres/max_yres; 0 means no limit.
+    public let maxWidth: UInt32
+    public let maxHeight: UInt32
+
+    /// The sample's description.
+    public var description: String { "virtual display, \(vramMiB) MB video memory" }
+    public var vramSize: UInt64 { UInt64(vramMiB) << 20 }
+    /// The mode the power-on EDID prefers: the maximum, or 1024x768 when
+    /// there is none (the bochs driver's own default).
+    public var defaultMode: (width: UInt32, height: UInt32) {
+        maxWidth == 0 || maxHeight == 0 ? (1024, 768) : (maxWidth, maxHeight)
+    }
+
+    public static let small = MBochsType(name: "mbochs-small", vramMiB: 4, maxWidth: 800, maxHeight: 600)
+    public static let medium = MBochsType(name: "mbochs-medium", vramMiB: 16, maxWidth: 1920, maxHeight: 1440)
+    public static let large = MBochsType(name: "mbochs-large", vramMiB: 64, maxWidth: 0, maxHeight: 0)
+    public static let all = [small, medium, large]
+}
