@@ -1,3 +1,5 @@
+import MBochs
+import MDPY
 import MTTY
 import PCI
 import TestDevice
@@ -7,6 +9,8 @@ struct DeviceType: Sendable {
     var name: String
     var description: String
     var deviceAPI = "vfio-pci"
+    /// Whether the type shows a picture, and how a client gets it.
+    var display: DisplayPlane.Kind? = nil
     /// Builds an instance; `backends` are the per-port serial backends (mtty only).
     var make: @Sendable (_ backends: [SerialBackend]) throws -> VFIODevice
 
@@ -21,7 +25,11 @@ _ in
         },
         DeviceType(name: "mtty-1", description: "Single port serial") { try MTTY(ports: 1, backends: $0) },
         DeviceType(name: "mtty-2", description: "Dual port serial") { try MTTY(ports: 2, backends: $0) },
-    ]
+    ] + MDPYType.all.map { t in
+        DeviceType(name: t.name, description: t.description, display: .region) { _ in try MDPY(type: t) }
+    } + MBochsType.all.map { t in
+        DeviceType(name: t.name, description: t.description, display: .dmabuf) { _ in try MBochs(type: t) }
+    }
 
     static func named(_ name: String) -> DeviceType? { all.first { $0.name == name } }
 }

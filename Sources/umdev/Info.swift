@@ -44,7 +44,7 @@ struct Info: ParsableCommand {
             if !r.sparseAreas.isEmpty {
                 line += ", mappable areas " + r.sparseAreas.map { "[0x\(String($0.offset, radix: 16))+0x\(String($0.size, radix: 16))]" }.joined(separator: " ")
             }
-            if let t = r.type { line += ", type \(t.type)/\(t.subtype)" }
+            if let t = r.type { line += ", type \(regionTypeName(t))" }
             if r.fd >= 0 { line += ", fd offset 0x\(String(r.offset, radix: 16))" }
             print(line)
         }
@@ -68,5 +68,17 @@ struct Info: ParsableCommand {
                 print("migration: \(m.joined(separator: "|")), state \(try client.migrationState().name)")
             }
         }
+    }
+}
+
+/// A TYPE capability as text: the kernel's names where it has them.
+func regionTypeName(_ t: (type: UInt32, subtype: UInt32)) -> String {
+    switch t {
+    case (1, 1): return "GFX/EDID (1/1)"
+    case (1, let sub): return "GFX/\(sub) (1/\(sub))"
+    case (let type, let sub) where type & 0x8000_0000 != 0:
+        let vendor = String(type & 0xffff, radix: 16)
+        return "vendor \(String(repeating: "0", count: 4 - vendor.count) + vendor)/\(sub) (0x\(String(type, radix: 16))/\(sub))"
+    default: return "\(t.type)/\(t.subtype)"
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import MTTY
+import PCI
 import VFIOUserServer
 
 struct Serve: ParsableCommand {
@@ -45,6 +46,9 @@ struct Serve: ParsableCommand {
             for (port, name) in mtty.backendNames.enumerated() {
                 logger.notice("port \(port): \(name ?? "loopback (what the guest sends comes back)")")
             }
+        }
+        if let display = device as? DisplayDevice {
+            PlaneLog(display.planes, logger: logger).start()
         }
         let server = try DeviceServer(host: DeviceHost(device: device, typeName: kind.name), path: socket, logger: logger)
         signal(SIGPIPE, SIG_IGN)

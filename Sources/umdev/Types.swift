@@ -15,6 +15,7 @@ struct Types: ParsableCommand {
             print("\(t.name)")
             print("  description: \(t.description)")
             print("  device_api:  \(t.deviceAPI)")
+            print("  display:     \(t.display.map { $0 == .region ? "region plane" : "dmabuf plane" } ?? "none")")
         }
     }
 }
