@@ -64,16 +64,24 @@ static int load_profile(const char *path) {
     g_profile.vendor_id = get_int(doc, "vendor_id", -1);
     g_profile.device_id = get_int(doc, "device_id", -1);
     g_profile.class_code = get_int(doc, "class_code", -1);
+    g_profile.num_regions = get_int(doc, "num_regions", -1);
     if (json_object_object_get_ex(doc, "reset", &v)) g_profile.reset = json_object_get_boolean(v);
     if (json_object_object_get_ex(doc, "migration", &v)) g_profile.migration = json_object_get_boolean(v);
     if (json_object_object_get_ex(doc, "regions", &o)) {
         json_object_object_foreach(o, key, val) {
             int i = atoi(key);
-            if (i < 0 || i >= VU_PCI_NUM_REGIONS) continue;
-            g_profile.regions[i].present = 1;
-            g_profile.regions[i].size = (uint64_t)get_int(val, "size", 0);
+            if (i < 0 || i >= PROFILE_MAX_REGIONS) continue;
+            struct region_expect *e = &g_profile.regions[i];
+            e->present = 1;
+            e->size = (uint64_t)get_int(val, "size", 0);
             json_object *m;
-            g_profile.regions[i].mmap = json_object_object_get_ex(val, "mmap", &m) && json_object_get_boolean(m);
+            e->mmap = json_object_object_get_ex(val, "mmap", &m) && json_object_get_boolean(m);
+            if (json_object_object_get_ex(val, "type", &m) && json_object_is_type(m, json_type_array)
+                && json_object_array_length(m) == 2) {
+                e->has_type = 1;
+                e->type = (uint32_t)json_object_get_int64(json_object_array_get_idx(m, 0));
+                e->subtype = (uint32_t)json_object_get_int64(json_object_array_get_idx(m, 1));
+            }
         }
     }
     if (json_object_object_get_ex(doc, "irqs", &o) && json_object_is_type(o, json_type_array)) {
@@ -108,6 +116,7 @@ int main(int argc, char **argv) {
     }
     memset(&g_profile, 0, sizeof(g_profile));
     g_profile.vendor_id = g_profile.device_id = g_profile.class_code = g_profile.reset = g_profile.migration = -1;
+    g_profile.num_regions = -1;
     for (int i = 0; i < 5; i++) g_profile.irq_count[i] = -1;
     if (profile && load_profile(profile) != 0) return 2;
 

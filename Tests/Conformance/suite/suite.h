@@ -19,7 +19,15 @@
 #include "../../../Protocol/vfio-user-wire.h"
 
 /* What --profile says about the device under test. */
-struct region_expect { int present; uint64_t size; int mmap; };
+/* Regions a profile can describe: the nine PCI ones and device-specific ones after them. */
+#define PROFILE_MAX_REGIONS 32
+struct region_expect {
+    int present;
+    uint64_t size;
+    int mmap;
+    int has_type;                 /* a TYPE capability is expected */
+    uint32_t type, subtype;
+};
 struct reg_access { int present; uint32_t region; uint64_t offset; uint32_t width; uint64_t value; };
 struct profile {
     char name[64];
@@ -27,8 +35,9 @@ struct profile {
     int vendor_id, device_id;     /* -1 = not checked */
     int class_code;               /* -1 = not checked */
     int reset;                    /* -1 = not checked */
+    int num_regions;              /* -1 = not checked */
     int migration;                /* -1 = not checked */
-    struct region_expect regions[VU_PCI_NUM_REGIONS];
+    struct region_expect regions[PROFILE_MAX_REGIONS];
     int irq_count[5];             /* -1 = not checked */
     struct reg_access scratch;    /* a read/write register */
     /* INTx: writes that raise it, then a write that clears it. */

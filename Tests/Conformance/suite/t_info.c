@@ -31,6 +31,7 @@ static void device_info_valid(void **state) {
     assert_true(out.num_regions >= VU_PCI_NUM_REGIONS && out.num_regions <= 100);
     assert_int_equal(out.num_irqs, 5);
     if (g_profile.reset >= 0) assert_int_equal(!!(out.flags & VU_DEVICE_FLAGS_RESET), g_profile.reset);
+    if (g_profile.num_regions >= 0) assert_int_equal(out.num_regions, (uint32_t)g_profile.num_regions);
 }
 
 static void device_info_short(void **state) {
@@ -67,7 +68,7 @@ static void region_info_every_index(void **state) {
         /* With argsz 32 there is no room for caps: no CAPS flag and no fd. */
         assert_int_equal(ri.flags & VU_REGION_FLAG_CAPS, 0);
         assert_int_equal(r.nfds, 0);
-        if (i < VU_PCI_NUM_REGIONS && g_profile.regions[i].present) {
+        if (i < PROFILE_MAX_REGIONS && g_profile.regions[i].present) {
             assert_int_equal(ri.size, g_profile.regions[i].size);
             assert_int_equal(!!(ri.flags & VU_REGION_FLAG_MMAP), g_profile.regions[i].mmap);
         }
@@ -140,6 +141,41 @@ static void region_info_caps_and_fd(void **state) {
         }
         reply_free(&r);
     }
+}
+
+/* §6: a region the profile types carries exactly that TYPE capability (id 2,
+   version 1); a region the profile lists without one carries none. */
+static void region_info_type_capability(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    int checked = 0;
+    for (uint32_t i = 0; i < n && i < PROFILE_MAX_REGIONS; i++) {
+        const struct region_expect *e = &g_profile.regions[i];
+        if (!e->present) continue;
+        struct reply r;
+        assert_int_equal(region_info(c, i, 4096, &r), 0);
+        struct vu_region_info ri;
+        memcpy(&ri, r.payload, 32);
+        int found = 0;
+        uint32_t next = (ri.flags & VU_REGION_FLAG_CAPS) ? ri.cap_offset : 0;
+        for (int hops = 0; next && hops < 16; hops++) {
+            assert_true(next >= 32 && next + 8 <= r.len);
+            struct vu_cap_header h;
+            memcpy(&h, r.payload + next, sizeof(h));
+            if (h.id == VU_CAP_TYPE) {
+                assert_true(next + 16 <= r.len);
+                assert_int_equal(h.version, 1);
+                assert_int_equal(le32_at(r.payload + next + 8), e->type);
+                assert_int_equal(le32_at(r.payload + next + 12), e->subtype);
+                found++;
+            }
+            next = h.next;
+        }
+        assert_int_equal(found, e->has_type ? 1 : 0);
+        checked++;
+        reply_free(&r);
+    }
+    skip_unless(checked > 0);
 }
 
 static void region_info_bad_index(void **state) {
@@ -232,6 +268,7 @@ const struct CMUnitTest info_tests[] = {
     CHECK(region_info_every_index),
     CHECK(region_info_argsz_retry),
     CHECK(region_info_caps_and_fd),
+    CHECK(region_info_type_capability),
     CHECK(region_info_bad_index),
     CHECK(region_info_short),
     CHECK(region_info_bad_argsz),
