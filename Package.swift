@@ -88,5 +88,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI"], path: "Tests/MTTYTests",
                     swiftSettings: strict),
+        .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI"], path: "Tests/DisplayTests",
+                    swiftSettings: strict),
     ]
 )

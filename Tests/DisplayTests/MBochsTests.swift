@@ -1,0 +1,224 @@
+import Glibc
+import MBochs
+import PCI
+import Testing
+
+/// What bochs-drm's bochs_hw_setmode() writes, in its order (BAR2 offsets).
+func setMode(_ d: MBochs, width: UInt16, height: UInt16) {
+    let stride = Int(width) * 4
+    let writes: [(Int, UInt16)] = [
+        (0x508, 0), (0x506, 32), (0x502, width), (0x504, height), (0x50a, 0),
+        (0x50c, width), (0x50e, UInt16(d.type.vramSize / UInt64(stride))), (0x510, 0), (0x512, 0), (0x508, 0x41),
+    ]
+    for (offset, value) in writes { d.put(MBochs.mmioRegion, offset, width: 2, UInt64(value)) }
+}
+
+/// What bochs_hw_setbase() writes for a buffer at VRAM `offset` with `pitch`.
+func setBase(_ d: MBochs, pitch: Int, offset: Int) {
+    d.put(MBochs.mmioRegion, 0x50c, width: 2, UInt64(pitch / 4))
+    d.put(MBochs.mmioRegion, 0x510, width: 2, UInt64(offset % pitch / 4))
+    d.put(MBochs.mmioRegion, 0x512, width: 2, UInt64(offset / pitch))
+}
+
+@Suite("mbochs device model")
+struct MBochsTests {
+    let bar2 = MBochs.mmioRegion
+
+    @Test("config space is the sample's", arguments: MBochsType.all)
+    func configSpace(type: MBochsType) throws {
+        let d = try MBochs(type: type)
+        let cfg = RegionIndex.config
+        #expect(d.value(cfg, 0x00, 4) == 0x1111_1234)
+        #expect(d.value(cfg, 0x04, 4) == 0x0000_0003)     // COMMAND I/O+memory, STATUS 0 (no capabilities)
+        #expect(d.value(cfg, 0x08, 4) == 0x0380_0001)     // class 038000, revision 1
+        #expect(d.value(cfg, 0x10, 4) == 0x8)             // BAR0: 32-bit prefetchable memory
+        #expect(d.value(cfg, 0x18, 4) == 0x0)             // BAR2: 32-bit memory
+        #expect(d.value(cfg, 0x2c, 4) == 0x1100_1af4)
+        #expect(d.value(cfg, 0x34, 1) == 0 && d.value(cfg, 0x3d, 1) == 0)
+        d.put(cfg, 0x10, width: 4, 0xffff_ffff)
+        d.put(cfg, 0x18, width: 4, 0xffff_ffff)
+        #expect(d.value(cfg, 0x10, 4) == (0xffff_ffff & ~(type.vramSize - 1)) | 0x8)
+        #expect(d.value(cfg, 0x18, 4) == 0xffff_f000)
+    }
+
+    @Test("regions: VRAM mappable, BAR2 trapped, EDID typed GFX/EDID; no IRQs", arguments: MBochsType.all)
+    func regions(type: MBochsType) throws {
+        let d = try MBochs(type: type)
+        #expect(d.regions.count == 10)
+        #expect(d.regions[0].size == type.vramSize && d.regions[0].mapping?.fd == d.vram.fd)
+        #expect(d.regions[2].size == 4096 && d.regions[2].mapping == nil)
+        #expect(d.regions[7].size == 256)
+        #expect(d.regions[9].size == 4096 && d.regions[9].type?.type == 1 && d.regions[9].type?.subtype == 1)
+        for i in [1, 3, 4, 5, 6, 8] { #expect(d.regions[i].size == 0) }
+        #expect(d.irqs.allSatisfy { $0.count == 0 })
+        #expect(d.supportsReset)
+    }
+
+    @Test("DISPI: ID and VIDEO_MEMORY_64K are fixed facts; the rest store what is written", arguments: MBochsType.all)
+    func dispiRegisters(type: MBochsType) throws {
+        let d = try MBochs(type: type)
+        #expect(d.value(bar2, 0x500, 2) == 0xb0c5)
+        #expect(d.value(bar2, 0x514, 2) == type.vramSize / 65536)   // 64, 256, 1024
+        d.put(bar2, 0x500, width: 2, 0xb0c0)
+        d.put(bar2, 0x514, width: 2, 1)
+        #expect(d.value(bar2, 0x500, 2) == 0xb0c5)
+        #expect(d.value(bar2, 0x514, 2) == type.vramSize / 65536)
+        for (i, offset) in stride(from: 0x502, through: 0x512, by: 2).enumerated() {
+            d.put(bar2, offset, width: 2, UInt64(0x1000 + i))
+            #expect(d.value(bar2, offset, 2) == UInt64(0x1000 + i))
+        }
+    }
+
+    @Test("DISPI byte and dword accesses use the registers' byte lanes")
+    func dispiWidths() throws {
+        let d = try MBochs(type: .small)
+        d.put(bar2, 0x502, width: 4, 0x0258_0320)            // XRES 800, YRES 600 in one dword
+        #expect(d.value(bar2, 0x502, 2) == 800 && d.value(bar2, 0x504, 2) == 600)
+        d.put(bar2, 0x503, [0x04])                            // high byte of XRES
+        #expect(d.value(bar2, 0x502, 2) == 0x0420)
+        #expect(d.value(bar2, 0x502, 1) == 0x20 && d.value(bar2, 0x503, 1) == 0x04)
+        #expect(d.value(bar2, 0x500, 4) == 0x0420_b0c5)
+    }
+
+    @Test("QEMU's extended registers: size 8, byte order little-endian until told otherwise")
+    func extendedRegisters() throws {
+        let d = try MBochs(type: .medium)
+        #expect(d.value(bar2, 0x600, 4) == 8)
+        #expect(d.value(bar2, 0x604, 4) == 0x1e1e_1e1e)
+        d.put(bar2, 0x604, width: 4, 0x1234_5678)              // neither magic value: ignored
+        #expect(d.value(bar2, 0x604, 4) == 0x1e1e_1e1e)
+        setMode(d, width: 1024, height: 768)
+        #expect(d.planes.current().fourcc == DRMFormat.xrgb8888)
+        d.put(bar2, 0x604, width: 4, 0xbebe_bebe)
+        #expect(d.value(bar2, 0x604, 4) == 0xbebe_bebe)
+        #expect(d.planes.current().fourcc == DRMFormat.bgrx8888)
+        // Narrower accesses are not register accesses: they read 0 and change nothing.
+        #expect(d.value(bar2, 0x604, 2) == 0)
+        d.put(bar2, 0x604, width: 2, 0x1e1e)
+        #expect(d.value(bar2, 0x604, 4) == 0xbebe_bebe)
+        d.reset()
+        #expect(d.value(bar2, 0x604, 4) == 0x1e1e_1e1e)
+    }
+
+    @Test("holes, the VGA window and the EDID area past the blob read all-ones; writes there change nothing")
+    func holes() throws {
+        let d = try MBochs(type: .small)
+        for offset in [0x080, 0x3ff, 0x400, 0x41a, 0x4ff, 0x516, 0x5ff, 0x608, 0xfff] {
+            #expect(d.value(bar2, offset, 1) == 0xff, "offset \(offset)")
+        }
+        #expect(d.value(bar2, 0x800, 4) == 0xffff_ffff)
+        let before = d.bytes(bar2, 0, 4096).bytes
+        d.put(bar2, 0x402, [0x01])
+        d.put(bar2, 0x000, [0x12, 0x34])
+        d.put(bar2, 0x900, width: 4, 0xdead_beef)
+        #expect(d.bytes(bar2, 0, 4096).bytes == before)
+    }
+
+    @Test("the plane follows bochs-drm's mode set: size, stride, format, offset", arguments: MBochsType.all)
+    func planeAfterModeSet(type: MBochsType) throws {
+        let d = try MBochs(type: type)
+        #expect(!d.planes.current().isEnabled)
+        setMode(d, width: 800, height: 600)
+        let p = d.planes.current()
+        #expect(p.kind == .dmabuf && p.fourcc == DRMFormat.xrgb8888)
+        #expect(p.width == 800 && p.height == 600 && p.stride == 3200 && p.size == 3200 * 600)
+        #expect(p.region == 0 && p.offset == 0 && p.id != 0)
+        #expect(p == d.plane)
+        // A buffer further into VRAM, as fbdev and KMS place them.
+        setBase(d, pitch: 3200, offset: 3200)
+        #expect(d.planes.current().offset == 3200)
+    }
+
+    @Test("plane id: same on a repeated identical mode set, new on a mode change and on a pan, old again on return")
+    func planeIDs() throws {
+        let d = try MBochs(type: .medium)
+        setMode(d, width: 1024, height: 768)
+        let a = d.planes.current()
+        let generation = d.planes.generation
+        setMode(d, width: 1024, height: 768)
+        #expect(d.planes.current() == a)
+        // The driver turns ENABLE off and on again in between, so the
+        // published value dipped to disabled and came back with the same id.
+        #expect(d.planes.generation == generation + 2)
+        setMode(d, width: 800, height: 600)
+        let b = d.planes.current()
+        #expect(b.id != a.id && b.width == 800)
+        setBase(d, pitch: 3200, offset: 3200 * 600)           // flip to a second buffer
+        let c = d.planes.current()
+        #expect(c.id != b.id && c.offset == 3200 * 600)
+        setBase(d, pitch: 3200, offset: 0)                    // and back
+        #expect(d.planes.current() == b)
+        setBase(d, pitch: 3200, offset: 3200 * 600)
+        #expect(d.planes.current() == c)
+        // Writes that do not change the layout publish nothing.
+        let g = d.planes.generation
+        setBase(d, pitch: 3200, offset: 3200 * 600)
+        d.put(bar2, 0x50a, width: 2, 7)                       // BANK
+        d.put(bar2, 0x604, width: 4, 0x1e1e_1e1e)
+        #expect(d.planes.generation == g)
+        #expect(d.plane(id: b.id) == b && d.plane(id: c.id) == c && d.plane(id: 9999) == nil)
+    }
+
+    @Test("plane ids stay bounded: old layouts are forgotten, ids never collide")
+    func planeIDsBounded() throws {
+        let d = try MBochs(type: .large)
+        setMode(d, width: 640, height: 480)
+        var ids: [UInt32: UInt64] = [:]
+        for line in 0..<200 {
+            setBase(d, pitch: 2560, offset: line * 2560)
+            let p = d.planes.current()
+            #expect(ids[p.id] == nil || ids[p.id] == p.offset)
+            ids[p.id] = p.offset
+        }
+        #expect(ids.count == 200)
+        #expect(d.plane(id: ids.first { $0.value == 0 }!.key) == nil)        // long forgotten
+        #expect(d.plane(id: d.planes.current().id) == d.planes.current())
+    }
+
+    @Test("invalid modes are a disabled plane, not an error")
+    func disabledPlanes() throws {
+        let d = try MBochs(type: .small)
+        setMode(d, width: 800, height: 600)
+        #expect(d.planes.current().isEnabled)
+        d.put(bar2, 0x506, width: 2, 24)                      // BPP 24: no format
+        #expect(d.planes.current() == .disabled(.dmabuf))
+        d.put(bar2, 0x506, width: 2, 16)                      // 16 bpp is RGB565
+        #expect(d.planes.current().fourcc == DRMFormat.rgb565 && d.planes.current().stride == 1600)
+        d.put(bar2, 0x506, width: 2, 32)
+        d.put(bar2, 0x502, width: 2, 63)                      // narrower than 64
+        #expect(!d.planes.current().isEnabled)
+        d.put(bar2, 0x502, width: 2, 1280)                    // 1280x600x4 = 3 MiB fits 4 MiB
+        #expect(d.planes.current().isEnabled)
+        d.put(bar2, 0x512, width: 2, 300)                     // panned past the end of VRAM
+        #expect(!d.planes.current().isEnabled)
+        d.put(bar2, 0x512, width: 2, 0)
+        d.put(bar2, 0x508, width: 2, 0x40)                    // LFB without ENABLED
+        #expect(!d.planes.current().isEnabled)
+        #expect(d.planes.current().id == 0)
+    }
+
+    @Test("reset clears the registers, keeps VRAM and the EDID")
+    func reset() throws {
+        let d = try MBochs(type: .medium)
+        setMode(d, width: 1024, height: 768)
+        d.put(MBochs.vramRegion, 4096, [1, 2, 3])
+        d.put(MBochs.edidRegion, EDIDRegion.Field.linkState, le32(EDIDRegion.Link.down))
+        d.reset()
+        for offset in stride(from: 0x502, through: 0x512, by: 2) { #expect(d.value(bar2, offset, 2) == 0) }
+        #expect(d.value(bar2, 0x500, 2) == 0xb0c5 && d.value(bar2, 0x514, 2) == 256)
+        #expect(!d.planes.current().isEnabled)
+        #expect(d.bytes(MBochs.vramRegion, 4096, 3).bytes == [1, 2, 3])
+        #expect(d.value(MBochs.edidRegion, EDIDRegion.Field.linkState, 4) == UInt64(EDIDRegion.Link.down))
+    }
+
+    @Test("trapped VRAM accesses honour the offset and hit the memory the client maps")
+    func vramOffsets() throws {
+        let d = try MBochs(type: .small)
+        let at = 3 * 4096 + 17
+        d.put(MBochs.vramRegion, at, [0xa1, 0xb2])
+        #expect(d.vram.base.load(fromByteOffset: at, as: UInt8.self) == 0xa1)
+        d.vram.base.storeBytes(of: 0x5a, toByteOffset: at + 2, as: UInt8.self)
+        #expect(d.bytes(MBochs.vramRegion, at, 3).bytes == [0xa1, 0xb2, 0x5a])
+        #expect(d.value(MBochs.vramRegion, 0, 4) == 0)
+    }
+}
