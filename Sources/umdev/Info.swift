@@ -34,7 +34,7 @@ struct Info: ParsableCommand {
         for i in 0..<info.regionCount {
             let r = try client.regionInfo(i)
             defer { if r.fd >= 0 { close(r.fd) } }
-            let name = Int(i) < names.count ? names[Int(i)] : "region \(i)"
+            let name = Int(i) < names.count ? names[Int(i)] : r.type.map { $0 == (1, 1) ? "EDID" : "DEVICE-SPECIFIC" } ?? "REGION"
             if r.size == 0 { print("  \(i) \(name): absent"); continue }
             var access: [String] = []
             if r.readable { access.append("read") }

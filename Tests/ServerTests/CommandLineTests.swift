@@ -40,8 +40,34 @@ struct CommandLineTests {
 
     @Test func typesListsTheMdevTypes() throws {
         let text = try run(["types"])
-        #expect(text.contains("mtty-1\n  description: Single port serial\n  device_api:  vfio-pci"))
+        #expect(text.contains("mtty-1\n  description: Single port serial\n  device_api:  vfio-pci\n  display:     none"))
         #expect(text.contains("mtty-2\n  description: Dual port serial"))
+        for (name, description) in [("mdpy-vga", "virtual display, 640x480 framebuffer"),
+                                    ("mdpy-xga", "virtual display, 1024x768 framebuffer"),
+                                    ("mdpy-hd", "virtual display, 1920x1080 framebuffer")] {
+            #expect(text.contains("\(name)\n  description: \(description)\n  device_api:  vfio-pci\n  display:     region plane"))
+        }
+        for (name, mb) in [("mbochs-small", 4), ("mbochs-medium", 16), ("mbochs-large", 64)] {
+            #expect(text.contains("\(name)\n  description: virtual display, \(mb) MB video memory\n  device_api:  vfio-pci\n  display:     dmabuf plane"))
+        }
+        let names = try run(["types", "--names"]).split(separator: "\n")
+        #expect(names == ["test", "test-nommap", "mtty-1", "mtty-2", "mdpy-vga", "mdpy-xga", "mdpy-hd",
+                          "mbochs-small", "mbochs-medium", "mbochs-large"])
+    }
+
+    @Test func infoShowsTheDisplayRegions() throws {
+        let mbochs = try ServerProcess(type: "mbochs-large")
+        let text = try run(["info", "--socket", mbochs.path])
+        #expect(text.contains("device: PCI|RESET, 10 regions, 5 IRQ indices"))
+        #expect(text.contains("PCI 1234:1111 class 038000 rev 01"))
+        #expect(text.contains("0 BAR0: 67108864 bytes, read|write|mmap, mappable areas [0x0+0x4000000], fd offset 0x0"))
+        #expect(text.contains("2 BAR2: 4096 bytes, read|write\n"))
+        #expect(text.contains("9 EDID: 4096 bytes, read|write, type GFX/EDID (1/1)"))
+        #expect(text.contains("0 INTx: 0 vectors, eventfd"))
+        let mdpy = try ServerProcess(type: "mdpy-xga")
+        let m = try run(["info", "--socket", mdpy.path])
+        #expect(m.contains("PCI 1b36:000f class 038000 rev 01"))
+        #expect(m.contains("9 DEVICE-SPECIFIC: 4194304 bytes, read|write|mmap, mappable areas [0x0+0x400000], type vendor 1b36/1 (0x80001b36/1), fd offset 0x0"))
     }
 }
 
