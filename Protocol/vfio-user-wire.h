@@ -129,6 +129,24 @@ struct vu_cap_type {
     uint32_t type;
     uint32_t subtype;
 } __attribute__((packed));
+/* TYPE values of umdev's device-specific regions (§21). */
+#define VU_REGION_TYPE_GFX              1
+#define VU_REGION_SUBTYPE_GFX_EDID      1
+#define VU_REGION_TYPE_PCI_VENDOR_TYPE  (1u << 31)
+#define VU_REGION_TYPE_MDPY_DISPLAY     (VU_REGION_TYPE_PCI_VENDOR_TYPE | 0x1b36)
+#define VU_REGION_SUBTYPE_MDPY_DISPLAY  1
+
+/* The start of an EDID region (§21): the kernel's vfio_region_gfx_edid. */
+struct vu_gfx_edid {
+    uint32_t edid_offset;
+    uint32_t edid_max_size;
+    uint32_t edid_size;
+    uint32_t max_xres;
+    uint32_t max_yres;
+    uint32_t link_state;
+} __attribute__((packed));
+#define VU_GFX_LINK_STATE_UP    1
+#define VU_GFX_LINK_STATE_DOWN  2
 
 #define VU_PCI_BAR0_REGION   0
 #define VU_PCI_ROM_REGION    6
