@@ -222,3 +222,54 @@ struct MBochsTests {
         #expect(d.value(MBochs.vramRegion, 0, 4) == 0)
     }
 }
+
+@Suite("mbochs under random register traffic")
+struct MBochsRandomTests {
+    struct Generator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            var x = state
+            x ^= x >> 33; x = x &* 0xff51afd7ed558ccd; x ^= x >> 33
+            return x
+        }
+    }
+
+    @Test("200,000 random in-range accesses: the plane stays inside VRAM or is disabled; ids map to one layout")
+    func randomTraffic() throws {
+        let d = try MBochs(type: .small)
+        var rng = Generator(state: 0xb0c5)
+        var layoutOf: [UInt32: DisplayPlane] = [:]
+        // Mostly DISPI, so that real modes come and go; some everything else.
+        for _ in 0..<200_000 {
+            let region = [2, 2, 2, 2, 9, 7, 0][Int.random(in: 0..<7, using: &rng)]
+            let size = d.regions[region].size
+            let width = [1, 2, 2, 4, 8, 64][Int.random(in: 0..<6, using: &rng)]
+            let offset: Int
+            if region == 2 && Bool.random(using: &rng) {
+                offset = 0x500 + 2 * Int.random(in: 0..<11, using: &rng)
+            } else {
+                offset = Int.random(in: 0..<(Int(size) - width + 1), using: &rng)
+            }
+            guard offset + width <= Int(size) else { continue }
+            if Bool.random(using: &rng) {
+                let small: [UInt64] = [0, 1, 16, 32, 0x41, 64, 480, 600, 640, 800, 1024, 0xffff]
+                let value = Bool.random(using: &rng) ? small[Int.random(in: 0..<small.count, using: &rng)] : UInt64.random(in: 0...UInt64.max, using: &rng)
+                d.put(region, offset, width: width, value)
+            } else {
+                _ = d.bytes(region, offset, width)
+            }
+            let p = d.planes.current()
+            if p.isEnabled {
+                #expect(p.offset + p.size <= d.type.vramSize && p.width >= 64 && p.height >= 64)
+                #expect(UInt64(p.stride) * UInt64(p.height) == p.size)
+                var layout = p; layout.id = 0
+                if let known = layoutOf[p.id] { #expect(known == layout) }
+                layoutOf[p.id] = layout
+            } else {
+                #expect(p == .disabled(.dmabuf))
+            }
+        }
+        #expect(layoutOf.count > 1)   // the traffic really produced modes
+    }
+}
