@@ -70,18 +70,29 @@ public struct DispiRegisters: Sendable, Equatable {
     }
 
     /// A guest write; ID and VIDEO_MEMORY_64K keep reading their fixed values.
-    public mutating func write(_ index: Int, _ value: UInt16) {
-        guard (0..<Index.storedCount).contains(index) else { return }
+    /// Returns whether the scanout may have changed (a register it depends
+    /// on took a new value), so callers skip re-deriving it otherwise.
+    @discardableResult
+    public mutating func write(_ index: Int, _ value: UInt16) -> Bool {
+        guard (0..<Index.storedCount).contains(index), stored[index] != value else { return false }
         stored[index] = value
+        switch index {
+        case Index.id, Index.bank, Index.virtHeight: return false
+        default: return true
+        }
     }
 
     /// The byte-order register as the guest reads it.
     public var byteOrder: UInt32 { bigEndianFramebuffer ? Extended.bigEndian : Extended.littleEndian }
 
     /// A write to the byte-order register: only the two magic values count.
-    public mutating func writeByteOrder(_ value: UInt32) {
+    /// Returns whether the byte order changed.
+    @discardableResult
+    public mutating func writeByteOrder(_ value: UInt32) -> Bool {
+        let before = bigEndianFramebuffer
         if value == Extended.bigEndian { bigEndianFramebuffer = true }
         if value == Extended.littleEndian { bigEndianFramebuffer = false }
+        return bigEndianFramebuffer != before
     }
 
     /// What the registers put on screen, as bochs-display and the sample

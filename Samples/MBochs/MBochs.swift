@@ -164,26 +164,25 @@ public final class MBochs: DisplayDevice {
     /// into the 16-bit register), the byte-order register takes a whole
     /// 32-bit write; everything else is read-only or empty and ignores them.
     private func writeMMIO(_ offset: Int, _ data: UnsafeRawBufferPointer) {
-        var dispiWritten = false
+        var scanoutTouched = false
         if data.count == 2, offset & 1 == 0, MMIO.dispi.contains(offset) {
-            dispi.write((offset - MMIO.dispi.lowerBound) / 2, UInt16(littleEndian: data.loadUnaligned(as: UInt16.self)))
-            dispiWritten = true
+            scanoutTouched = dispi.write((offset - MMIO.dispi.lowerBound) / 2, UInt16(littleEndian: data.loadUnaligned(as: UInt16.self)))
         } else {
             for i in 0..<data.count where MMIO.dispi.contains(offset + i) {
                 let o = offset + i
                 let index = (o - MMIO.dispi.lowerBound) / 2
                 var value = dispi.read(index)
                 value = o & 1 == 0 ? (value & 0xff00) | UInt16(data[i]) : (value & 0x00ff) | UInt16(data[i]) << 8
-                dispi.write(index, value)
-                dispiWritten = true
+                if dispi.write(index, value) { scanoutTouched = true }
             }
             let order = MMIO.extendedByteOrder
-            if offset <= order, offset + data.count >= order + 4 {
-                dispi.writeByteOrder(UInt32(littleEndian: data.loadUnaligned(fromByteOffset: order - offset, as: UInt32.self)))
-                dispiWritten = true
+            if offset <= order, offset + data.count >= order + 4,
+               dispi.writeByteOrder(UInt32(littleEndian: data.loadUnaligned(fromByteOffset: order - offset, as: UInt32.self))) {
+                scanoutTouched = true
             }
         }
-        if dispiWritten { updatePlane() }
+        // Only a change to a register the scanout depends on can change the plane.
+        if scanoutTouched { updatePlane() }
     }
 
     // MARK: Display
