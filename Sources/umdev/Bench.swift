@@ -12,17 +12,27 @@ import VFIOUserServer
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure REGION_READ/REGION_WRITE round trips against the test device.",
+        abstract: "Measure REGION_READ/REGION_WRITE round trips (the test device's scratch register by default).",
         discussion: """
-        Without --socket, a test device is served in this process on a private socket
+        Without --socket, a device of --type is served in this process on a private socket
         and the figures include heap allocations per operation (server and client).
         With --socket, only the client runs here (to measure a server under strace or
-        valgrind in another process).
+        valgrind in another process). --region and --offset pick the register, e.g.
+        --type mbochs-medium --region 2 --offset 0x50a --widths 2 for a DISPI register.
         """)
 
     @Option(help: "Round trips per measurement.") var iterations = 200_000
     @Option(help: "Serve nothing; drive the server at this socket.") var socket: String?
     @Option(help: "Only this case, e.g. read-1 or write-4.") var only: String?
+    @Option(help: "Device type to serve in this process (without --socket).") var type = "test"
+    @Option(help: "Region of the register to access.") var region: UInt32 = 0
+    @Option(help: "Offset of the register (decimal or 0x hex); default the test device's scratch.",
+            transform: { s in
+                guard let v = s.hasPrefix("0x") ? UInt64(s.dropFirst(2), radix: 16) : UInt64(s) else { throw ValidationError("bad offset '\(s)'") }
+                return v
+            })
+    var offset: UInt64 = TestDevice.Register.scratch
+    @Option(parsing: .upToNextOption, help: "Access widths in bytes.") var widths: [Int] = [1, 4, 8]
     @Flag(help: "Measure mtty instead: loopback throughput and interrupt latency.") var mtty = false
 
     func run() throws {
@@ -35,10 +45,11 @@ struct Bench: ParsableCommand {
             path = socket
         } else {
             path = "/tmp/umdev-bench-\(getpid()).sock"
-            let device = try TestDevice()
+            guard let kind = DeviceType.named(type) else { throw ValidationError("unknown device type '\(type)'") }
+            let device = try kind.make([])
             var logger = Logger(label: "bench")
             logger.logLevel = .error
-            server = try DeviceServer(host: DeviceHost(device: device, typeName: "test"), path: path, logger: logger)
+            server = try DeviceServer(host: DeviceHost(device: device, typeName: kind.name), path: path, logger: logger)
             server?.start()
         }
         defer { server?.stop() }
@@ -49,15 +60,15 @@ struct Bench: ParsableCommand {
         memset(buffer.baseAddress!, 0x5a, 8)
         print("case       ops/s      p50 ns   p99 ns   allocs/op   rss KiB")
         for write in [false, true] {
-            for size in [1, 4, 8] {
+            for size in widths where (1...8).contains(size) {
                 let name = "\(write ? "write" : "read")-\(size)"
                 if let only, only != name { continue }
                 let io = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size])
                 func once() throws {
                     if write {
-                        try client.write(region: 0, offset: TestDevice.Register.scratch, from: UnsafeRawBufferPointer(io))
+                        try client.write(region: region, offset: offset, from: UnsafeRawBufferPointer(io))
                     } else {
-                        try client.read(region: 0, offset: TestDevice.Register.scratch, into: io)
+                        try client.read(region: region, offset: offset, into: io)
                     }
                 }
                 for _ in 0..<1000 { try once() } // warm up
