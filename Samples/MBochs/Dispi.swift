@@ -119,33 +119,3 @@ public struct DispiRegisters: Sendable, Equatable {
     /// The stored registers, for saving and comparing.
     public var storedValues: [UInt16] { stored }
 }
-
-/// Plane ids for a dmabuf device: a layout keeps its id while it is among
-/// the recently shown ones, so a client that caches buffers by id (QEMU
-/// keeps five) finds a page-flipping guest's two buffers again; a new
-/// layout gets the next id. Bounded, whatever layouts a guest cycles through.
-struct PlaneIDs {
-    static let remembered = 16
-    /// Layouts with their ids, oldest first.
-    private var recent: [DisplayPlane] = []
-    private var next: UInt32 = 1
-
-    init() { recent.reserveCapacity(Self.remembered) }
-
-    /// `layout` with its id filled in.
-    mutating func identify(_ layout: DisplayPlane) -> DisplayPlane {
-        if let i = recent.firstIndex(where: { $0.sameLayout(as: layout) }) {
-            let known = recent.remove(at: i)
-            recent.append(known)
-            return known
-        }
-        var fresh = layout
-        fresh.id = next
-        next = next == UInt32.max ? 1 : next + 1
-        if recent.count == Self.remembered { recent.removeFirst() }
-        recent.append(fresh)
-        return fresh
-    }
-
-    func layout(id: UInt32) -> DisplayPlane? { recent.first { $0.id == id } }
-}

@@ -49,7 +49,8 @@ public final class MBochs: DisplayDevice {
     public let vram: SharedMemory
     public private(set) var dispi: DispiRegisters
     public private(set) var edid: EDIDRegion
-    private var planeIDs = PlaneIDs()
+    /// The id the next new layout gets.
+    private var nextPlaneID: UInt32 = 1
     /// The plane last published (compared on every register write, so a
     /// repeated identical mode set publishes nothing).
     public private(set) var plane = DisplayPlane.disabled(.dmabuf)
@@ -188,21 +189,27 @@ public final class MBochs: DisplayDevice {
     // MARK: Display
 
     /// Derives the scanout from the registers and publishes it when the
-    /// layout changed. Runs after every register write, so it allocates
-    /// nothing unless the layout is new.
+    /// layout changed. A layout shown recently gets its old id back (a guest
+    /// flipping between two buffers shows two ids), a new one the next id;
+    /// ids are never 0 and wrap past UInt32.max.
     private func updatePlane() {
-        let next: DisplayPlane
+        var next = DisplayPlane.disabled(.dmabuf)
         if let layout = dispi.scanout(region: Self.vramRegion) {
-            next = plane.sameLayout(as: layout) ? plane : planeIDs.identify(layout)
-        } else {
-            next = .disabled(.dmabuf)
+            if plane.sameLayout(as: layout) {
+                next = plane
+            } else if let known = planes.recentID(sameLayoutAs: layout) {
+                next = layout
+                next.id = known
+            } else {
+                next = layout
+                next.id = nextPlaneID
+                nextPlaneID = nextPlaneID == .max ? 1 : nextPlaneID + 1
+            }
         }
         guard next != plane else { return }
         plane = next
         planes.publish(next)
     }
-
-    public func plane(id: UInt32) -> DisplayPlane? { planeIDs.layout(id: id) }
 
     // MARK: Lifecycle
 

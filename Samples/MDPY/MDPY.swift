@@ -107,8 +107,6 @@ public final class MDPY: DisplayDevice {
 
     // MARK: Display
 
-    public func plane(id: UInt32) -> DisplayPlane? { id == plane.id ? plane : nil }
-
     /// The sample's power-on picture: row y filled with the byte y·255/height
     /// (all four bytes of each pixel), so a gray ramp from black at the top.
     private func paintGradient() {

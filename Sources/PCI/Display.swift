@@ -80,27 +80,75 @@ public struct DisplayPlane: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The current plane of one device, written by the device's thread and read
-/// by any other (viewers, the display socket) without ever blocking the
-/// writer: a sequence lock over a few atomic words.
+/// The current plane of one device, and the planes it recently showed,
+/// written by the device's thread and read by any other (viewers, the
+/// display socket) without ever blocking the writer.
 ///
-/// The writer bumps the sequence to an odd number, stores the words, and
-/// bumps it to even; a reader retries while the sequence is odd or changed
-/// under it. There is one writer at a time (the device's owner).
+/// There is one writer at a time (the device's owner). Enabled planes are
+/// also kept by id in `recentCount` slots (id mod `recentCount`), so a
+/// client that asks for a buffer by an id it saw a moment ago still finds
+/// it after the guest flipped to another.
 public final class PlanePublisher: Sendable {
+    /// How many recent layouts keep their ids.
+    public static let recentCount = 16
+
+    private let sequence = Atomic<UInt64>(0)
+    private let now = PlaneCell()
+    private let recentCells: [PlaneCell]
+    private let kind: DisplayPlane.Kind
+
+    /// Starts out publishing a disabled plane of `kind`.
+    public init(kind: DisplayPlane.Kind) {
+        self.kind = kind
+        recentCells = (0..<Self.recentCount).map { _ in PlaneCell() }
+    }
+
+    /// Replaces the published plane. Called by the device's owner only.
+    public func publish(_ p: DisplayPlane) {
+        if p.isEnabled && p.id != 0 {
+            let cell = recentCells[Int(p.id % UInt32(Self.recentCount))]
+            if cell.load(kind: kind) != p { cell.store(p) }
+        }
+        now.store(p)
+        sequence.add(1, ordering: .releasing)
+    }
+
+    /// The plane last published, read consistently from any thread.
+    public func current() -> DisplayPlane { now.load(kind: kind) }
+
+    /// The layout `id` stood for, if it is among the recent ones.
+    public func recent(id: UInt32) -> DisplayPlane? {
+        guard id != 0 else { return nil }
+        let p = recentCells[Int(id % UInt32(Self.recentCount))].load(kind: kind)
+        return p.id == id && p.isEnabled ? p : nil
+    }
+
+    /// The id a recent plane with `layout`'s layout had, if any.
+    public func recentID(sameLayoutAs layout: DisplayPlane) -> UInt32? {
+        for cell in recentCells {
+            let p = cell.load(kind: kind)
+            if p.isEnabled && p.sameLayout(as: layout) { return p.id }
+        }
+        return nil
+    }
+
+    /// How many times a plane was published: a reader can tell cheaply
+    /// whether anything changed since it last looked.
+    public var generation: UInt64 { sequence.load(ordering: .acquiring) }
+}
+
+/// One plane in a sequence lock over atomic words: the writer bumps the
+/// sequence to odd, stores the words, and bumps it to even; a reader retries
+/// while the sequence is odd or changed under it.
+final class PlaneCell: Sendable {
     private let sequence = Atomic<UInt64>(0)
     private let word0 = Atomic<UInt64>(0) // fourcc | id << 32
     private let word1 = Atomic<UInt64>(0) // width | height << 32
     private let word2 = Atomic<UInt64>(0) // stride | region << 32
     private let word3 = Atomic<UInt64>(0) // size
     private let word4 = Atomic<UInt64>(0) // offset
-    private let kind: DisplayPlane.Kind
 
-    /// Starts out publishing a disabled plane of `kind`.
-    public init(kind: DisplayPlane.Kind) { self.kind = kind }
-
-    /// Replaces the published plane. Called by the device's owner only.
-    public func publish(_ p: DisplayPlane) {
+    func store(_ p: DisplayPlane) {
         let s = sequence.load(ordering: .relaxed)
         sequence.store(s &+ 1, ordering: .relaxed)
         atomicMemoryFence(ordering: .releasing)
@@ -112,8 +160,7 @@ public final class PlanePublisher: Sendable {
         sequence.store(s &+ 2, ordering: .releasing)
     }
 
-    /// The plane last published, read consistently from any thread.
-    public func current() -> DisplayPlane {
+    func load(kind: DisplayPlane.Kind) -> DisplayPlane {
         while true {
             let before = sequence.load(ordering: .acquiring)
             if before & 1 != 0 { continue }
@@ -128,10 +175,6 @@ public final class PlanePublisher: Sendable {
                                 id: UInt32(truncatingIfNeeded: w0 >> 32))
         }
     }
-
-    /// How many times a plane was published: a reader can tell cheaply
-    /// whether anything changed since it last looked.
-    public var generation: UInt64 { sequence.load(ordering: .acquiring) / 2 }
 }
 
 /// A device that shows a picture. Its owner thread keeps `planes` current;
@@ -139,11 +182,8 @@ public final class PlanePublisher: Sendable {
 public protocol DisplayDevice: VFIODevice {
     /// Region planes (mdpy) or dmabuf planes (mbochs).
     var planeKind: DisplayPlane.Kind { get }
-    /// The primary plane, published on every layout change.
+    /// The primary plane, published on every layout change, and recent ones by id.
     var planes: PlanePublisher { get }
     /// The memory the plane's region is backed by (framebuffer or VRAM).
     var planeMemory: SharedMemory { get }
-    /// The layout a recent plane id stood for, if the device still knows it
-    /// (a client asks for a dmabuf by id). Called on the owner thread.
-    func plane(id: UInt32) -> DisplayPlane?
 }

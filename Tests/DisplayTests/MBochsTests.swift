@@ -156,7 +156,7 @@ struct MBochsTests {
         d.put(bar2, 0x50a, width: 2, 7)                       // BANK
         d.put(bar2, 0x604, width: 4, 0x1e1e_1e1e)
         #expect(d.planes.generation == g)
-        #expect(d.plane(id: b.id) == b && d.plane(id: c.id) == c && d.plane(id: 9999) == nil)
+        #expect(d.planes.recent(id: b.id) == b && d.planes.recent(id: c.id) == c && d.planes.recent(id: 9999) == nil)
     }
 
     @Test("plane ids stay bounded: old layouts are forgotten, ids never collide")
@@ -171,8 +171,8 @@ struct MBochsTests {
             ids[p.id] = p.offset
         }
         #expect(ids.count == 200)
-        #expect(d.plane(id: ids.first { $0.value == 0 }!.key) == nil)        // long forgotten
-        #expect(d.plane(id: d.planes.current().id) == d.planes.current())
+        #expect(d.planes.recent(id: ids.first { $0.value == 0 }!.key) == nil)        // long forgotten
+        #expect(d.planes.recent(id: d.planes.current().id) == d.planes.current())
     }
 
     @Test("invalid modes are a disabled plane, not an error")

@@ -108,7 +108,7 @@ struct MDPYTests {
         #expect(p.size == UInt64(type.width * 4 * type.height))
         #expect(p.size % 4096 == 0)
         #expect(p.region == MDPY.displayRegion && p.offset == 0)
-        #expect(p.id != 0 && d.plane(id: p.id) == p && d.plane(id: p.id + 1) == nil)
+        #expect(p.id != 0 && d.planes.recent(id: p.id) == p && d.planes.recent(id: p.id + 1) == nil)
         // Guest drawing and reset leave the layout (and so the plane) alone.
         let generation = d.planes.generation
         d.put(RegionIndex.bar0, 0, [1, 2, 3, 4])

@@ -32,4 +32,18 @@ struct PlanePublisherTests {
         #expect(publisher.current() == Self.plane(writes))
         #expect(publisher.generation == UInt64(writes) + 1)
     }
+
+    @Test("recent planes are found by id until sixteen newer ids take their slots; disabled ones never")
+    func recentByID() {
+        let publisher = PlanePublisher(kind: .dmabuf)
+        for n in UInt32(1)...20 { publisher.publish(Self.plane(n)) }
+        for n in UInt32(1)...4 { #expect(publisher.recent(id: n) == nil) }
+        for n in UInt32(5)...20 { #expect(publisher.recent(id: n) == Self.plane(n)) }
+        #expect(publisher.recentID(sameLayoutAs: Self.plane(7)) == 7)
+        #expect(publisher.recentID(sameLayoutAs: Self.plane(2)) == nil)
+        publisher.publish(.disabled(.dmabuf))
+        #expect(publisher.recent(id: 0) == nil)
+        #expect(publisher.current() == .disabled(.dmabuf))
+        #expect(publisher.recent(id: 20) == Self.plane(20))
+    }
 }
