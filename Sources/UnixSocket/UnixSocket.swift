@@ -10,13 +10,19 @@ public struct SocketError: Error, Sendable, CustomStringConvertible {
 /// UNIX stream sockets by path: the vfio-user server, its client, and
 /// mtty's socket backend all go through these two calls.
 public enum UnixSocket {
-    /// Binds and listens at `path`. A stale socket left there by an earlier
-    /// run is replaced; any other kind of file is left alone (EADDRINUSE).
-    public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false) throws(SocketError) -> Int32 {
+    /// Binds and listens at `path`, the socket file owner-only (`mode`,
+    /// 0600 by default) from the moment it exists. A stale socket left there
+    /// by an earlier run is replaced; any other kind of file is left alone
+    /// (EADDRINUSE).
+    public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false, mode: mode_t = 0o600) throws(SocketError) -> Int32 {
         let fd = try open(nonBlocking: nonBlocking)
         var st = stat()
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        // Linux creates the file with the unbound socket's mode (less the
+        // umask), so set it before bind; chmod after, for other kernels.
+        _ = fchmod(fd, mode)
         let rc = try withAddress(path) { Glibc.bind(fd, $0, $1) }
+        if rc == 0 { _ = chmod(path, mode) }
         guard rc == 0, Glibc.listen(fd, backlog) == 0 else {
             let e = errno
             close(fd)
