@@ -28,6 +28,13 @@ public struct Capabilities: Equatable, Sendable {
     public var writeMultiple = false
     /// Sender supports a separate server→client socket (twin_socket.supported).
     public var twinSocket = false
+    /// Sender speaks umdev's display-plane messages (`x-umdev-gfx-plane`,
+    /// Protocol/README.md §22): the version it proposes, nil when absent.
+    public var gfxPlane: Int?
+
+    /// The capability key of the display-plane extension, and its version.
+    public static let gfxPlaneKey = "x-umdev-gfx-plane"
+    public static let gfxPlaneVersion = 1
 
     public init() {}
 
@@ -67,6 +74,12 @@ public struct Capabilities: Equatable, Sendable {
             }
             caps.migration = mig
         }
+        if let g = body[gfxPlaneKey] {
+            guard case .object = g else { throw .invalid("x-umdev-gfx-plane is not an object") }
+            guard let v = g["version"], case .integer(let version) = v, version >= 1, version <= Int64(Int32.max)
+            else { throw .invalid("x-umdev-gfx-plane.version is not an integer ≥ 1") }
+            caps.gfxPlane = Int(version)
+        }
         if let t = body["twin_socket"] {
             guard case .object = t else { throw .invalid("twin_socket is not an object") }
             if let s = t["supported"] {
@@ -87,7 +100,16 @@ public struct Capabilities: Equatable, Sendable {
         ]
         if let m = migration { members.append(("migration", .object([("pgsize", .integer(Int64(m.pageSize)))]))) }
         if writeMultiple { members.append(("write_multiple", .bool(true))) }
+        if let g = gfxPlane { members.append((Capabilities.gfxPlaneKey, .object([("version", .integer(Int64(g)))]))) }
         return JSONValue.object([("capabilities", .object(members))]).serialized
+    }
+
+    /// The VERSION reply payload: version 0.0 and these capabilities as
+    /// NUL-terminated JSON.
+    public func encodeVersionReply(_ w: inout MessageWriter) {
+        w.u16(0); w.u16(0)
+        w.bytes(Array(json.utf8))
+        w.u8(0)
     }
 
     /// What a server answers to a client's capabilities: its own limits for
@@ -102,6 +124,8 @@ public struct Capabilities: Equatable, Sendable {
         reply.maxDMAMaps = min(client.maxDMAMaps, Limits.maxDMAMaps)
         if offersMigration, client.migration != nil { reply.migration = Migration() }
         reply.writeMultiple = client.writeMultiple
+        // Only ever echoed: a client that did not propose it never sees it.
+        if let v = client.gfxPlane { reply.gfxPlane = min(v, gfxPlaneVersion) }
         return reply
     }
 }

@@ -67,6 +67,15 @@ public enum VFIO {
     public static let migrationStopCopy: UInt64 = 1 << 0
     public static let migrationP2P: UInt64 = 1 << 1
     public static let migrationPreCopy: UInt64 = 1 << 2
+
+    // vfio_device_gfx_plane_info flags (VFIO_GFX_PLANE_TYPE_*)
+    public static let gfxPlaneProbe: UInt32 = 1 << 0
+    public static let gfxPlaneDmabuf: UInt32 = 1 << 1
+    public static let gfxPlaneRegion: UInt32 = 1 << 2
+    // DRM plane types (drm_plane_type)
+    public static let drmPlaneOverlay: UInt32 = 0
+    public static let drmPlanePrimary: UInt32 = 1
+    public static let drmPlaneCursor: UInt32 = 2
 }
 
 /// Migration v2 device states (VFIO_DEVICE_STATE_*).

@@ -69,6 +69,64 @@ public struct DeviceFeature {
     public var isProbe: Bool { flags & VFIO.featureProbe != 0 }
 }
 
+/// QUERY_GFX_PLANE payload: the kernel's `struct vfio_device_gfx_plane_info`
+/// (64 bytes; 60, up to `region_index`, is the least a caller may send).
+public struct GfxPlaneInfo: Equatable, Sendable {
+    public static let size = 64
+    /// offsetofend(region_index): the kernel's minimum argsz.
+    public static let minimumSize = 60
+
+    public var argsz: UInt32
+    public var flags: UInt32
+    public var drmPlaneType: UInt32
+    public var drmFormat: UInt32 = 0
+    public var drmFormatModifier: UInt64 = 0
+    public var width: UInt32 = 0
+    public var height: UInt32 = 0
+    public var stride: UInt32 = 0
+    public var size: UInt32 = 0
+    public var xPos: UInt32 = 0
+    public var yPos: UInt32 = 0
+    public var xHot: UInt32 = 0
+    public var yHot: UInt32 = 0
+    /// `region_index` for a region plane, `dmabuf_id` for a dmabuf plane.
+    public var id: UInt32 = 0
+    public var reserved: UInt32 = 0
+
+    public init(argsz: UInt32 = UInt32(GfxPlaneInfo.size), flags: UInt32, drmPlaneType: UInt32) {
+        self.argsz = argsz; self.flags = flags; self.drmPlaneType = drmPlaneType
+    }
+
+    /// Reads the fields present in `p` (at least `minimumSize` bytes).
+    public init(_ p: UnsafeRawBufferPointer) {
+        argsz = p.u32(0); flags = p.u32(4); drmPlaneType = p.u32(8); drmFormat = p.u32(12)
+        drmFormatModifier = p.u64(16); width = p.u32(24); height = p.u32(28); stride = p.u32(32); size = p.u32(36)
+        xPos = p.u32(40); yPos = p.u32(44); xHot = p.u32(48); yHot = p.u32(52); id = p.u32(56)
+        reserved = p.count >= 64 ? p.u32(60) : 0
+    }
+
+    /// Writes the first `bytes` bytes (60–64) of the structure.
+    public func encode(_ w: inout MessageWriter, bytes: Int = GfxPlaneInfo.size) {
+        w.u32(argsz); w.u32(flags); w.u32(drmPlaneType); w.u32(drmFormat); w.u64(drmFormatModifier)
+        w.u32(width); w.u32(height); w.u32(stride); w.u32(size)
+        w.u32(xPos); w.u32(yPos); w.u32(xHot); w.u32(yHot); w.u32(id)
+        if bytes >= GfxPlaneInfo.size { w.u32(reserved) }
+    }
+}
+
+/// GET_GFX_DMABUF's reply payload; the buffer's descriptor travels with it.
+public struct GfxDmabuf: Equatable, Sendable {
+    public static let size = 24
+    public var id: UInt32
+    /// Where the buffer starts in the descriptor's file (page-aligned).
+    public var offset: UInt64
+    /// The buffer's length in bytes (stride × height).
+    public var size: UInt64
+    public init(id: UInt32, offset: UInt64, size: UInt64) { self.id = id; self.offset = offset; self.size = size }
+    public func encode(_ w: inout MessageWriter) { w.u32(id); w.u32(0); w.u64(offset); w.u64(size) }
+    public init(_ p: UnsafeRawBufferPointer) { id = p.u32(0); offset = p.u64(8); size = p.u64(16) }
+}
+
 /// A client→server command, decoded and structurally validated. Payload
 /// slices point into the receive buffer and are valid until the next receive.
 public enum Request {
@@ -88,6 +146,8 @@ public enum Request {
     case deviceFeature(DeviceFeature)
     case migDataRead(argsz: UInt32, size: UInt32)
     case migDataWrite(argsz: UInt32, size: UInt32, data: UnsafeRawBufferPointer)
+    case queryGfxPlane(GfxPlaneInfo)
+    case getGfxDmabuf(id: UInt32)
 
     /// Decodes and validates one command. `fdCount` is how many descriptors
     /// arrived with it: only DMA_MAP (0–1) and SET_IRQS with DATA_EVENTFD may
@@ -255,6 +315,17 @@ public enum Request {
             guard n == 8 + Int(size) else { throw .invalid("MIG_DATA_WRITE size differs from the data") }
             guard UInt64(argsz) >= 8 + UInt64(size) else { throw .invalid("MIG_DATA_WRITE argsz below 8 + size") }
             return .migDataWrite(argsz: argsz, size: size, data: UnsafeRawBufferPointer(rebasing: p[8...]))
+
+        case .queryGfxPlane:
+            guard n >= GfxPlaneInfo.minimumSize, n <= GfxPlaneInfo.size else { throw .invalid("QUERY_GFX_PLANE payload is not 60–64 bytes") }
+            let q = GfxPlaneInfo(p)
+            guard q.argsz >= UInt32(GfxPlaneInfo.minimumSize) else { throw .invalid("QUERY_GFX_PLANE argsz below 60") }
+            guard q.argsz <= UInt32(n) else { throw .invalid("QUERY_GFX_PLANE argsz beyond the payload") }
+            return .queryGfxPlane(q)
+
+        case .getGfxDmabuf:
+            guard n == 4 else { throw .invalid("GET_GFX_DMABUF payload is not 4 bytes") }
+            return .getGfxDmabuf(id: p.u32(0))
         }
     }
 }

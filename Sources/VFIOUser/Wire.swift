@@ -23,6 +23,12 @@ public enum Command: UInt16, Sendable, CaseIterable {
     case deviceFeature = 16
     case migDataRead = 17
     case migDataWrite = 18
+    /// umdev's display-plane extension (Protocol/README.md §22): commands
+    /// 0x7f00–0x7fff are umdev's, far above any number the spec uses.
+    /// VFIO_DEVICE_QUERY_GFX_PLANE as a message.
+    case queryGfxPlane = 0x7f00
+    /// VFIO_DEVICE_GET_GFX_DMABUF as a message: the reply carries the buffer's memfd.
+    case getGfxDmabuf = 0x7f01
 
     public var name: String {
         switch self {
@@ -44,6 +50,8 @@ public enum Command: UInt16, Sendable, CaseIterable {
         case .deviceFeature: "DEVICE_FEATURE"
         case .migDataRead: "MIG_DATA_READ"
         case .migDataWrite: "MIG_DATA_WRITE"
+        case .queryGfxPlane: "QUERY_GFX_PLANE"
+        case .getGfxDmabuf: "GET_GFX_DMABUF"
         }
     }
 }

@@ -11,18 +11,67 @@ public final class DeviceHost {
     /// The device type, e.g. "mtty-2"; written into migration streams.
     public let typeName: String
     var migration = MigrationMachine()
-    /// Region and IRQ tables, read once: they do not change while served.
-    let regions: [Region]
-    let irqs: [IRQ]
+    /// What the device looks like from outside, read once: it does not
+    /// change while served, and the display socket shares it.
+    public let description: DeviceDescription
+    var regions: [Region] { description.regions }
+    var irqs: [IRQ] { description.irqs }
 
     public init(device: VFIODevice, typeName: String) {
         self.device = device
         self.typeName = typeName
-        regions = device.regions
-        irqs = device.irqs
+        description = DeviceDescription(device: device)
     }
 
     public var migrationState: DeviceState { migration.state }
+}
+
+/// The device's fixed facts and the info replies built from them: regions,
+/// IRQ indices, reset support and display planes. Immutable, so any thread
+/// may answer from it.
+public struct DeviceDescription: Sendable {
+    public let regions: [Region]
+    public let irqs: [IRQ]
+    public let supportsReset: Bool
+    public let display: DisplayFacts
+
+    init(device: VFIODevice) {
+        regions = device.regions
+        irqs = device.irqs
+        supportsReset = device.supportsReset
+        display = DisplayFacts(device: device)
+    }
+
+    /// DEVICE_GET_INFO's reply.
+    func deviceInfo(into w: inout MessageWriter) {
+        w.u32(16)
+        w.u32(VFIO.deviceFlagsPCI | (supportsReset ? VFIO.deviceFlagsReset : 0))
+        w.u32(UInt32(regions.count))
+        w.u32(UInt32(irqs.count))
+    }
+
+    /// DEVICE_GET_REGION_INFO's reply; returns the descriptor to attach or -1.
+    func regionInfo(index: UInt32, argsz: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> Int32 {
+        guard Int(index) < regions.count else { throw ProtocolError.invalid("region index out of range") }
+        return try RegionInfoReply.encode(regions[Int(index)], index: index, argsz: argsz, into: &w)
+    }
+
+    /// DEVICE_GET_REGION_IO_FDS's reply: umdev offers no ioeventfds.
+    func regionIOFDs(index: UInt32, into w: inout MessageWriter) throws(ProtocolError) {
+        guard Int(index) < regions.count else { throw ProtocolError.invalid("region index out of range") }
+        w.u32(16); w.u32(0); w.u32(index); w.u32(0)
+    }
+
+    /// DEVICE_GET_IRQ_INFO's reply.
+    func irqInfo(index: UInt32, into w: inout MessageWriter) throws(ProtocolError) {
+        guard Int(index) < irqs.count else { throw ProtocolError.invalid("IRQ index out of range") }
+        let irq = irqs[Int(index)]
+        var flags = VFIO.irqInfoEventfd
+        if irq.maskable { flags |= VFIO.irqInfoMaskable }
+        if irq.automasked { flags |= VFIO.irqInfoAutomasked }
+        if irq.noResize { flags |= VFIO.irqInfoNoResize }
+        w.u32(16); w.u32(flags); w.u32(index); w.u32(irq.count)
+    }
 }
 
 /// Serves one client connection: decodes each request, routes it to the
@@ -161,11 +210,12 @@ public final class Endpoint {
     private static let replyFlags = Header.typeReply
 
     @inline(__always)
-    private func reply(_ w: MessageWriter, to h: Header, fds: UnsafeBufferPointer<Int32> = UnsafeBufferPointer(start: nil, count: 0)) throws(TransportEnd) {
+    private func reply(_ w: MessageWriter, to h: Header) throws(TransportEnd) {
         guard h.wantsReply else { return }
         let n = w.finish(messageID: h.messageID, command: h.command, flags: Endpoint.replyFlags)
-        try transport.send(length: n, fds: fds)
+        try transport.send(length: n)
     }
+
 
     private func route(_ request: Request, header h: Header, fdCount: Int) throws {
         if client == nil {
@@ -207,9 +257,7 @@ public final class Endpoint {
         case .version(_, _, let caps):
             guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
             let answer = try Capabilities.serverReply(to: caps, offersMigration: host.device.migrationType != nil)
-            w.u16(0); w.u16(0)
-            w.bytes(Array(answer.json.utf8))
-            w.u8(0)
+            answer.encodeVersionReply(&w)
             client = caps
             dma.maxWindows = answer.maxDMAMaps
             try reply(w, to: h)
@@ -225,37 +273,30 @@ public final class Endpoint {
             try reply(w, to: h)
 
         case .deviceGetInfo:
-            w.u32(16)
-            w.u32(VFIO.deviceFlagsPCI | (host.device.supportsReset ? VFIO.deviceFlagsReset : 0))
-            w.u32(UInt32(host.regions.count))
-            w.u32(UInt32(host.irqs.count))
+            host.description.deviceInfo(into: &w)
             try reply(w, to: h)
 
         case .deviceGetRegionInfo(let argsz, let index):
-            guard Int(index) < host.regions.count else { throw ProtocolError.invalid("region index out of range") }
-            let fd = try RegionInfoReply.encode(host.regions[Int(index)], index: index, argsz: argsz, into: &w)
-            if fd >= 0 {
-                var one = fd
-                try withUnsafePointer(to: &one) { (p) throws(TransportEnd) in try reply(w, to: h, fds: UnsafeBufferPointer(start: p, count: 1)) }
-            } else {
-                try reply(w, to: h)
-            }
+            let fd = try host.description.regionInfo(index: index, argsz: argsz, into: &w)
+            try transport.reply(w, to: h, fd: fd)
 
         case .deviceGetRegionIOFDs(_, let index):
-            guard Int(index) < host.regions.count else { throw ProtocolError.invalid("region index out of range") }
-            // umdev offers no ioeventfds: the answer lists no sub-regions.
-            w.u32(16); w.u32(0); w.u32(index); w.u32(0)
+            try host.description.regionIOFDs(index: index, into: &w)
             try reply(w, to: h)
 
         case .deviceGetIRQInfo(_, let index):
-            guard Int(index) < host.irqs.count else { throw ProtocolError.invalid("IRQ index out of range") }
-            let irq = host.irqs[Int(index)]
-            var flags = VFIO.irqInfoEventfd
-            if irq.maskable { flags |= VFIO.irqInfoMaskable }
-            if irq.automasked { flags |= VFIO.irqInfoAutomasked }
-            if irq.noResize { flags |= VFIO.irqInfoNoResize }
-            w.u32(16); w.u32(flags); w.u32(index); w.u32(irq.count)
+            try host.description.irqInfo(index: index, into: &w)
             try reply(w, to: h)
+
+        case .queryGfxPlane(let q):
+            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
+            try host.description.display.answer(q, into: &w)
+            try reply(w, to: h)
+
+        case .getGfxDmabuf(let id):
+            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
+            let fd = try host.description.display.dmabuf(id: id, into: &w)
+            try transport.reply(w, to: h, fd: fd)
 
         case .deviceSetIRQs(let s):
             var taken = [Int32]()

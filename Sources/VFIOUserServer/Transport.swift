@@ -281,6 +281,16 @@ public final class Transport {
     }
 
     /// Writes a header-only error reply into the send buffer and sends it.
+    /// Finishes `w` as the successful reply to `h` and sends it, with one
+    /// descriptor when `fd` ≥ 0. Nothing is sent if `h` asked for no reply.
+    public func reply(_ w: MessageWriter, to h: Header, fd: Int32 = -1) throws(TransportEnd) {
+        guard h.wantsReply else { return }
+        let n = w.finish(messageID: h.messageID, command: h.command, flags: Header.typeReply)
+        guard fd >= 0 else { return try send(length: n) }
+        var one = fd
+        try withUnsafePointer(to: &one) { (p) throws(TransportEnd) in try send(length: n, fds: UnsafeBufferPointer(start: p, count: 1)) }
+    }
+
     public func sendError(to h: Header, errno e: Int32) throws(TransportEnd) {
         Header(messageID: h.messageID, command: h.command, messageSize: UInt32(Header.size),
                flags: Header.typeReply | Header.errorFlag, error: UInt32(e)).store(to: sendBuffer.baseAddress!)

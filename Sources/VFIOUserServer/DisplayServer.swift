@@ -1,0 +1,216 @@
+import CShim
+import Glibc
+import Logging
+import PCI
+import Synchronization
+import UnixSocket
+import VFIOUser
+
+/// The display socket (Protocol/README.md §23): where viewers attach while a
+/// VMM holds the device socket. Any number of viewers, up to `maxViewers`,
+/// each served on a thread of its own with the same framing and VERSION
+/// negotiation as the device socket.
+///
+/// Viewers see the device's fixed description (info, regions with their
+/// descriptors, IRQ info) and its published planes; everything that would
+/// change the device, or read its registers, is refused with EPERM. Nothing
+/// here touches the device model, so no viewer can block or slow the
+/// device's thread.
+public final class DisplayServer: @unchecked Sendable {
+    // @unchecked: `description` is immutable and Sendable; the descriptors
+    // shared with `stop` and the viewer threads are behind `state`.
+    public static let maxViewers = 32
+    /// Viewers send small messages only: VERSION, info and plane queries.
+    static let maxViewerMessage = 64 << 10
+
+    public let path: String
+    let description: DeviceDescription
+    let logger: Logger
+    private struct State {
+        var listen: Int32
+        var viewers: Set<Int32> = []
+        var stopped = false
+    }
+    private let state: Mutex<State>
+    private var acceptThread: pthread_t?
+
+    public init(description: DeviceDescription, path: String, logger: Logger) throws(DeviceError) {
+        self.description = description
+        self.path = path
+        self.logger = logger
+        let fd: Int32
+        do { fd = try UnixSocket.listen(path: path, backlog: 16) } catch { throw DeviceError(error.errno, error.description) }
+        state = Mutex(State(listen: fd))
+    }
+
+    /// Viewers connected now.
+    public var viewerCount: Int { state.withLock { $0.viewers.count } }
+
+    /// Starts accepting viewers on a thread of its own.
+    public func start() {
+        acceptThread = spawn(self) { $0.acceptLoop() }
+    }
+
+    private func acceptLoop() {
+        while true {
+            let listenFD = state.withLock { $0.stopped ? -1 : $0.listen }
+            guard listenFD >= 0 else { return }
+            let c = accept(listenFD, nil, nil)
+            if c < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if state.withLock({ $0.stopped }) { return }
+                logger.error("display socket: accept failed: \(String(cString: strerror(errno)))")
+                return
+            }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            let admitted = state.withLock { s -> Int? in
+                guard !s.stopped, s.viewers.count < Self.maxViewers else { return nil }
+                s.viewers.insert(c)
+                return s.viewers.count
+            }
+            guard let count = admitted else {
+                logger.warning("display socket: refusing a viewer, \(Self.maxViewers) already attached")
+                close(c)
+                continue
+            }
+            logger.info("viewer connected", metadata: ["socket": "\(path)", "viewers": "\(count)"])
+            let viewer = Viewer(socket: c, description: description, logger: logger)
+            _ = spawn(self, detached: true) { server in
+                viewer.run()
+                let left = server.state.withLock { s -> Int in
+                    s.viewers.remove(c)
+                    return s.viewers.count
+                }
+                close(c)
+                server.logger.info("viewer disconnected", metadata: ["socket": "\(server.path)", "viewers": "\(left)"])
+            }
+        }
+    }
+
+    /// Stops accepting, ends every viewer's connection, and waits (briefly)
+    /// for their threads to finish.
+    public func stop() {
+        let fds = state.withLock { s -> (Int32, [Int32]) in
+            if s.stopped { return (-1, []) }
+            s.stopped = true
+            return (s.listen, Array(s.viewers))
+        }
+        if fds.0 >= 0 { shutdown(fds.0, Int32(SHUT_RDWR)) }
+        for v in fds.1 { shutdown(v, Int32(SHUT_RDWR)) }
+        if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
+        for _ in 0..<200 where viewerCount > 0 { usleep(5_000) }
+        if fds.0 >= 0 { close(fds.0); unlink(path) }
+    }
+}
+
+/// Runs `body(server)` on a new thread; joinable unless `detached`.
+private func spawn(_ server: DisplayServer, detached: Bool = false, _ body: @escaping @Sendable (DisplayServer) -> Void) -> pthread_t? {
+    final class Box: @unchecked Sendable {
+        // @unchecked: handed whole to the new thread and used only there.
+        let server: DisplayServer
+        let body: @Sendable (DisplayServer) -> Void
+        init(_ server: DisplayServer, _ body: @escaping @Sendable (DisplayServer) -> Void) { self.server = server; self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(server, body))
+    var t = pthread_t()
+    let rc = pthread_create(&t, nil, { arg in
+        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+        box.body(box.server)
+        return nil
+    }, box.toOpaque())
+    guard rc == 0 else { box.release(); return nil }
+    if detached { pthread_detach(t); return nil }
+    return t
+}
+
+/// One viewer's connection.
+final class Viewer: @unchecked Sendable {
+    // @unchecked: created by the accept thread, then used by its own thread only.
+    let transport: Transport
+    let description: DeviceDescription
+    let logger: Logger
+    private var client: Capabilities?
+
+    /// Commands that would change the device or read its registers.
+    static let refused: Set<Command> = [
+        .dmaMap, .dmaUnmap, .deviceSetIRQs, .regionRead, .regionWrite, .regionWriteMulti,
+        .deviceReset, .dirtyPages, .deviceFeature, .migDataRead, .migDataWrite,
+    ]
+
+    init(socket: Int32, description: DeviceDescription, logger: Logger) {
+        transport = Transport(socket: socket, maxMessageSize: DisplayServer.maxViewerMessage)
+        self.description = description
+        self.logger = logger
+    }
+
+    func run() {
+        defer { transport.closeFDs() }
+        do {
+            while true {
+                guard let message = try transport.receive() else { continue }
+                try handle(message)
+            }
+        } catch {
+            if case .framing(let why) = error { logger.notice("closing viewer: \(why)") }
+        }
+    }
+
+    private func handle(_ m: InboundMessage) throws(TransportEnd) {
+        let h = m.header
+        if m.oversized || m.fdOverflow {
+            transport.closeFDs()
+            if h.wantsReply { try transport.sendError(to: h, errno: m.oversized ? E2BIG : EINVAL) }
+            return
+        }
+        do {
+            if client != nil, h.isCommand, let c = Command(rawValue: h.command), Self.refused.contains(c) {
+                throw ProtocolError(EPERM, "the display socket does not change the device")
+            }
+            try route(try Request.decode(h, payload: m.payload, fdCount: m.fdCount), header: h)
+        } catch let failure as ProtocolError {
+            transport.closeFDs()
+            guard !h.isReply else { return }
+            if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
+        } catch let end as TransportEnd {
+            throw end
+        } catch {
+            if h.wantsReply { try transport.sendError(to: h, errno: EIO) }
+        }
+    }
+
+    private func route(_ request: Request, header h: Header) throws {
+        if client == nil {
+            guard case .version = request else { throw ProtocolError.invalid("VERSION must come first") }
+        }
+        var w = MessageWriter(transport.sendBuffer)
+        switch request {
+        case .version(_, _, let caps):
+            guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
+            try Capabilities.serverReply(to: caps, offersMigration: false).encodeVersionReply(&w)
+            client = caps
+            try transport.reply(w, to: h)
+        case .deviceGetInfo:
+            description.deviceInfo(into: &w)
+            try transport.reply(w, to: h)
+        case .deviceGetRegionInfo(let argsz, let index):
+            let fd = try description.regionInfo(index: index, argsz: argsz, into: &w)
+            try transport.reply(w, to: h, fd: fd)
+        case .deviceGetRegionIOFDs(_, let index):
+            try description.regionIOFDs(index: index, into: &w)
+            try transport.reply(w, to: h)
+        case .deviceGetIRQInfo(_, let index):
+            try description.irqInfo(index: index, into: &w)
+            try transport.reply(w, to: h)
+        case .queryGfxPlane(let q):
+            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
+            try description.display.answer(q, into: &w)
+            try transport.reply(w, to: h)
+        case .getGfxDmabuf(let id):
+            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
+            let fd = try description.display.dmabuf(id: id, into: &w)
+            try transport.reply(w, to: h, fd: fd)
+        default:
+            throw ProtocolError(EPERM, "the display socket does not change the device")
+        }
+    }
+}
