@@ -49,6 +49,11 @@ let package = Package(
             ],
             path: "Sources/VFIOUserClient", swiftSettings: strict),
 
+        // libpng (simplified API) for PNG snapshots.
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        // Viewers: reading planes through their mappings, pixel conversion, PNG.
+        .target(name: "Viewer", dependencies: ["VFIOUserClient", "CPNG"], path: "Sources/Viewer", swiftSettings: strict),
+
         // Device models.
         .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
         .target(name: "MTTY", dependencies: ["PCI", "CShim", "UnixSocket"], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
@@ -59,7 +64,7 @@ let package = Package(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "CShim", "CMallocCounter",
+                "Viewer", "CShim", "CMallocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -81,7 +86,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",
-            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "CShim", "UnixSocket",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket",
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/ServerTests",
             resources: [],

@@ -13,7 +13,10 @@ struct Serve: ParsableCommand {
         mtty-1 and mtty-2 are the Linux mtty sample; "test" and "test-nommap" are
         protocol test devices for exercising the server, not sample devices.
         One client at a time is served; when it disconnects the device keeps
-        its state and the next client may connect. Stop with SIGINT or SIGTERM.
+        its state and the next client may connect. A display type (mdpy-*,
+        mbochs-*) also listens on a display socket, SOCKET.display unless
+        --display-socket says otherwise: any number of viewers (umdev view) attach
+        there while a VMM holds the device socket. Stop with SIGINT or SIGTERM.
         """)
 
     @Option(name: .long, help: "Device type to serve.")
@@ -26,6 +29,13 @@ struct Serve: ParsableCommand {
         "Serial backend of the next mtty port: loopback (as the sample), pty, or unix:PATH. Repeat per port.",
         valueName: "backend"))
     var serial: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Display socket for viewers (display types only); default SOCKET.display.", valueName: "path"))
+    var displaySocket: String?
+
+    @Flag(name: .long, help: "Do not open a display socket.")
+    var noDisplaySocket = false
 
     @OptionGroup var logging: LoggingOptions
 
@@ -47,24 +57,36 @@ struct Serve: ParsableCommand {
                 logger.notice("port \(port): \(name ?? "loopback (what the guest sends comes back)")")
             }
         }
+        guard displaySocket == nil || !noDisplaySocket else { throw ValidationError("--display-socket and --no-display-socket conflict") }
+        guard displaySocket == nil || device is DisplayDevice else { throw ValidationError("\(kind.name) has no display; --display-socket applies to display types") }
+        let host = DeviceHost(device: device, typeName: kind.name)
+        let server = try DeviceServer(host: host, path: socket, logger: logger)
+        var paths = [socket]
+        signal(SIGPIPE, SIG_IGN)
         if let display = device as? DisplayDevice {
             PlaneLog(display.planes, logger: logger).start()
+            if !noDisplaySocket {
+                let path = displaySocket ?? socket + ".display"
+                let viewers = try DisplayServer(description: host.description, path: path, logger: logger)
+                viewers.start()
+                paths.append(path)
+                logger.notice("display socket for viewers on \(path)")
+            }
         }
-        let server = try DeviceServer(host: DeviceHost(device: device, typeName: kind.name), path: socket, logger: logger)
-        signal(SIGPIPE, SIG_IGN)
-        installTerminationHandler(path: socket)
+        installTerminationHandler(paths: paths)
         logger.notice("serving \(kind.name) on \(socket)")
         server.serve()
     }
 }
 
-/// Removes the socket file and exits on SIGINT/SIGTERM.
-private nonisolated(unsafe) var socketPathForSignal: UnsafeMutablePointer<CChar>?
+/// Removes the socket files and exits on SIGINT/SIGTERM.
+private nonisolated(unsafe) var socketPathsForSignal: (UnsafeMutablePointer<CChar>?, UnsafeMutablePointer<CChar>?)
 
-func installTerminationHandler(path: String) {
-    socketPathForSignal = strdup(path)
+func installTerminationHandler(paths: [String]) {
+    socketPathsForSignal = (paths.first.map { strdup($0) }, paths.dropFirst().first.map { strdup($0) })
     let handler: @convention(c) (Int32) -> Void = { _ in
-        if let p = socketPathForSignal { unlink(p) }
+        if let p = socketPathsForSignal.0 { unlink(p) }
+        if let p = socketPathsForSignal.1 { unlink(p) }
         _exit(0)
     }
     signal(SIGINT, handler)

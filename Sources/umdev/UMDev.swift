@@ -11,7 +11,7 @@ struct UMDev: ParsableCommand {
         Each device instance is a vfio-user server on a UNIX socket. Attach it to QEMU with
           -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"PATH"}}'
         """,
-        subcommands: [Serve.self, Info.self, Types.self, Bench.self],
+        subcommands: [Serve.self, Info.self, Types.self, View.self, PlayGuest.self, Bench.self],
         defaultSubcommand: nil)
 }
 
@@ -31,3 +31,9 @@ struct LoggingOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Writes one line to standard error.
+func printError(_ message: String) {
+    let line = message + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}

@@ -1,0 +1,171 @@
+import Glibc
+import VFIOUser
+
+/// How a device hands out its picture (VFIO_GFX_PLANE_TYPE_REGION / _DMABUF).
+public enum GfxPlaneKind: Sendable, Equatable {
+    case region, dmabuf
+
+    public var flag: UInt32 { self == .region ? VFIO.gfxPlaneRegion : VFIO.gfxPlaneDmabuf }
+}
+
+extension VFIOUserClient {
+    /// QEMU's capabilities plus umdev's display-plane key (§22): what a viewer proposes.
+    public static let planeCapabilitiesJSON =
+        #"{"capabilities": {"pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576, "write_multiple": true, "x-umdev-gfx-plane": {"version": 1}}}"#
+
+    /// QUERY_GFX_PLANE as sent; returns the server's structure.
+    public func queryPlane(flags: UInt32, planeType: UInt32 = VFIO.drmPlanePrimary,
+                           argsz: UInt32 = UInt32(GfxPlaneInfo.size)) throws(ClientError) -> GfxPlaneInfo {
+        var p: [UInt8] = []
+        p.put32(argsz); p.put32(flags); p.put32(planeType)
+        p += [UInt8](repeating: 0, count: GfxPlaneInfo.size - p.count)
+        let r = try request(.queryGfxPlane, payload: p)
+        for fd in r.fds { close(fd) }
+        guard r.payload.count >= GfxPlaneInfo.minimumSize, r.payload.count <= Int(argsz) else {
+            throw .malformed("QUERY_GFX_PLANE reply of \(r.payload.count) bytes")
+        }
+        return r.payload.withUnsafeBytes { GfxPlaneInfo($0) }
+    }
+
+    /// Which kind of plane the device offers, by the kernel's PROBE queries
+    /// (dmabuf first, as QEMU probes); nil when it offers none.
+    public func probePlaneKind() throws(ClientError) -> GfxPlaneKind? {
+        for kind in [GfxPlaneKind.dmabuf, .region] {
+            do {
+                _ = try queryPlane(flags: VFIO.gfxPlaneProbe | kind.flag)
+                return kind
+            } catch .remote(EINVAL) {
+                continue
+            }
+        }
+        return nil
+    }
+
+    /// GET_GFX_DMABUF: the buffer's descriptor (the caller owns it), and
+    /// where the buffer lies in that file.
+    public func dmabuf(id: UInt32) throws(ClientError) -> (fd: Int32, offset: UInt64, size: UInt64) {
+        var p: [UInt8] = []
+        p.put32(id)
+        let r = try request(.getGfxDmabuf, payload: p)
+        guard r.payload.count == GfxDmabuf.size, r.fds.count == 1 else {
+            for fd in r.fds { close(fd) }
+            throw .malformed("GET_GFX_DMABUF reply of \(r.payload.count) bytes with \(r.fds.count) descriptors")
+        }
+        let d = r.payload.withUnsafeBytes { GfxDmabuf($0) }
+        return (r.fds[0], d.offset, d.size)
+    }
+}
+
+/// A device's primary plane, mapped for reading: the picture is read
+/// through shared memory, never over the socket.
+///
+/// A region plane's region is mapped once (again only if the plane moves
+/// to another region); dmabuf buffers are kept by id, the five most
+/// recently used, as QEMU's display code caches them, so a page-flipping
+/// guest costs no new mapping per flip.
+public final class PlaneMapping {
+    /// What is on screen: the first pixel and the layout, valid until the
+    /// next `refresh` (or the mapping's end).
+    public struct Frame {
+        public var pixels: UnsafeRawPointer
+        public var fourcc: UInt32
+        public var width: Int
+        public var height: Int
+        public var stride: Int
+        /// The plane id (dmabuf id; the region index for a region plane).
+        public var id: UInt32
+        public var kind: GfxPlaneKind
+        /// Bytes from the first pixel to the end of the last line.
+        public var byteCount: Int { stride * (height - 1) + width * (bytesPerPixel ?? 4) }
+        public var bytesPerPixel: Int? {
+            switch fourcc {
+            case 0x3432_5258, 0x3432_5842: 4   // XR24, BX24
+            case 0x3631_4752: 2                // RG16
+            default: nil
+            }
+        }
+    }
+
+    static let cachedBuffers = 5
+
+    public let client: VFIOUserClient
+    public let kind: GfxPlaneKind
+    private struct Mapped {
+        var key: UInt32
+        var base: UnsafeMutableRawPointer
+        var length: Int
+    }
+    private var region: Mapped?
+    private var buffers: [Mapped] = []
+    /// The last plane the server reported (also for disabled planes).
+    public private(set) var lastInfo: GfxPlaneInfo?
+
+    /// Probes the device's plane kind; fails if it has no display.
+    public init(client: VFIOUserClient) throws(ClientError) {
+        self.client = client
+        guard let kind = try client.probePlaneKind() else { throw .remote(EINVAL) }
+        self.kind = kind
+    }
+
+    deinit {
+        if let region { munmap(region.base, region.length) }
+        for b in buffers { munmap(b.base, b.length) }
+    }
+
+    /// Queries the primary plane and returns it mapped; nil while the plane
+    /// is disabled. Throws if the server's answer does not fit what it maps.
+    public func refresh() throws(ClientError) -> Frame? {
+        let info = try client.queryPlane(flags: kind.flag)
+        lastInfo = info
+        guard info.drmFormat != 0, info.width > 0, info.height > 0 else { return nil }
+        var frame = Frame(pixels: UnsafeRawPointer(bitPattern: 1)!, fourcc: info.drmFormat, width: Int(info.width),
+                          height: Int(info.height), stride: Int(info.stride), id: info.id, kind: kind)
+        guard let bpp = frame.bytesPerPixel else { throw .malformed("plane format 0x\(String(info.drmFormat, radix: 16)) is not one umdev reads") }
+        guard frame.stride >= frame.width * bpp else { throw .malformed("plane stride below its width") }
+        let mapped = kind == .region ? try mapRegion(info.id) : try mapBuffer(info.id)
+        guard frame.byteCount <= mapped.length else { throw .malformed("plane larger than its memory") }
+        frame.pixels = UnsafeRawPointer(mapped.base)
+        return frame
+    }
+
+    private func mapRegion(_ index: UInt32) throws(ClientError) -> Mapped {
+        if let region, region.key == index { return region }
+        let info = try client.regionInfo(index)
+        defer { if info.fd >= 0 { close(info.fd) } }
+        guard info.mappable, info.fd >= 0, info.size > 0, info.size <= UInt64(Int.max) else {
+            throw .malformed("plane region \(index) cannot be mapped")
+        }
+        let m = try map(fd: info.fd, offset: info.offset, length: Int(info.size), key: index)
+        if let old = region { munmap(old.base, old.length) }
+        region = m
+        return m
+    }
+
+    private func mapBuffer(_ id: UInt32) throws(ClientError) -> Mapped {
+        if let i = buffers.firstIndex(where: { $0.key == id }) {
+            let hit = buffers.remove(at: i)
+            buffers.append(hit)
+            return hit
+        }
+        let d = try client.dmabuf(id: id)
+        defer { close(d.fd) }
+        guard d.size > 0, d.size <= UInt64(Int.max), d.offset % 4096 == 0 else { throw .malformed("dmabuf of size \(d.size) at offset \(d.offset)") }
+        let m = try map(fd: d.fd, offset: d.offset, length: Int(d.size), key: id)
+        if buffers.count == Self.cachedBuffers {
+            let evicted = buffers.removeFirst()
+            munmap(evicted.base, evicted.length)
+        }
+        buffers.append(m)
+        return m
+    }
+
+    private func map(fd: Int32, offset: UInt64, length: Int, key: UInt32) throws(ClientError) -> Mapped {
+        guard let p = mmap(nil, length, PROT_READ, MAP_SHARED, fd, off_t(offset)), p != MAP_FAILED else {
+            throw .system(errno, "mmap of the plane")
+        }
+        return Mapped(key: key, base: p, length: length)
+    }
+
+    /// dmabuf ids mapped now (most recent last), for tests and statistics.
+    public var cachedIDs: [UInt32] { buffers.map(\.key) }
+}
