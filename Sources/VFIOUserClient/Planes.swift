@@ -147,7 +147,14 @@ public final class PlaneMapping {
             buffers.append(hit)
             return hit
         }
-        let d = try client.dmabuf(id: id)
+        let d: (fd: Int32, offset: UInt64, size: UInt64)
+        do {
+            d = try client.dmabuf(id: id)
+        } catch {
+            // The kernel's rule: a buffer that does not start on a page cannot be exported.
+            if error.remoteErrno == EINVAL { throw .malformed("dmabuf \(id) does not start on a page boundary, so it cannot be exported") }
+            throw error
+        }
         defer { close(d.fd) }
         guard d.size > 0, d.size <= UInt64(Int.max), d.offset % 4096 == 0 else { throw .malformed("dmabuf of size \(d.size) at offset \(d.offset)") }
         let m = try map(fd: d.fd, offset: d.offset, length: Int(d.size), key: id)

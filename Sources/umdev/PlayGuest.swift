@@ -37,16 +37,16 @@ struct PlayGuest: ParsableCommand {
             height = Int(try c.read32(region: VFIO.pciConfigRegionIndex, offset: 0x4c))
             offset = 0
         default:
-            throw ValidationError("\(socket) is not an mdpy or mbochs device (PCI \(String(vendor, radix: 16)):\(String(device, radix: 16)))")
+            throw CommandFailure("\(socket) is not an mdpy or mbochs device (PCI \(String(vendor, radix: 16)):\(String(device, radix: 16)))")
         }
         let stride = width * 4
         let bar0 = try c.regionInfo(0)
         defer { close(bar0.fd) }
         guard bar0.mappable, bar0.fd >= 0, UInt64(offset + stride * height) <= bar0.size else {
-            throw ValidationError("the framebuffer does not fit BAR0")
+            throw CommandFailure("the framebuffer does not fit BAR0")
         }
         guard let p = mmap(nil, Int(bar0.size), PROT_READ | PROT_WRITE, MAP_SHARED, bar0.fd, off_t(bar0.offset)), p != MAP_FAILED else {
-            throw ValidationError("cannot map BAR0: \(String(cString: strerror(errno)))")
+            throw CommandFailure("cannot map BAR0: \(String(cString: strerror(errno)))")
         }
         defer { munmap(p, Int(bar0.size)) }
         TestPattern.drawXRGB(into: p + offset, width: width, height: height, stride: stride, seed: seed)

@@ -37,3 +37,10 @@ func printError(_ message: String) {
     let line = message + "\n"
     _ = line.withCString { write(2, $0, strlen($0)) }
 }
+
+/// A command that could not do its job (not a usage error): the message is
+/// printed as "Error: ..." and the exit status is 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -16,8 +16,9 @@ struct View: ParsableCommand {
           --png FILE   writes the plane as an 8-bit RGB PNG and exits. A disabled
                        plane (the guest shows nothing) is an error, exit status 1.
                        --wait-change first waits until the picture or the plane
-                       changes (up to --timeout seconds), for scripts that start a
-                       guest step and then take the snapshot.
+                       changes and then holds still for 90 ms, up to --timeout
+                       seconds: for scripts that start a guest step and then
+                       take the snapshot.
         """)
 
     @Option(help: "Display socket (or device socket) of the device.") var socket: String
@@ -31,12 +32,12 @@ struct View: ParsableCommand {
             client = try VFIOUserClient(path: socket)
             try client.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
         } catch {
-            throw ValidationError("cannot talk to \(socket): \(error)")
+            throw CommandFailure("cannot talk to \(socket): \(error)")
         }
         guard client.serverVersionJSON.contains(Capabilities.gfxPlaneKey) else {
-            throw ValidationError("\(socket) does not speak umdev's display-plane extension (x-umdev-gfx-plane)")
+            throw CommandFailure("\(socket) does not speak umdev's display-plane extension (x-umdev-gfx-plane)")
         }
-        guard try client.probePlaneKind() != nil else { throw ValidationError("the device at \(socket) has no display") }
+        guard try client.probePlaneKind() != nil else { throw CommandFailure("the device at \(socket) has no display") }
         let mapping = try PlaneMapping(client: client)
         var frame = try mapping.refresh()
         if waitChange { frame = try waitForChange(mapping, from: frame) }
@@ -45,7 +46,7 @@ struct View: ParsableCommand {
             throw ExitCode(1)
         }
         guard let image = PixelFormat.rgb(frame) else {
-            throw ValidationError("plane format \(fourccName(frame.fourcc)) cannot be converted")
+            throw CommandFailure("plane format \(fourccName(frame.fourcc)) cannot be converted")
         }
         try PNG.write(image, to: png)
         print("\(png): \(fourccName(frame.fourcc)) \(frame.width)x\(frame.height) stride \(frame.stride), "
@@ -53,18 +54,33 @@ struct View: ParsableCommand {
     }
 
     /// Polls every 30 ms (QEMU's display refresh) until the plane's id or
-    /// layout differs from `first`, or its pixels do.
+    /// layout differs from `first`, or its pixels do; then until the picture
+    /// holds still for 90 ms (three polls), so a guest caught mid-drawing is
+    /// not what gets saved.
     private func waitForChange(_ mapping: PlaneMapping, from first: PlaneMapping.Frame?) throws -> PlaneMapping.Frame? {
-        let before = first.map { Array(UnsafeRawBufferPointer(start: $0.pixels, count: $0.byteCount)) } ?? []
         let deadline = monotonicSeconds() + timeout
+        var reference = first
+        var snapshot = Self.copy(first)
+        var changed = false
+        var stillPolls = 0
         while monotonicSeconds() < deadline {
             usleep(30_000)
             let now = try mapping.refresh()
-            if Self.differ(first, now) { return now }
-            if let now, !before.isEmpty, memcmp(before, now.pixels, before.count) != 0 { return now }
+            let same = !Self.differ(reference, now) && (now.map { snapshot.isEmpty || memcmp(snapshot, $0.pixels, snapshot.count) == 0 } ?? true)
+            stillPolls = same ? stillPolls + 1 : 0
+            if changed && stillPolls == 3 { return now }
+            if !same {
+                changed = true
+                reference = now
+                snapshot = Self.copy(now)
+            }
         }
-        printError("umdev view: nothing changed within \(timeout) seconds")
+        printError("umdev view: \(changed ? "the picture did not settle" : "nothing changed") within \(timeout) seconds")
         throw ExitCode(1)
+    }
+
+    static func copy(_ frame: PlaneMapping.Frame?) -> [UInt8] {
+        frame.map { Array(UnsafeRawBufferPointer(start: $0.pixels, count: $0.byteCount)) } ?? []
     }
 
     /// Whether two looks at the plane show different layouts (or one shows none).
