@@ -148,6 +148,50 @@ struct vu_gfx_edid {
 #define VU_GFX_LINK_STATE_UP    1
 #define VU_GFX_LINK_STATE_DOWN  2
 
+/* umdev's display-plane extension (§22), negotiated with the VERSION
+   capability "x-umdev-gfx-plane": {"version": 1}. */
+#define VU_GFX_PLANE_CAPABILITY   "x-umdev-gfx-plane"
+#define VU_QUERY_GFX_PLANE        0x7f00
+#define VU_GET_GFX_DMABUF         0x7f01
+
+#define VU_GFX_PLANE_TYPE_PROBE   (1u << 0)
+#define VU_GFX_PLANE_TYPE_DMABUF  (1u << 1)
+#define VU_GFX_PLANE_TYPE_REGION  (1u << 2)
+#define VU_DRM_PLANE_TYPE_OVERLAY 0
+#define VU_DRM_PLANE_TYPE_PRIMARY 1
+#define VU_DRM_PLANE_TYPE_CURSOR  2
+#define VU_DRM_FORMAT_XRGB8888    0x34325258u  /* 'XR24' */
+#define VU_DRM_FORMAT_BGRX8888    0x34325842u  /* 'BX24' */
+#define VU_DRM_FORMAT_RGB565      0x36314752u  /* 'RG16' */
+
+/* The kernel's struct vfio_device_gfx_plane_info. */
+struct vu_gfx_plane_info {
+    uint32_t argsz;           /* 60..64, at most the payload length */
+    uint32_t flags;           /* VU_GFX_PLANE_TYPE_* */
+    uint32_t drm_plane_type;  /* VU_DRM_PLANE_TYPE_* */
+    uint32_t drm_format;      /* out: fourcc, 0 = nothing shown */
+    uint64_t drm_format_mod;  /* out: 0 */
+    uint32_t width;
+    uint32_t height;
+    uint32_t stride;
+    uint32_t size;
+    uint32_t x_pos;
+    uint32_t y_pos;
+    uint32_t x_hot;
+    uint32_t y_hot;
+    uint32_t id;              /* region_index or dmabuf_id */
+    uint32_t reserved;
+} __attribute__((packed));
+#define VU_GFX_PLANE_INFO_MIN 60   /* offsetofend(region_index) */
+
+/* GET_GFX_DMABUF reply; one descriptor (the VRAM memfd) comes with it. */
+struct vu_gfx_dmabuf {
+    uint32_t dmabuf_id;
+    uint32_t reserved;
+    uint64_t offset;          /* page-aligned start of the buffer in the file */
+    uint64_t size;            /* stride x height */
+} __attribute__((packed));
+
 #define VU_PCI_BAR0_REGION   0
 #define VU_PCI_ROM_REGION    6
 #define VU_PCI_CONFIG_REGION 7

@@ -189,6 +189,49 @@ struct PlaneProtocolTests {
     }
 }
 
+@Suite("display-plane worked example (Protocol/README.md §22)")
+struct PlaneWorkedExampleTests {
+    /// The hex dumps in the README, as bytes.
+    static func bytes(_ hex: String) -> [UInt8] {
+        hex.split(separator: "\n").flatMap { line in line.split(separator: " ").dropFirst().map { UInt8($0, radix: 16)! } }
+    }
+
+    @Test("the documented bytes are what the server sends")
+    func workedExample() throws {
+        let s = try LiveServer(try MBochs(type: .medium), type: "mbochs-medium")
+        let c = try planeClient(s)
+        try setBochsMode(c, width: 1024, height: 768)
+        try c.write16(region: 2, offset: 0x512, 256)
+        try c.sendRaw(Self.bytes("""
+            0000: 05 00 00 7f 50 00 00 00 00 00 00 00 00 00 00 00
+            0010: 40 00 00 00 02 00 00 00 01 00 00 00 00 00 00 00
+            0020: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+            0030: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+            0040: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+            """))
+        let reply = try c.receiveMessage()
+        var got: [UInt8] = [UInt8](repeating: 0, count: 16)
+        got.withUnsafeMutableBytes { reply.header.store(to: $0.baseAddress!) }
+        #expect(got + reply.payload == Self.bytes("""
+            0000: 05 00 00 7f 50 00 00 00 01 00 00 00 00 00 00 00
+            0010: 40 00 00 00 02 00 00 00 01 00 00 00 58 52 32 34
+            0020: 00 00 00 00 00 00 00 00 00 04 00 00 00 03 00 00
+            0030: 00 10 00 00 00 00 30 00 00 00 00 00 00 00 00 00
+            0040: 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00
+            """))
+        try c.sendRaw(Self.bytes("0000: 06 00 01 7f 14 00 00 00 00 00 00 00 00 00 00 00\n0010: 02 00 00 00"))
+        let dmabuf = try c.receiveMessage()
+        got.withUnsafeMutableBytes { dmabuf.header.store(to: $0.baseAddress!) }
+        #expect(got + dmabuf.payload == Self.bytes("""
+            0000: 06 00 01 7f 28 00 00 00 01 00 00 00 00 00 00 00
+            0010: 02 00 00 00 00 00 00 00 00 00 10 00 00 00 00 00
+            0020: 00 00 30 00 00 00 00 00
+            """))
+        #expect(dmabuf.fds.count == 1)
+        for fd in dmabuf.fds { close(fd) }
+    }
+}
+
 @Suite("display socket")
 struct DisplaySocketTests {
     @Test("owner-only, and VERSION first, like the device socket")
