@@ -16,6 +16,11 @@ for type in $("$bin/umdev" types --names); do
     profile=Tests/Conformance/profiles/$type.json
     args=(--socket "$sock")
     [ -f "$profile" ] && args+=(--profile "$profile")
+    # Display types have a display socket beside the device socket.
+    if "$bin/umdev" types | grep -A3 "^$type\$" | grep -q "display: .*plane"; then
+        for _ in $(seq 100); do [ -S "$sock.display" ] && break; sleep 0.05; done
+        args+=(--display-socket "$sock.display")
+    fi
     echo "== vfio-user-conformance: $type"
     "$bin/vfio-user-conformance" "${args[@]}" || status=1
     kill "$pid" 2>/dev/null || true

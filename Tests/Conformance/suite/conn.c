@@ -23,12 +23,14 @@ uint64_t le64_at(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 void skip_unless(int condition) { if (!condition) skip(); }
 
-int conn_open_raw(struct conn *c) {
+int conn_open_raw(struct conn *c) { return conn_open_path(c, g_socket); }
+
+int conn_open_path(struct conn *c, const char *path) {
     memset(c, 0, sizeof(*c));
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0) return -1;
     struct sockaddr_un a = { .sun_family = AF_UNIX };
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", g_socket);
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
     /* The server serves one client at a time: retry while a previous
        connection is being torn down. */
     for (int i = 0; i < 200; i++) {
@@ -165,6 +167,28 @@ int version_with(struct conn *c, uint16_t major, uint16_t minor, const char *jso
     int rc = request(c, VU_VERSION, 0, p, 4 + jl, NULL, 0, r);
     free(p);
     return rc;
+}
+
+/* QEMU's capabilities plus the display-plane key (§22). */
+const char *plane_caps =
+    "{\"capabilities\": {\"pgsizes\": 4096, \"max_msg_fds\": 16, \"max_dma_maps\": 65535, "
+    "\"max_data_xfer_size\": 1048576, \"write_multiple\": true, \"" VU_GFX_PLANE_CAPABILITY "\": {\"version\": 1}}}";
+
+void conn_open_planes(struct conn *c, const char *path) {
+    assert_int_equal(conn_open_path(c, path), 0);
+    struct reply r;
+    assert_int_equal(version_with(c, 0, 0, plane_caps, &r), 0);
+    assert_true(r.len > 4 && r.payload[r.len - 1] == 0);
+    json_object *doc = json_tokener_parse((const char *)r.payload + 4);
+    assert_non_null(doc);
+    json_object *caps, *key, *version;
+    assert_true(json_object_object_get_ex(doc, "capabilities", &caps));
+    assert_true(json_object_object_get_ex(caps, VU_GFX_PLANE_CAPABILITY, &key));
+    assert_true(json_object_object_get_ex(key, "version", &version));
+    assert_int_equal(json_object_get_int(version), 1);
+    c->server_gfx_plane = 1;
+    json_object_put(doc);
+    reply_free(&r);
 }
 
 void conn_open(struct conn *c) {

@@ -2,7 +2,7 @@
  * vfio-user-conformance: checks any vfio-user server against Protocol/README.md
  * and the vfio-user specification.
  *
- *   vfio-user-conformance --socket PATH [--profile FILE] [--list]
+ *   vfio-user-conformance --socket PATH [--display-socket PATH] [--profile FILE] [--list]
  *
  * Every check uses a fresh connection. Output is cmocka's summary.
  */
@@ -15,6 +15,7 @@
 
 struct profile g_profile;
 const char *g_socket;
+const char *g_display_socket;
 
 int setup_open(void **state) {
     struct conn *c = calloc(1, sizeof(*c));
@@ -96,6 +97,23 @@ static int load_profile(const char *path) {
     if (json_object_object_get_ex(doc, "intx_clear", &o)) parse_access(o, &g_profile.intx_clear);
     if (json_object_object_get_ex(doc, "echo_write", &o)) parse_access(o, &g_profile.echo_write);
     if (json_object_object_get_ex(doc, "echo_read", &o)) parse_access(o, &g_profile.echo_read);
+    if (json_object_object_get_ex(doc, "display", &v)) {
+        const char *d = json_object_get_string(v);
+        if (!strcmp(d, "region")) g_profile.display = VU_GFX_PLANE_TYPE_REGION;
+        else if (!strcmp(d, "dmabuf")) g_profile.display = VU_GFX_PLANE_TYPE_DMABUF;
+        else if (!strcmp(d, "none")) g_profile.display = PROFILE_DISPLAY_NONE;
+        else { fprintf(stderr, "vfio-user-conformance: display must be region, dmabuf or none\n"); return -1; }
+    }
+    if (json_object_object_get_ex(doc, "display_mode", &o) && json_object_is_type(o, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(o) && i < 32; i++)
+            parse_access(json_object_array_get_idx(o, i), &g_profile.display_mode[g_profile.display_mode_count++]);
+    }
+    if (json_object_object_get_ex(doc, "display_plane", &o)) {
+        g_profile.plane_width = get_int(o, "width", -1);
+        g_profile.plane_height = get_int(o, "height", -1);
+        g_profile.plane_stride = get_int(o, "stride", -1);
+        g_profile.plane_fourcc = (uint32_t)get_int(o, "fourcc", VU_DRM_FORMAT_XRGB8888);
+    }
     json_object_put(doc);
     return 0;
 }
@@ -108,15 +126,17 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--socket") && i + 1 < argc) g_socket = argv[++i];
         else if (!strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
+        else if (!strcmp(argv[i], "--display-socket") && i + 1 < argc) g_display_socket = argv[++i];
         else if (!strcmp(argv[i], "--list")) list = 1;
         else {
-            fprintf(stderr, "usage: %s --socket PATH [--profile FILE] [--list]\n", argv[0]);
+            fprintf(stderr, "usage: %s --socket PATH [--display-socket PATH] [--profile FILE] [--list]\n", argv[0]);
             return 2;
         }
     }
     memset(&g_profile, 0, sizeof(g_profile));
     g_profile.vendor_id = g_profile.device_id = g_profile.class_code = g_profile.reset = g_profile.migration = -1;
     g_profile.num_regions = -1;
+    g_profile.plane_width = g_profile.plane_height = g_profile.plane_stride = -1;
     for (int i = 0; i < 5; i++) g_profile.irq_count[i] = -1;
     if (profile && load_profile(profile) != 0) return 2;
 
@@ -130,6 +150,7 @@ int main(int argc, char **argv) {
         { "pci config space (§17)", config_tests, &config_tests_count },
         { "migration (§14, §15)", migration_tests, &migration_tests_count },
         { "device profile (§20)", device_tests, &device_tests_count },
+        { "display planes and the display socket (§22, §23)", plane_tests, &plane_tests_count },
     };
     if (list) {
         size_t total = 0;

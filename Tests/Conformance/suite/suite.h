@@ -46,9 +46,19 @@ struct profile {
     struct reg_access intx_clear;
     /* Bytes written to `echo_write` come back from `echo_read` (mtty loopback). */
     struct reg_access echo_write, echo_read;
+    /* Display planes (§22): 0 unknown, 1 none, VU_GFX_PLANE_TYPE_REGION or _DMABUF. */
+    uint32_t display;
+    /* Register writes (each with its value) that make the device show a plane,
+       and the plane expected afterwards. */
+    struct reg_access display_mode[32];
+    int display_mode_count;
+    int plane_width, plane_height, plane_stride; /* -1 = not checked */
+    uint32_t plane_fourcc;
 };
+#define PROFILE_DISPLAY_NONE 1
 extern struct profile g_profile;
 extern const char *g_socket;
+extern const char *g_display_socket;   /* --display-socket, or NULL */
 
 /* A connection with its negotiated state. */
 struct conn {
@@ -57,6 +67,7 @@ struct conn {
     int server_write_multiple;
     int server_migration;
     uint32_t server_max_msg_fds;
+    int server_gfx_plane;          /* the display-plane key was echoed */
 };
 
 struct reply {
@@ -69,6 +80,9 @@ struct reply {
 
 /* conn.c */
 int conn_open_raw(struct conn *c);                 /* connect, no VERSION */
+int conn_open_path(struct conn *c, const char *path);
+void conn_open_planes(struct conn *c, const char *path); /* connect + VERSION offering §22 */
+extern const char *plane_caps;
 void conn_open(struct conn *c);                    /* connect + VERSION (asserts) */
 void conn_close(struct conn *c);
 int send_msg(struct conn *c, uint16_t id, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
@@ -112,6 +126,7 @@ extern const struct CMUnitTest dma_tests[];        extern const size_t dma_tests
 extern const struct CMUnitTest config_tests[];     extern const size_t config_tests_count;
 extern const struct CMUnitTest migration_tests[];  extern const size_t migration_tests_count;
 extern const struct CMUnitTest device_tests[];     extern const size_t device_tests_count;
+extern const struct CMUnitTest plane_tests[];      extern const size_t plane_tests_count;
 
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
