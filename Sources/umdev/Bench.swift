@@ -9,6 +9,7 @@ import TestDevice
 import VFIOUser
 import VFIOUserClient
 import VFIOUserServer
+import Viewer
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,11 +35,13 @@ struct Bench: ParsableCommand {
     var offset: UInt64 = TestDevice.Register.scratch
     @Option(parsing: .upToNextOption, help: "Access widths in bytes.") var widths: [Int] = [1, 4, 8]
     @Flag(help: "Measure mtty instead: loopback throughput and interrupt latency.") var mtty = false
+    @Flag(help: "Measure the display path instead: plane queries, 1080p snapshots, server RSS.") var display = false
 
     func run() throws {
         umdev_malloc_counter_link()
         signal(SIGPIPE, SIG_IGN)
         if mtty { return try benchMTTY() }
+        if display { return try benchDisplay() }
         var server: DeviceServer?
         let path: String
         if let socket {
@@ -158,5 +161,120 @@ extension Bench {
         print("mtty-1 loopback, \(rounds) bytes, one interrupt each")
         print("  throughput        \(Int(Double(rounds) / (Double(elapsed) / 1e9))) bytes/s")
         print("  interrupt latency p50 \(latency[rounds / 2]) ns, p99 \(latency[rounds * 99 / 100]) ns")
+    }
+}
+
+extension Bench {
+    /// An mbochs-large served by a child `umdev serve` (so its RSS is its
+    /// own), a guest on the device socket setting 1920x1080 and drawing, and
+    /// a viewer on the display socket: plane-query round trips, the time to
+    /// map and convert a 1080p plane, PNG encoding, and the server's RSS
+    /// before and after the snapshot.
+    func benchDisplay() throws {
+        let path = "/tmp/umdev-bench-display-\(getpid()).sock"
+        let server = try ChildServer(type: "mbochs-large", socket: path)
+        defer { server.stop() }
+        let guest = try VFIOUserClient(path: path)
+        try guest.negotiate()
+        let (w, h) = (1920, 1080)
+        let dispi: [(UInt64, Int)] = [(0x508, 0), (0x506, 32), (0x502, w), (0x504, h), (0x50a, 0), (0x50c, w),
+                                      (0x50e, (64 << 20) / (w * 4)), (0x510, 0), (0x512, 0), (0x508, 0x41)]
+        for (register, value) in dispi { try guest.write16(region: 2, offset: register, UInt16(value)) }
+        let vram = try guest.regionInfo(0)
+        guard let p = mmap(nil, Int(vram.size), PROT_READ | PROT_WRITE, MAP_SHARED, vram.fd, 0), p != MAP_FAILED else {
+            throw CommandFailure("cannot map VRAM")
+        }
+        close(vram.fd)
+        TestPattern.drawXRGB(into: p, width: w, height: h, stride: w * 4, seed: 3)
+        munmap(p, Int(vram.size))
+        let before = server.rss()
+
+        let viewer = try VFIOUserClient(path: path + ".display")
+        try viewer.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
+        let queries = min(iterations, 20_000)
+        var samples = [UInt64](repeating: 0, count: queries)
+        for _ in 0..<500 { _ = try viewer.queryPlane(flags: VFIO.gfxPlaneDmabuf) }
+        let start = now()
+        for i in 0..<queries {
+            let t0 = now()
+            _ = try viewer.queryPlane(flags: VFIO.gfxPlaneDmabuf)
+            samples[i] = now() - t0
+        }
+        let elapsed = now() - start
+        samples.sort()
+        print("display path: mbochs-large, 1920x1080 XRGB8888, viewer on the display socket")
+        print("  QUERY_GFX_PLANE     \(Int(Double(queries) / (Double(elapsed) / 1e9))) queries/s, p50 \(samples[queries / 2]) ns, p99 \(samples[queries * 99 / 100]) ns")
+
+        let mapping = try PlaneMapping(client: viewer)
+        var t0 = now()
+        guard let first = try mapping.refresh() else { throw CommandFailure("the plane is disabled") }
+        let firstMap = now() - t0
+        var converts: [UInt64] = [], refreshes: [UInt64] = []
+        var image: RGBImage?
+        for _ in 0..<20 {
+            t0 = now()
+            guard let frame = try mapping.refresh() else { throw CommandFailure("the plane went away") }
+            let t1 = now()
+            image = PixelFormat.rgb(frame)
+            converts.append(now() - t1)
+            refreshes.append(t1 - t0)
+        }
+        converts.sort(); refreshes.sort()
+        guard let image, image == TestPattern.image(width: w, height: h, seed: 3) else { throw CommandFailure("the snapshot differs from the pattern") }
+        var encodes: [UInt64] = []
+        var pngBytes = 0
+        for _ in 0..<5 {
+            t0 = now()
+            pngBytes = try PNG.encode(image).count
+            encodes.append(now() - t0)
+        }
+        encodes.sort()
+        let after = server.rss()
+        func ms(_ ns: UInt64) -> String { format2(Double(ns) / 1e6) + " ms" }
+        print("  first map           \(ms(firstMap)) (query + GET_GFX_DMABUF + mmap of \(first.byteCount) bytes)")
+        print("  refresh (mapped)    \(ms(refreshes[10])) median (query; the buffer stays mapped)")
+        print("  convert to RGB      \(ms(converts[10])) median")
+        print("  PNG encode          \(ms(encodes[2])) median, \(pngBytes) bytes")
+        print("  server RSS          \(before.total) KiB before (shmem \(before.shmem)), \(after.total) KiB after the snapshot (shmem \(after.shmem))")
+        print("  viewer RSS          \(rssKiB()) KiB")
+    }
+}
+
+/// `umdev serve` in a child process, for figures that must not mix with the client's.
+final class ChildServer {
+    let pid: pid_t
+    let socket: String
+
+    init(type: String, socket: String) throws {
+        self.socket = socket
+        let argv = ["/proc/self/exe", "serve", "--type", type, "--socket", socket, "--log-level", "error"]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, "/proc/self/exe", nil, nil, &cArgs, environ)
+        guard rc == 0 else { throw CommandFailure("cannot start umdev serve: \(String(cString: strerror(rc)))") }
+        pid = child
+        for _ in 0..<500 where access(socket + ".display", F_OK) != 0 { usleep(10_000) }
+    }
+
+    /// VmRSS and RssShmem in KiB.
+    func rss() -> (total: Int, shmem: Int) {
+        guard let f = fopen("/proc/\(pid)/status", "r") else { return (-1, -1) }
+        defer { fclose(f) }
+        var total = -1, shmem = -1
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, Int32(line.count), f) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let value = Int(text.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
+            if text.hasPrefix("VmRSS:") { total = value }
+            if text.hasPrefix("RssShmem:") { shmem = value }
+        }
+        return (total, shmem)
+    }
+
+    func stop() {
+        kill(pid, SIGTERM)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
     }
 }
