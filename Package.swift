@@ -93,7 +93,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI"], path: "Tests/MTTYTests",
                     swiftSettings: strict),
-        .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI"], path: "Tests/DisplayTests",
+        .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI", "Viewer"], path: "Tests/DisplayTests",
                     swiftSettings: strict),
     ]
 )

@@ -31,6 +31,20 @@ public enum UnixSocket {
         return fd
     }
 
+    /// Accepts the next connection on `listener` (close-on-exec), retrying
+    /// when interrupted or when a peer gave up before it was accepted.
+    public static func accept(_ listener: Int32) throws(SocketError) -> Int32 {
+        while true {
+            let c = Glibc.accept(listener, nil, nil)
+            if c >= 0 {
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                return c
+            }
+            if errno == EINTR || errno == ECONNABORTED { continue }
+            throw SocketError(errno: errno, message: "accept")
+        }
+    }
+
     /// Connects to the listener at `path`.
     public static func connect(path: String) throws(SocketError) -> Int32 {
         let fd = try open(nonBlocking: false)

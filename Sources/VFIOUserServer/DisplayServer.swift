@@ -55,14 +55,11 @@ public final class DisplayServer: @unchecked Sendable {
         while true {
             let listenFD = state.withLock { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
-            let c = accept(listenFD, nil, nil)
-            if c < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if state.withLock({ $0.stopped }) { return }
-                logger.error("display socket: accept failed: \(String(cString: strerror(errno)))")
+            let c: Int32
+            do { c = try UnixSocket.accept(listenFD) } catch {
+                if !state.withLock({ $0.stopped }) { logger.error("display socket: \(error)") }
                 return
             }
-            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             let admitted = state.withLock { s -> Int? in
                 guard !s.stopped, s.viewers.count < Self.maxViewers else { return nil }
                 s.viewers.insert(c)

@@ -48,14 +48,11 @@ public final class DeviceServer: @unchecked Sendable {
         while true {
             let listenFD = control.withLock { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
-            let c = accept(listenFD, nil, nil)
-            if c < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if control.withLock({ $0.stopped }) { return }
-                logger.error("accept failed: \(String(cString: strerror(errno)))")
+            let c: Int32
+            do { c = try UnixSocket.accept(listenFD) } catch {
+                if !control.withLock({ $0.stopped }) { logger.error("\(error)") }
                 return
             }
-            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             let proceed = control.withLock { state -> Bool in
                 if state.stopped { return false }
                 state.connection = c
