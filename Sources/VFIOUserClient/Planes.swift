@@ -59,13 +59,18 @@ extension VFIOUserClient {
 /// A device's primary plane, mapped for reading: the picture is read
 /// through shared memory, never over the socket.
 ///
-/// A region plane's region is mapped once (again only if the plane moves
-/// to another region); dmabuf buffers are kept by id, the five most
-/// recently used, as QEMU's display code caches them, so a page-flipping
-/// guest costs no new mapping per flip.
+/// Memory is mapped whole and kept: a region plane's region once, and for
+/// dmabuf planes each distinct file a GET_GFX_DMABUF descriptor names (by
+/// device and inode), so a buffer in a file already mapped costs no new
+/// mapping. umdev hands out one VRAM memfd for every buffer, so a guest
+/// that flips or changes modes never causes a remap, and a pointer into a
+/// frame stays valid as long as the `PlaneMapping` lives (what a VNC server
+/// reading the frame from other threads needs). Ids are remembered for the
+/// sixteen most recent buffers, as the device remembers them, and at most
+/// five files stay mapped (QEMU's display code keeps five dmabufs).
 public final class PlaneMapping {
-    /// What is on screen: the first pixel and the layout, valid until the
-    /// next `refresh` (or the mapping's end).
+    /// What is on screen: the first pixel and the layout. The pixels stay
+    /// mapped while the `PlaneMapping` lives.
     public struct Frame {
         public var pixels: UnsafeRawPointer
         public var fourcc: UInt32
@@ -75,6 +80,8 @@ public final class PlaneMapping {
         /// The plane id (dmabuf id; the region index for a region plane).
         public var id: UInt32
         public var kind: GfxPlaneKind
+        /// Where the pixels start in their region or file.
+        public var offset: UInt64
         /// Bytes from the first pixel to the end of the last line.
         public var byteCount: Int { stride * (height - 1) + width * (bytesPerPixel ?? 4) }
         public var bytesPerPixel: Int? {
@@ -86,21 +93,29 @@ public final class PlaneMapping {
         }
     }
 
-    static let cachedBuffers = 5
+    static let mappedFiles = 5
+    static let rememberedIDs = 16
 
     public let client: VFIOUserClient
     public let kind: GfxPlaneKind
+    /// A mapping of a whole region or file.
     private struct Mapped {
-        var key: UInt32
+        var device: UInt64
+        var inode: UInt64
         var base: UnsafeMutableRawPointer
         var length: Int
     }
-    private var region: Mapped?
-    private var buffers: [Mapped] = []
+    private var region: (index: UInt32, map: Mapped)?
+    private var files: [Mapped] = []
+    /// Where recent dmabuf ids live: the file and the buffer's place in it.
+    private var buffers: [(id: UInt32, device: UInt64, inode: UInt64, offset: UInt64, size: UInt64)] = []
     /// The last plane the server reported (also for disabled planes).
     public private(set) var lastInfo: GfxPlaneInfo?
+    /// GET_GFX_DMABUF calls and mmaps made so far (for tests and benchmarks).
+    public private(set) var dmabufRequests = 0
+    public private(set) var mapCount = 0
 
-    /// Probes the device's plane kind; fails if it has no display.
+    /// Probes the device's plane kind; fails with `.remote(EINVAL)` if it has no display.
     public init(client: VFIOUserClient) throws(ClientError) {
         self.client = client
         guard let kind = try client.probePlaneKind() else { throw .remote(EINVAL) }
@@ -108,8 +123,8 @@ public final class PlaneMapping {
     }
 
     deinit {
-        if let region { munmap(region.base, region.length) }
-        for b in buffers { munmap(b.base, b.length) }
+        if let region { munmap(region.map.base, region.map.length) }
+        for f in files { munmap(f.base, f.length) }
     }
 
     /// Queries the primary plane and returns it mapped; nil while the plane
@@ -119,33 +134,35 @@ public final class PlaneMapping {
         lastInfo = info
         guard info.drmFormat != 0, info.width > 0, info.height > 0 else { return nil }
         var frame = Frame(pixels: UnsafeRawPointer(bitPattern: 1)!, fourcc: info.drmFormat, width: Int(info.width),
-                          height: Int(info.height), stride: Int(info.stride), id: info.id, kind: kind)
+                          height: Int(info.height), stride: Int(info.stride), id: info.id, kind: kind, offset: 0)
         guard let bpp = frame.bytesPerPixel else { throw .malformed("plane format 0x\(String(info.drmFormat, radix: 16)) is not one umdev reads") }
         guard frame.stride >= frame.width * bpp else { throw .malformed("plane stride below its width") }
-        let mapped = kind == .region ? try mapRegion(info.id) : try mapBuffer(info.id)
-        guard frame.byteCount <= mapped.length else { throw .malformed("plane larger than its memory") }
-        frame.pixels = UnsafeRawPointer(mapped.base)
+        let (map, offset) = kind == .region ? (try mapRegion(info.id), UInt64(0)) : try mapBuffer(info.id)
+        guard offset <= UInt64(map.length), frame.byteCount <= map.length - Int(offset) else {
+            throw .malformed("plane larger than its memory")
+        }
+        frame.offset = offset
+        frame.pixels = UnsafeRawPointer(map.base + Int(offset))
         return frame
     }
 
     private func mapRegion(_ index: UInt32) throws(ClientError) -> Mapped {
-        if let region, region.key == index { return region }
+        if let region, region.index == index { return region.map }
         let info = try client.regionInfo(index)
         defer { if info.fd >= 0 { close(info.fd) } }
         guard info.mappable, info.fd >= 0, info.size > 0, info.size <= UInt64(Int.max) else {
             throw .malformed("plane region \(index) cannot be mapped")
         }
-        let m = try map(fd: info.fd, offset: info.offset, length: Int(info.size), key: index)
-        if let old = region { munmap(old.base, old.length) }
-        region = m
+        let m = try map(fd: info.fd, offset: info.offset, length: Int(info.size), device: 0, inode: 0)
+        if let old = region { munmap(old.map.base, old.map.length) }
+        region = (index, m)
         return m
     }
 
-    private func mapBuffer(_ id: UInt32) throws(ClientError) -> Mapped {
-        if let i = buffers.firstIndex(where: { $0.key == id }) {
-            let hit = buffers.remove(at: i)
-            buffers.append(hit)
-            return hit
+    private func mapBuffer(_ id: UInt32) throws(ClientError) -> (Mapped, UInt64) {
+        if let b = buffers.first(where: { $0.id == id }),
+           let f = files.first(where: { $0.device == b.device && $0.inode == b.inode }) {
+            return (f, b.offset)
         }
         let d: (fd: Int32, offset: UInt64, size: UInt64)
         do {
@@ -155,24 +172,39 @@ public final class PlaneMapping {
             if error.remoteErrno == EINVAL { throw .malformed("dmabuf \(id) does not start on a page boundary, so it cannot be exported") }
             throw error
         }
+        dmabufRequests += 1
         defer { close(d.fd) }
-        guard d.size > 0, d.size <= UInt64(Int.max), d.offset % 4096 == 0 else { throw .malformed("dmabuf of size \(d.size) at offset \(d.offset)") }
-        let m = try map(fd: d.fd, offset: d.offset, length: Int(d.size), key: id)
-        if buffers.count == Self.cachedBuffers {
-            let evicted = buffers.removeFirst()
-            munmap(evicted.base, evicted.length)
+        guard d.size > 0, d.size <= UInt64(Int.max), d.offset % 4096 == 0 else {
+            throw .malformed("dmabuf of size \(d.size) at offset \(d.offset)")
         }
-        buffers.append(m)
-        return m
+        var st = stat()
+        guard fstat(d.fd, &st) == 0 else { throw .system(errno, "fstat of a dmabuf") }
+        let device = UInt64(st.st_dev), inode = UInt64(st.st_ino)
+        let fileSize = UInt64(max(0, st.st_size))
+        guard fileSize >= d.offset + d.size else { throw .malformed("dmabuf \(id) lies beyond the end of its file") }
+        if buffers.count == Self.rememberedIDs { buffers.removeFirst() }
+        buffers.append((id, device, inode, d.offset, d.size))
+        if let i = files.firstIndex(where: { $0.device == device && $0.inode == inode }) {
+            let hit = files.remove(at: i)
+            files.append(hit)
+            return (hit, d.offset)
+        }
+        guard fileSize <= UInt64(Int.max) else { throw .malformed("dmabuf file too large to map") }
+        let m = try map(fd: d.fd, offset: 0, length: Int(fileSize), device: device, inode: inode)
+        if files.count == Self.mappedFiles {
+            let evicted = files.removeFirst()
+            munmap(evicted.base, evicted.length)
+            buffers.removeAll { $0.device == evicted.device && $0.inode == evicted.inode }
+        }
+        files.append(m)
+        return (m, d.offset)
     }
 
-    private func map(fd: Int32, offset: UInt64, length: Int, key: UInt32) throws(ClientError) -> Mapped {
+    private func map(fd: Int32, offset: UInt64, length: Int, device: UInt64, inode: UInt64) throws(ClientError) -> Mapped {
         guard let p = mmap(nil, length, PROT_READ, MAP_SHARED, fd, off_t(offset)), p != MAP_FAILED else {
             throw .system(errno, "mmap of the plane")
         }
-        return Mapped(key: key, base: p, length: length)
+        mapCount += 1
+        return Mapped(device: device, inode: inode, base: p, length: length)
     }
-
-    /// dmabuf ids mapped now (most recent last), for tests and statistics.
-    public var cachedIDs: [UInt32] { buffers.map(\.key) }
 }

@@ -189,6 +189,51 @@ struct PlaneProtocolTests {
     }
 }
 
+@Suite("PlaneMapping")
+struct PlaneMappingTests {
+    @Test("flips and mode changes cost no new mapping and one GET_GFX_DMABUF per id; frames stay valid")
+    func mapsOnce() throws {
+        let s = try LiveServer(try MBochs(type: .medium), type: "mbochs-medium")
+        let d = try LiveDisplay(s)
+        let vmm = try s.connect()
+        let viewer = try d.connect()
+        let mapping = try PlaneMapping(client: viewer)
+        #expect(mapping.kind == .dmabuf)
+        #expect(try mapping.refresh() == nil)                    // nothing shown yet
+        try setBochsMode(vmm, width: 640, height: 480)
+        let bar0 = try DisplayServerTests.Mapping(vmm, region: 0)
+        TestPattern.drawXRGB(into: bar0.base, width: 640, height: 480, stride: 2560, seed: 1)
+        TestPattern.drawXRGB(into: bar0.base + 480 * 2560, width: 640, height: 480, stride: 2560, seed: 2)
+        var firsts: [UnsafeRawPointer] = []
+        for flip in 0..<10 {
+            try vmm.write16(region: 2, offset: 0x512, flip % 2 == 0 ? 0 : 480)
+            let f = try #require(try mapping.refresh())
+            #expect(f.offset == (flip % 2 == 0 ? 0 : 480 * 2560))
+            #expect(PixelFormat.rgb(f) == TestPattern.image(width: 640, height: 480, seed: flip % 2 == 0 ? 1 : 2))
+            firsts.append(f.pixels)
+        }
+        try setBochsMode(vmm, width: 800, height: 600)
+        let f = try #require(try mapping.refresh())
+        #expect(f.width == 800 && f.stride == 3200)
+        #expect(mapping.mapCount == 1)
+        #expect(mapping.dmabufRequests == 3)
+        // An earlier frame's pointer still reads the buffer it pointed at.
+        #expect(firsts[1].load(fromByteOffset: 0, as: UInt32.self) == TestPattern.rgb(x: 0, y: 0, width: 640, height: 480, seed: 2))
+    }
+
+    @Test("a region plane maps its region once")
+    func regionOnce() throws {
+        let s = try LiveServer(try MDPY(type: .vga), type: "mdpy-vga")
+        let d = try LiveDisplay(s)
+        let mapping = try PlaneMapping(client: try d.connect())
+        #expect(mapping.kind == .region)
+        for _ in 0..<5 { _ = try mapping.refresh() }
+        #expect(mapping.mapCount == 1 && mapping.dmabufRequests == 0)
+        let f = try #require(try mapping.refresh())
+        #expect(f.id == 9 && f.width == 640 && f.pixels.load(fromByteOffset: 479 * 2560, as: UInt8.self) == 254)
+    }
+}
+
 @Suite("display-plane worked example (Protocol/README.md §22)")
 struct PlaneWorkedExampleTests {
     /// The hex dumps in the README, as bytes.
