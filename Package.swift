@@ -1,9 +1,22 @@
 // swift-tools-version:6.1
+import Foundation
 import PackageDescription
 
 let strict: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
 ]
+
+/// VNC output needs libvncserver (Debian libvncserver-dev). Without it umdev
+/// still builds, and `umdev view --vnc` says how to get it: the rest of
+/// umdev must build on a machine that has only the Swift toolchain.
+let hasVNC = FileManager.default.fileExists(atPath: "/usr/include/rfb/rfb.h")
+let vncTargets: [Target] = hasVNC ? [
+    .systemLibrary(name: "CLibVNCServer", path: "Sources/CLibVNCServer", pkgConfig: "libvncserver",
+                   providers: [.apt(["libvncserver-dev"])]),
+    .target(name: "VNCShim", dependencies: ["CLibVNCServer"], path: "Sources/VNCShim"),
+] : []
+let vncDependency: [Target.Dependency] = hasVNC ? ["VNCShim"] : []
+let vncSettings: [SwiftSetting] = hasVNC ? [.define("UMDEV_VNC")] : []
 
 let package = Package(
     name: "umdev",
@@ -18,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // The few Linux calls Swift's Glibc module does not import (eventfd,
@@ -52,7 +66,18 @@ let package = Package(
         // libpng (simplified API) for PNG snapshots.
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         // Viewers: reading planes through their mappings, pixel conversion, PNG.
-        .target(name: "Viewer", dependencies: ["VFIOUserClient", "CPNG"], path: "Sources/Viewer", swiftSettings: strict),
+        // (the web page on swift-nio: HTTP/1 and WebSocket on one event loop
+        // group, with per-channel writability to drop frames for slow browsers).
+        .target(name: "Viewer",
+                dependencies: ["VFIOUserClient", "CPNG",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio"),
+                               .product(name: "NIOWebSocket", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")] + vncDependency,
+                path: "Sources/Viewer",
+                resources: [.copy("Resources/viewer.html")],
+                swiftSettings: strict + vncSettings),
 
         // Device models.
         .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
@@ -71,6 +96,7 @@ let package = Package(
             ],
             path: "Sources/umdev", swiftSettings: strict),
 
+    ] + vncTargets + [
         // Independent C conformance suite (shares no code with the Swift server).
         .systemLibrary(name: "CCmocka", path: "Tests/Conformance/CCmocka", pkgConfig: "cmocka",
                        providers: [.apt(["libcmocka-dev"])]),

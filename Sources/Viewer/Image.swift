@@ -34,6 +34,30 @@ public enum PixelFormat {
         rgb(pixels: frame.pixels, fourcc: frame.fourcc, width: frame.width, height: frame.height, stride: frame.stride)
     }
 
+    /// The frame converted to XRGB8888 (width × 4 bytes per line) at `destination`.
+    public static func xrgb(_ frame: PlaneMapping.Frame, into destination: UnsafeMutableRawPointer) {
+        for y in 0..<frame.height {
+            let line = frame.pixels + y * frame.stride
+            let out = destination + y * frame.width * 4
+            for x in 0..<frame.width {
+                let rgb: UInt32
+                switch frame.fourcc {
+                case bgrx8888:
+                    let p = line + 4 * x
+                    rgb = UInt32(p.load(fromByteOffset: 1, as: UInt8.self)) << 16
+                        | UInt32(p.load(fromByteOffset: 2, as: UInt8.self)) << 8 | UInt32(p.load(fromByteOffset: 3, as: UInt8.self))
+                case rgb565:
+                    let v = UInt16(littleEndian: (line + 2 * x).loadUnaligned(as: UInt16.self))
+                    let r = UInt32(v >> 11), g = UInt32(v >> 5 & 0x3f), b = UInt32(v & 0x1f)
+                    rgb = (r << 3 | r >> 2) << 16 | (g << 2 | g >> 4) << 8 | (b << 3 | b >> 2)
+                default:
+                    rgb = (line + 4 * x).loadUnaligned(as: UInt32.self) & 0xff_ffff
+                }
+                out.storeBytes(of: rgb.littleEndian, toByteOffset: 4 * x, as: UInt32.self)
+            }
+        }
+    }
+
     /// `width`×`height` pixels of `fourcc` at `pixels`, lines `stride` bytes apart.
     public static func rgb(pixels: UnsafeRawPointer, fourcc: UInt32, width: Int, height: Int, stride: Int) -> RGBImage? {
         guard isSupported(fourcc), width > 0, height > 0 else { return nil }
