@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: the Swift suites, then the C conformance suite against
-# each device type umdev serves.
+# Runs every test: the Swift suites, the C conformance suite against each
+# device type umdev serves, then the viewers end to end with real clients
+# (a VNC client, headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 swift build --product umdev
 swift test
 bash scripts/conformance.sh
+UMDEV="$(swift build --show-bin-path)/umdev" python3 -m pytest -q Tests/e2e
