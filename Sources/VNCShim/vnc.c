@@ -20,6 +20,13 @@ struct umdev_vnc {
     uint64_t bytes_of_gone_clients;
 };
 
+static void quiet(const char *format, ...) { (void)format; }
+
+void umdev_vnc_log(int verbose) {
+    rfbLogEnable(verbose);
+    if (!verbose) { rfbLog = quiet; rfbErr = quiet; }
+}
+
 static void ignore_pointer(int buttons, int x, int y, rfbClientPtr cl) {
     (void)buttons; (void)x; (void)y; (void)cl;
 }

@@ -43,11 +43,12 @@ public final class VNCOutput {
 
     /// Listens on `host`:`port` (IPv4). With `password`, clients must pass
     /// VNC authentication.
-    public init(host: String, port: Int, password: String?, name: String) throws(Failure) {
+    public init(host: String, port: Int, password: String?, name: String, verbose: Bool = false) throws(Failure) {
         self.name = strdup(name)
         blank = PixelBuffer(count: 640 * 480 * 4)
         shown = (UnsafeRawPointer(blank.bytes.baseAddress!), 640, 480, 640 * 4, blank)
         #if UMDEV_VNC
+        umdev_vnc_log(verbose ? 1 : 0)
         var error = [CChar](repeating: 0, count: 256)
         let started = umdev_vnc_start(host, Int32(port), password, self.name, shown.pixels, 640, 480, Int32(640 * 4), &error, error.count)
         guard let started else {

@@ -36,12 +36,14 @@ struct Bench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Access widths in bytes.") var widths: [Int] = [1, 4, 8]
     @Flag(help: "Measure mtty instead: loopback throughput and interrupt latency.") var mtty = false
     @Flag(help: "Measure the display path instead: plane queries, 1080p snapshots, server RSS.") var display = false
+    @Flag(help: "Measure the live viewers instead: VNC and web frame rates and bytes, idle CPU, stalled clients.") var viewers = false
 
     func run() throws {
         umdev_malloc_counter_link()
         signal(SIGPIPE, SIG_IGN)
         if mtty { return try benchMTTY() }
         if display { return try benchDisplay() }
+        if viewers { return try benchViewers() }
         var server: DeviceServer?
         let path: String
         if let socket {

@@ -149,7 +149,8 @@ struct View: ParsableCommand {
                 throw CommandFailure("--vnc on \(host) would let anyone on the network watch: give --vnc-password-file, or listen on 127.0.0.1")
             }
             do {
-                vncOutput = try VNCOutput(host: host, port: port, password: password, name: "umdev \(sockets[0])")
+                vncOutput = try VNCOutput(host: host, port: port, password: password, name: "umdev \(sockets[0])",
+                                          verbose: logging.logLevel <= .debug)
             } catch { throw CommandFailure("VNC: \(error)") }
             logger.notice("VNC server on \(host):\(port)\(password == nil ? "" : " (password required)")")
         }

@@ -39,6 +39,9 @@ int umdev_vnc_clients(umdev_vnc *vnc);
 /// Bytes sent to all clients so far, including those that left.
 uint64_t umdev_vnc_bytes_sent(umdev_vnc *vnc);
 
+/// libvncserver's own messages to stderr: on with `verbose`, else none.
+void umdev_vnc_log(int verbose);
+
 /// Disconnects every client, stops serving and frees the server.
 void umdev_vnc_stop(umdev_vnc *vnc);
 
