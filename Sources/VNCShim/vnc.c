@@ -6,7 +6,11 @@
 #include "VNCShim.h"
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
 #include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,16 +39,59 @@ static void ignore_keys(rfbBool down, rfbKeySym key, rfbClientPtr cl) {
     (void)down; (void)key; (void)cl;
 }
 
+/* How long a client may hold up a change of mode without its send queue
+   shrinking before it is dropped: it has stopped reading. */
+#define STALL_LIMIT_NS 2000000000LL
+
+/* Per client: since when a mode change has found it busy, and how many
+   bytes its socket held unsent then. */
+struct client_watch {
+    long long busy_since;
+    int unsent;
+};
+
+static long long monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static void client_gone(rfbClientPtr cl) {
     umdev_vnc *vnc = cl->screen->screenData;
     pthread_mutex_lock(&vnc->stats_lock);
     vnc->bytes_of_gone_clients += (uint64_t)rfbStatGetSentBytes(cl);
     pthread_mutex_unlock(&vnc->stats_lock);
+    free(cl->clientData);
+    cl->clientData = NULL;
 }
 
 static enum rfbNewClientAction client_arrived(rfbClientPtr cl) {
+    cl->clientData = calloc(1, sizeof(struct client_watch));
     cl->clientGoneHook = client_gone;
     return RFB_CLIENT_ACCEPT;
+}
+
+/* A client was found in the middle of a send. If its send queue has not
+   shrunk for STALL_LIMIT_NS it has stopped reading: shut its socket down,
+   which fails the blocked write and lets libvncserver drop it. */
+static void note_busy(rfbClientPtr cl) {
+    struct client_watch *w = cl->clientData;
+    if (!w) return;
+    int unsent = 0;
+    if (ioctl(cl->sock, SIOCOUTQ, &unsent) != 0) unsent = -1;
+    long long now = monotonic_ns();
+    if (w->busy_since == 0 || (unsent >= 0 && unsent < w->unsent)) {
+        w->busy_since = now;
+        w->unsent = unsent;
+    } else if (now - w->busy_since > STALL_LIMIT_NS) {
+        rfbLog("client %s stopped reading; disconnecting it\n", cl->host);
+        shutdown(cl->sock, SHUT_RDWR);
+    }
+}
+
+static void note_not_busy(rfbClientPtr cl) {
+    struct client_watch *w = cl->clientData;
+    if (w) w->busy_since = 0;
 }
 
 /* XRGB8888 little-endian: red in bits 16-23, green 8-15, blue 0-7. */
@@ -121,8 +168,10 @@ int umdev_vnc_show(umdev_vnc *vnc, const void *pixels, int width, int height, in
 
     /* No client may be sending while the layout changes under it. A client
        that is (a slow or stalled one, blocked in write) is not waited for:
-       the caller tries again on its next refresh. A client whose sendMutex
-       is held cannot be freed, so the pointers stay good until unlocked. */
+       the caller tries again on its next refresh, and a client that holds
+       things up without making progress is dropped (note_busy). A client
+       whose sendMutex is held cannot be freed, so the pointers stay good
+       until unlocked. */
     rfbClientIteratorPtr it = rfbGetClientIterator(s);
     rfbClientPtr cl;
     while ((cl = rfbClientIteratorNext(it))) {
@@ -132,7 +181,8 @@ int umdev_vnc_show(umdev_vnc *vnc, const void *pixels, int width, int height, in
             if (!grown) { busy = 1; break; }
             held = grown;
         }
-        if (pthread_mutex_trylock(&cl->sendMutex) != 0) { busy = 1; break; }
+        if (pthread_mutex_trylock(&cl->sendMutex) != 0) { note_busy(cl); busy = 1; break; }
+        note_not_busy(cl);
         held[count++] = cl;
     }
     rfbReleaseClientIterator(it);

@@ -11,7 +11,9 @@ import Glibc
 /// changed; a new size or format resizes the remote framebuffer (clients
 /// with DesktopSize follow). libvncserver serves every client on threads
 /// of its own, and nothing here waits for a client: a mode change that
-/// finds a client in the middle of a send is retried on the next refresh.
+/// finds a client in the middle of a send is retried on the next refresh,
+/// and a client that holds one up for two seconds without its send queue
+/// shrinking has stopped reading and is disconnected.
 public final class VNCOutput {
     /// Whether this build has libvncserver.
     #if UMDEV_VNC

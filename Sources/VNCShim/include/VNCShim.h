@@ -22,7 +22,9 @@ umdev_vnc *umdev_vnc_start(const char *host, int port, const char *password, con
 /// DesktopSize are told the new size, and every client gets the whole
 /// screen again. Waits for no client: if one is in the middle of sending
 /// (a slow or stalled client), nothing changes and it returns 0; call again
-/// on the next refresh. Returns 1 when the new pixels are shown.
+/// on the next refresh. A client that holds a change up for two seconds
+/// while its send queue does not shrink has stopped reading and is
+/// disconnected. Returns 1 when the new pixels are shown.
 int umdev_vnc_show(umdev_vnc *vnc, const void *pixels, int width, int height, int stride);
 
 /// Points at another buffer of the same size and stride (a flip or pan),
