@@ -59,6 +59,14 @@ public struct DispiRegisters: Sendable, Equatable {
 
     public init(vramSize: UInt64) { self.vramSize = vramSize }
 
+    /// Registers as saved (`storedValues`), for a migration's restore.
+    public init(vramSize: UInt64, stored: [UInt16], bigEndianFramebuffer: Bool) {
+        precondition(stored.count == Index.storedCount)
+        self.vramSize = vramSize
+        self.stored = stored
+        self.bigEndianFramebuffer = bigEndianFramebuffer
+    }
+
     /// A register as the guest reads it.
     public func read(_ index: Int) -> UInt16 {
         switch index {

@@ -119,4 +119,14 @@ public struct EDIDRegion: Sendable, Equatable {
         guard offset >= Self.blobOffset, offset - Self.blobOffset + count <= Self.maxBlobSize else { return nil }
         return offset - Self.blobOffset
     }
+
+    /// The whole 1 KiB blob window, for saving.
+    public var blobBytes: [UInt8] { blob }
+
+    /// Blob, size and link at once, for a migration's restore (checked by the caller).
+    mutating func restore(blob newBlob: [UInt8], size: UInt32, link: UInt32) {
+        blob = newBlob
+        edidSize = size
+        linkState = link
+    }
 }

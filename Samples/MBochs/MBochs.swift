@@ -56,7 +56,8 @@ public final class MBochs: DisplayDevice {
     public private(set) var plane = DisplayPlane.disabled(.dmabuf)
 
     public let regions: [Region]
-    public let irqs: [IRQ] = [.none, .none, .none, .none, .none]
+    /// No interrupts of its own; ERR and REQ as kernel vfio-pci offers them.
+    public let irqs: [IRQ] = [.none, .none, .none, .error, .request]
     /// Unlike the sample, reset is advertised (QEMU then resets the
     /// registers on a guest reboot).
     public let supportsReset = true
@@ -66,15 +67,18 @@ public final class MBochs: DisplayDevice {
     public let planes = PlanePublisher(kind: .dmabuf)
     public var planeMemory: SharedMemory { vram }
 
-    public init(type: MBochsType) throws(DeviceError) {
+    /// The largest mode the EDID offers (max_xres, max_yres); 0×0 is no limit.
+    public let edidMax: (width: UInt32, height: UInt32)
+
+    /// `edidMax` replaces the type's EDID maximum (a creation attribute).
+    public init(type: MBochsType, edidMax: (width: UInt32, height: UInt32)? = nil) throws(DeviceError) {
         self.type = type
+        let limit = edidMax ?? (type.maxWidth, type.maxHeight)
+        self.edidMax = limit
         vram = try SharedMemory(name: "umdev-\(type.name)-vram", size: Int(type.vramSize))
         dispi = DispiRegisters(vramSize: type.vramSize)
-        let preferred = type.defaultMode
-        edid = EDIDRegion(maxXres: type.maxWidth, maxYres: type.maxHeight,
-                          initial: EDID.generate(preferred: EDID.Mode(Int(preferred.width), Int(preferred.height)),
-                                                 limit: type.maxWidth == 0 ? nil : EDID.Mode(Int(type.maxWidth), Int(type.maxHeight)),
-                                                 name: "umdev mbochs"))
+        edid = EDIDRegion(maxXres: limit.width, maxYres: limit.height,
+                          initial: Self.defaultEDID(limit: limit, preferred: nil))
 
         config.setIdentity(vendor: Self.vendorID, device: Self.deviceID, subsystemVendor: Self.subsystemVendorID,
                            subsystem: Self.subsystemID, classCode: Self.classCode, revision: Self.revision)
@@ -209,6 +213,86 @@ public final class MBochs: DisplayDevice {
         guard next != plane else { return }
         plane = next
         planes.publish(next)
+    }
+
+    // MARK: EDID from the host
+
+    /// The power-on EDID: preferring `preferred`, or the maximum (1024x768
+    /// without one), and listing nothing beyond the maximum.
+    static func defaultEDID(limit: (width: UInt32, height: UInt32), preferred: (width: UInt32, height: UInt32)?) -> [UInt8] {
+        let noLimit = limit.width == 0 || limit.height == 0
+        let mode = preferred ?? (noLimit ? (1024, 768) : limit)
+        return EDID.generate(preferred: EDID.Mode(Int(mode.width), Int(mode.height)),
+                             limit: noLimit ? nil : EDID.Mode(Int(limit.width), Int(limit.height)), name: "umdev mbochs")
+    }
+
+    /// What a host EDID writer does when a viewer's window changes size (as
+    /// QEMU's display code does): link down, a new EDID preferring this
+    /// mode, link up. The guest sees it on its next connector probe.
+    public func preferResolution(width: UInt32, height: UInt32) throws(DeviceError) {
+        guard width >= DispiRegisters.minimumSize, height >= DispiRegisters.minimumSize, width <= 4095, height <= 4095,
+              edidMax.width == 0 || (width <= edidMax.width && height <= edidMax.height) else {
+            throw DeviceError(EINVAL, "\(width)x\(height) is not a mode this device offers (at most \(edidMax.width)x\(edidMax.height))")
+        }
+        let blob = Self.defaultEDID(limit: edidMax, preferred: (width, height))
+        let field = EDIDRegion.Field.self
+        for (offset, value) in [(field.linkState, EDIDRegion.Link.down), (field.edidSize, UInt32(blob.count))] {
+            let e = withUnsafeBytes(of: value.littleEndian) { edid.write(offset: offset, data: $0) }
+            guard e == 0 else { throw DeviceError(e, "EDID update refused") }
+        }
+        let e = blob.withUnsafeBytes { edid.write(offset: EDIDRegion.blobOffset, data: $0) }
+        let up = withUnsafeBytes(of: EDIDRegion.Link.up.littleEndian) { edid.write(offset: field.linkState, data: $0) }
+        guard e == 0, up == 0 else { throw DeviceError(e != 0 ? e : up, "EDID update refused") }
+    }
+
+    /// The mode the current EDID prefers (its first detailed timing).
+    public var preferredResolution: (width: Int, height: Int)? {
+        EDID.detailedModes(Array(edid.guestBlob)).first.map { ($0.width, $0.height) }
+    }
+
+    // MARK: Migration
+
+    public static let model = "umdev.mbochs"
+    public static let stateVersion = 1
+    public var migrationIdentity: MigrationIdentity? {
+        MigrationIdentity(model: Self.model, version: Self.stateVersion, type: type.name,
+                          parameters: ["vram_mib": "\(type.vramMiB)", "edid_max": "\(edidMax.width)x\(edidMax.height)"])
+    }
+
+    /// "MBOC", u16 version, config space, the ten DISPI registers, the byte
+    /// order, the EDID (size, link, 1 KiB blob), then VRAM's pages that hold
+    /// anything (an idle VRAM stays sparse and costs nothing to move).
+    public func saveState() -> [UInt8] {
+        var w = StateWriter(magic: "MBOC", version: Self.stateVersion)
+        w.raw(config.bytes)
+        for v in dispi.storedValues { w.u16(v) }
+        w.u8(dispi.bigEndianFramebuffer ? 1 : 0)
+        w.u32(edid.edidSize)
+        w.u32(edid.linkState)
+        w.raw(edid.blobBytes)
+        w.raw(vram.savePages())
+        return w.bytes
+    }
+
+    public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
+        var r = try StateReader(bytes, magic: "MBOC", what: "mbochs")
+        guard Int(try r.u16()) == version else { throw DeviceError(EINVAL, "mbochs state version differs from its stream's") }
+        let cfg = try r.raw(256)
+        var registers: [UInt16] = []
+        for _ in 0..<DispiRegisters.Index.storedCount { registers.append(try r.u16()) }
+        let bigEndian = try r.u8() != 0
+        let size = try r.u32(), link = try r.u32()
+        let blob = try r.raw(EDIDRegion.maxBlobSize)
+        guard size <= UInt32(EDIDRegion.maxBlobSize), link == EDIDRegion.Link.up || link == EDIDRegion.Link.down else {
+            throw DeviceError(EINVAL, "mbochs state has a malformed EDID")
+        }
+        r.skip(to: try vram.restorePages(bytes, at: r.position))
+        try r.finish()
+        config = initialConfig
+        config.setBytes(0, cfg)
+        dispi = DispiRegisters(vramSize: type.vramSize, stored: registers, bigEndianFramebuffer: bigEndian)
+        edid.restore(blob: blob, size: size, link: link)
+        updatePlane()
     }
 
     // MARK: Lifecycle

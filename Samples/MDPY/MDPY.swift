@@ -34,7 +34,8 @@ public final class MDPY: DisplayDevice {
     /// The framebuffer: BAR0 and the display region, mapped by the client.
     public let framebuffer: SharedMemory
     public let regions: [Region]
-    public let irqs: [IRQ] = [.none, .none, .none, .none, .none]
+    /// No interrupts of its own; ERR and REQ as kernel vfio-pci offers them.
+    public let irqs: [IRQ] = [.none, .none, .none, .error, .request]
     /// Unlike the sample, reset is advertised (it repaints the gradient).
     public let supportsReset = true
     public weak var interrupts: InterruptSink?
@@ -114,6 +115,33 @@ public final class MDPY: DisplayDevice {
         for y in 0..<Int(type.height) {
             memset(framebuffer.base + y * stride, Int32(y * 255 / Int(type.height)), stride)
         }
+    }
+
+    // MARK: Migration
+
+    public static let model = "umdev.mdpy"
+    public static let stateVersion = 1
+    public var migrationIdentity: MigrationIdentity? {
+        MigrationIdentity(model: Self.model, version: Self.stateVersion, type: type.name,
+                          parameters: ["width": "\(type.width)", "height": "\(type.height)"])
+    }
+
+    /// "MDPY", u16 version, config space, then the framebuffer's pages.
+    public func saveState() -> [UInt8] {
+        var w = StateWriter(magic: "MDPY", version: Self.stateVersion)
+        w.raw(config.bytes)
+        w.raw(framebuffer.savePages())
+        return w.bytes
+    }
+
+    public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
+        var r = try StateReader(bytes, magic: "MDPY", what: "mdpy")
+        guard Int(try r.u16()) == version else { throw DeviceError(EINVAL, "mdpy state version differs from its stream's") }
+        let cfg = try r.raw(256)
+        r.skip(to: try framebuffer.restorePages(bytes, at: r.position))
+        try r.finish()
+        config = initialConfig
+        config.setBytes(0, cfg)
     }
 
     // MARK: Lifecycle

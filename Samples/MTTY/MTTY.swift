@@ -17,7 +17,11 @@ public final class MTTY: VFIODevice {
     static let vendorFiller: [(Int, UInt8)] = [(0x40, 0x23), (0x43, 0x80), (0x44, 0x23), (0x48, 0x23), (0x4c, 0x23)]
     static let tag = Array("PCI Serial/UART".utf8)
     static let stateMagic: [UInt8] = Array("MTTY".utf8)
-    static let stateVersion: UInt16 = 1
+    /// 2 adds how long ago each port last received, so a receive timeout
+    /// pending at save time fires on time after restore; 1 is still read.
+    public static let stateVersion = 2
+    public static let model = "umdev.mtty"
+
 
     public let portCount: Int
     public private(set) var ports: [UART16550]
@@ -31,7 +35,8 @@ public final class MTTY: VFIODevice {
 
     public let regions: [Region]
     /// INTx (maskable, automasked), and MSI with one vector as the sample reports at the VFIO level.
-    public let irqs: [IRQ] = [.intx, IRQ(count: 1, noResize: true), .none, .none, .none]
+    /// ERR and REQ as kernel vfio-pci offers them (QEMU wires both; REQ asks the VMM to let the device go).
+    public let irqs: [IRQ] = [.intx, IRQ(count: 1, noResize: true), .none, .error, .request]
     /// Unlike the sample, reset is advertised and implemented.
     public let supportsReset = true
     /// Set by the server when a client attaches; the line's current level is
@@ -44,7 +49,10 @@ public final class MTTY: VFIODevice {
     }
     public weak var dma: DMAAccess?
     public let hasHostEvents: Bool
-    public var migrationType: String? { "mtty-\(portCount)" }
+    public var migrationIdentity: MigrationIdentity? {
+        MigrationIdentity(model: Self.model, version: Self.stateVersion, type: "mtty-\(portCount)", parameters: ["ports": "\(portCount)"])
+    }
+    public var readableStateVersions: ClosedRange<Int> { 1...Self.stateVersion }
 
     /// `ports`: 1 (mtty-1) or 2 (mtty-2). `backends`: per port; missing ones are loopback.
     public init(ports: Int, backends: [SerialBackend] = [], clock: @escaping () -> UInt64 = monotonicNanoseconds) throws(DeviceError) {
@@ -177,31 +185,40 @@ public final class MTTY: VFIODevice {
     }
 
     /// Versioned state: "MTTY", u16 version, u8 port count, then per port the
-    /// registers, the pending THRE condition and the receive FIFO; then the
-    /// 256-byte config space. Interrupt state follows from the registers.
+    /// registers, the pending THRE condition, the receive FIFO and (version
+    /// 2) nanoseconds since it last received; then the 256-byte config
+    /// space. Interrupt state follows from the registers.
     public func saveState() -> [UInt8] {
         var out = Self.stateMagic
         out += [UInt8(Self.stateVersion & 0xff), UInt8(Self.stateVersion >> 8), UInt8(portCount)]
+        let now = clock()
         for u in ports {
             out += [u.ier, u.lcr, u.mcr, u.scr, u.fcr, UInt8(u.divisor & 0xff), UInt8(u.divisor >> 8),
                     u.lsrErrors, u.msr, u.transmitEmptyPending ? 1 : 0, UInt8(u.receive.count)]
             out += u.receive + [UInt8](repeating: 0, count: UART16550.fifoSize - u.receive.count)
+            let idle = now >= u.lastReceiveActivity ? now - u.lastReceiveActivity : 0
+            for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: idle >> (8 * UInt64(i)))) }
         }
         return out + config.bytes
     }
 
+    /// Bytes per port in a version-1 state; version 2 adds 8.
     public static let portStateSize = 11 + UART16550.fifoSize
 
-    public func restoreState(_ s: [UInt8]) throws(DeviceError) {
+    public func restoreState(_ s: [UInt8], version expected: Int) throws(DeviceError) {
         guard s.count >= 7, Array(s[0..<4]) == Self.stateMagic else { throw DeviceError(EINVAL, "not an mtty state") }
-        let version = UInt16(s[4]) | UInt16(s[5]) << 8
-        guard version == Self.stateVersion else { throw DeviceError(EINVAL, "unsupported mtty state version \(version)") }
+        let version = Int(s[4]) | Int(s[5]) << 8
+        guard readableStateVersions.contains(version), version == expected else {
+            throw DeviceError(EINVAL, "unsupported mtty state version \(version)")
+        }
         guard Int(s[6]) == portCount else {
             throw DeviceError(EINVAL, "state has \(s[6]) ports, this mtty-\(portCount) has \(portCount)")
         }
-        guard s.count == 7 + portCount * Self.portStateSize + 256 else { throw DeviceError(EINVAL, "mtty state has the wrong length") }
+        let perPort = Self.portStateSize + (version >= 2 ? 8 : 0)
+        guard s.count == 7 + portCount * perPort + 256 else { throw DeviceError(EINVAL, "mtty state has the wrong length") }
         var restored: [UART16550] = []
         var at = 7
+        let now = clock()
         for _ in 0..<portCount {
             var u = UART16550()
             u.ier = s[at] & 0x0f; u.lcr = s[at + 1]; u.mcr = s[at + 2] & 0x1f; u.scr = s[at + 3]; u.fcr = s[at + 4] & 0xc9
@@ -210,9 +227,13 @@ public final class MTTY: VFIODevice {
             let count = Int(s[at + 10])
             guard count <= u.receiveCapacity else { throw DeviceError(EINVAL, "mtty state holds more bytes than the FIFO") }
             u.receive = Array(s[(at + 11)..<(at + 11 + count)])
-            u.lastReceiveActivity = clock()
+            var idle: UInt64 = 0
+            if version >= 2 {
+                for i in 0..<8 { idle |= UInt64(s[at + Self.portStateSize + i]) << (8 * UInt64(i)) }
+            }
+            u.lastReceiveActivity = now >= idle ? now - idle : 0
             restored.append(u)
-            at += Self.portStateSize
+            at += perPort
         }
         ports = restored
         config = initialConfig

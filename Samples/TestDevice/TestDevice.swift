@@ -59,10 +59,15 @@ public final class TestDevice: VFIODevice {
         didSet { interrupts?.setINTxLevel(u32(Register.status) & 1 != 0) }
     }
     public weak var dma: DMAAccess?
-    public var migrationType: String? { "test" }
+    public var migrationIdentity: MigrationIdentity? {
+        MigrationIdentity(model: "umdev.test", version: Int(Self.stateVersion), type: mappable ? "test" : "test-nommap",
+                          parameters: ["bar1": mappable ? "mmap" : "trapped"])
+    }
+    private let mappable: Bool
 
     /// `mappable: false` traps BAR1 too (the transcripts' "irq-nommap" server).
     public init(mappable: Bool = true) throws(DeviceError) {
+        self.mappable = mappable
         bar1Memory = try SharedMemory(name: "umdev-test-bar1", size: 4096)
         config.setIdentity(vendor: Self.vendorID, device: Self.deviceID, subsystemVendor: Self.vendorID,
                            subsystem: 0x0001, classCode: 0xff0000, revision: 1)
@@ -190,7 +195,7 @@ public final class TestDevice: VFIODevice {
         return out
     }
 
-    public func restoreState(_ bytes: [UInt8]) throws(DeviceError) {
+    public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
         guard bytes.first == Self.stateVersion else { throw DeviceError(EINVAL, "unknown test-device state version") }
         guard bytes.count == 1 + 4096 + 32 + 4096 + 256 else { throw DeviceError(EINVAL, "test-device state has the wrong size") }
         bar0 = Array(bytes[1..<4097])

@@ -60,6 +60,10 @@ public struct IRQ: Sendable, Equatable {
     public static let none = IRQ(count: 0)
     /// A level-triggered INTx line as PCI devices have.
     public static let intx = IRQ(count: 1, maskable: true, automasked: true)
+    /// The error (AER) notification index, one vector, as kernel vfio-pci offers it.
+    public static let error = IRQ(count: 1)
+    /// The device request index, one vector: the server asks the VMM to release the device.
+    public static let request = IRQ(count: 1)
 }
 
 /// Region indices of a PCI device (VFIO_PCI_*_REGION_INDEX); indices from
@@ -146,12 +150,16 @@ public protocol VFIODevice: AnyObject {
     /// Set by the server while a client is attached; nil otherwise.
     var dma: DMAAccess? { get set }
 
-    /// Name written into migration streams; restoring checks it. nil = not migratable.
-    var migrationType: String? { get }
+    /// Model, state version, type and creation parameters written at the
+    /// head of a migration stream; nil = not migratable.
+    var migrationIdentity: MigrationIdentity? { get }
+    /// The state versions `restoreState` reads (older ones within it too).
+    var readableStateVersions: ClosedRange<Int> { get }
     /// Device state for migration, in the model's own versioned format.
     func saveState() -> [UInt8]
-    /// Restores `saveState()` output; throws with a reason on a bad stream.
-    func restoreState(_ bytes: [UInt8]) throws(DeviceError)
+    /// Restores state of `version` (one of `readableStateVersions`, already
+    /// checked); throws with a reason on a bad stream.
+    func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError)
 
     /// Whether the device has host-side descriptors (pty, socket backends)
     /// for the server to poll. Read on every message, so keep it cheap.
@@ -175,9 +183,10 @@ extension VFIODevice {
     public var timerDeadline: UInt64? { nil }
     public func timerExpired() {}
     public func setRunning(_ running: Bool) {}
-    public var migrationType: String? { nil }
+    public var migrationIdentity: MigrationIdentity? { nil }
+    public var readableStateVersions: ClosedRange<Int> { (migrationIdentity?.version ?? 1)...(migrationIdentity?.version ?? 1) }
     public func saveState() -> [UInt8] { [] }
-    public func restoreState(_ bytes: [UInt8]) throws(DeviceError) {
+    public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
         throw DeviceError(95, "device does not support migration")
     }
 }

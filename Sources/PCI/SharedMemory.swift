@@ -56,4 +56,54 @@ public final class SharedMemory {
     }
 
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: size) }
+
+    static let pageSize = 4096
+
+    /// The pages that hold anything, for a migration stream: u32 count, then
+    /// per page u32 index and its 4096 bytes. Only the file's data ranges are
+    /// read (SEEK_DATA/SEEK_HOLE), so an untouched, sparse memory costs
+    /// nothing to save and stays sparse.
+    public func savePages() -> [UInt8] {
+        var out: [UInt8] = [0, 0, 0, 0]
+        var count: UInt32 = 0
+        let seekData: Int32 = 3, seekHole: Int32 = 4   // Linux's SEEK_DATA, SEEK_HOLE
+        var at = lseek(fd, 0, seekData)
+        while at >= 0 && Int(at) < size {
+            let end = min(Int(lseek(fd, at, seekHole)), size)
+            var page = Int(at) / Self.pageSize
+            while page * Self.pageSize < end {
+                let bytes = UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: Self.pageSize)
+                if bytes.contains(where: { $0 != 0 }) {
+                    for i in 0..<4 { out.append(UInt8(truncatingIfNeeded: page >> (8 * i))) }
+                    out += bytes
+                    count += 1
+                }
+                page += 1
+            }
+            if end >= size { break }
+            at = lseek(fd, off_t(end), seekData)
+        }
+        for i in 0..<4 { out[i] = UInt8(truncatingIfNeeded: count >> (8 * UInt32(i))) }
+        return out
+    }
+
+    /// Replaces the whole memory with `savePages` output found at `offset`
+    /// of `data`; returns where it ends. Throws on a malformed list,
+    /// leaving the memory cleared.
+    public func restorePages(_ data: [UInt8], at offset: Int) throws(DeviceError) -> Int {
+        guard data.count >= offset + 4 else { throw DeviceError(EINVAL, "memory pages truncated") }
+        let count = Int(data[offset]) | Int(data[offset + 1]) << 8 | Int(data[offset + 2]) << 16 | Int(data[offset + 3]) << 24
+        clear()
+        var at = offset + 4
+        guard count <= size / Self.pageSize, data.count >= at + count * (4 + Self.pageSize) else {
+            throw DeviceError(EINVAL, "memory pages truncated or too many")
+        }
+        for _ in 0..<count {
+            let page = Int(data[at]) | Int(data[at + 1]) << 8 | Int(data[at + 2]) << 16 | Int(data[at + 3]) << 24
+            guard page < size / Self.pageSize else { throw DeviceError(EINVAL, "memory page \(page) beyond the memory") }
+            data.withUnsafeBytes { (base + page * Self.pageSize).copyMemory(from: $0.baseAddress! + at + 4, byteCount: Self.pageSize) }
+            at += 4 + Self.pageSize
+        }
+        return at
+    }
 }

@@ -256,7 +256,7 @@ public final class Endpoint {
 
         case .version(_, _, let caps):
             guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
-            let answer = try Capabilities.serverReply(to: caps, offersMigration: host.device.migrationType != nil)
+            let answer = try Capabilities.serverReply(to: caps, offersMigration: host.device.migrationIdentity != nil)
             answer.encodeVersionReply(&w)
             client = caps
             dma.maxWindows = answer.maxDMAMaps
@@ -345,7 +345,7 @@ public final class Endpoint {
     // MARK: DEVICE_FEATURE
 
     private func deviceFeature(_ f: DeviceFeature, writer w: inout MessageWriter) throws(ProtocolError) {
-        guard host.device.migrationType != nil else { throw ProtocolError(ENOTTY, "device does not support migration") }
+        guard let identity = host.device.migrationIdentity else { throw ProtocolError(ENOTTY, "device does not support migration") }
         switch f.feature {
         case VFIO.featureMigration:
             guard !f.isSet else { throw .invalid("MIGRATION feature cannot be SET") }
@@ -358,14 +358,19 @@ public final class Endpoint {
             if f.isSet {
                 guard f.data.count >= 8 else { throw .invalid("MIG_DEVICE_STATE SET without a state") }
                 guard let target = DeviceState(rawValue: f.data.u32(0)) else { throw .invalid("unknown device state") }
-                try host.migration.transition(to: target, device: host.device, typeName: host.typeName)
+                do {
+                    try host.migration.transition(to: target, device: host.device)
+                } catch {
+                    if let why = host.migration.lastRefusal { logger.notice("migration state refused: \(why)") }
+                    throw error
+                }
             }
             w.u32(16); w.u32(f.flags); w.u32(host.migration.state.rawValue); w.u32(UInt32(bitPattern: -1))
         case 9: // VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
             guard !f.isSet else { throw .invalid("MIG_DATA_SIZE cannot be SET") }
             if f.isProbe { w.u32(8); w.u32(f.flags); return }
             guard f.argsz >= 16 else { throw .invalid("argsz too small for MIG_DATA_SIZE") }
-            let estimate = MigrationMachine.preamble(host.typeName).count + 4 + host.device.saveState().count
+            let estimate = MigrationMachine.preamble(identity).count + 4 + host.device.saveState().count
             w.u32(16); w.u32(f.flags); w.u64(UInt64(estimate))
         case VFIO.featureDMALoggingStart, VFIO.featureDMALoggingStop, VFIO.featureDMALoggingReport:
             throw ProtocolError(ENOTTY, "DMA dirty logging is not supported")

@@ -8,20 +8,25 @@ import VFIOUser
 /// umdev offers STOP_COPY and PRE_COPY (no P2P states). The stream is an
 /// envelope around the device model's own versioned state:
 ///
-///     "UMDVMIG1"  8 bytes magic and envelope version
-///     u16 type-name length, type-name bytes (the device type, e.g. "mtty-2")
+///     "UMDVMIG2"  8 bytes magic and envelope version
+///     u32 identity length, identity: JSON {"model", "version", "type", "parameters"}
 ///     u32 state length, state bytes (the model's own format)
 ///
-/// PRE_COPY hands out the magic and type name; STOP_COPY adds the state.
+/// PRE_COPY hands out the magic and identity; STOP_COPY adds the state. A
+/// resume checks the identity against the device (`MigrationIdentity.refusal`)
+/// before the state is touched: the same rule `umdev compat` applies.
 public struct MigrationMachine {
-    public static let magic: [UInt8] = Array("UMDVMIG1".utf8)
-    /// Cap on a resuming stream, so a client cannot make us buffer without end.
-    public static let maxStream = 64 << 20
+    public static let magic: [UInt8] = Array("UMDVMIG2".utf8)
+    /// Cap on a resuming stream, so a client cannot make us buffer without
+    /// end: room for 64 MiB of VRAM and its headers.
+    public static let maxStream = 80 << 20
 
     public private(set) var state: DeviceState = .running
     var outgoing: [UInt8] = []
     var readPosition = 0
     var incoming: [UInt8] = []
+    /// Why the last resume was refused, for the log and the control socket.
+    public private(set) var lastRefusal: String?
 
     /// Arcs the kernel defines (vfio_mig_get_next_state) without the P2P states.
     static let arcs: [DeviceState: [DeviceState]] = [
@@ -62,7 +67,8 @@ public struct MigrationMachine {
     }
 
     /// Moves to `target`, running each arc's action against `device`.
-    mutating func transition(to target: DeviceState, device: VFIODevice, typeName: String) throws(ProtocolError) {
+    mutating func transition(to target: DeviceState, device: VFIODevice) throws(ProtocolError) {
+        guard let identity = device.migrationIdentity else { throw ProtocolError(ENOTTY, "device does not support migration") }
         guard let steps = MigrationMachine.path(from: state, to: target) else {
             throw .invalid("migration state change not allowed")
         }
@@ -76,10 +82,10 @@ public struct MigrationMachine {
             }
             switch next {
             case .preCopy:
-                outgoing = MigrationMachine.preamble(typeName)
+                outgoing = MigrationMachine.preamble(identity)
                 readPosition = 0
             case .stopCopy:
-                if state != .preCopy { outgoing = MigrationMachine.preamble(typeName); readPosition = 0 }
+                if state != .preCopy { outgoing = MigrationMachine.preamble(identity); readPosition = 0 }
                 let body = device.saveState()
                 appendU32(&outgoing, UInt32(body.count))
                 outgoing += body
@@ -88,8 +94,15 @@ public struct MigrationMachine {
             case .stop where state == .resuming:
                 let stream = incoming
                 incoming = []
-                let body = try MigrationMachine.unwrap(stream, typeName: typeName)
-                do { try device.restoreState(body) } catch {
+                lastRefusal = nil
+                do throws(DeviceError) {
+                    let (source, body) = try MigrationMachine.unwrap(stream)
+                    if let why = identity.refusal(of: source, readable: device.readableStateVersions) {
+                        throw DeviceError(EINVAL, why)
+                    }
+                    try device.restoreState(body, version: source.version)
+                } catch {
+                    lastRefusal = error.message
                     throw ProtocolError(EINVAL, "device refused the migration state")
                 }
             case .stop, .running:
@@ -109,27 +122,56 @@ public struct MigrationMachine {
         readPosition = 0
     }
 
-    static func preamble(_ typeName: String) -> [UInt8] {
+    /// The magic and the identity: the head of every stream.
+    public static func preamble(_ identity: MigrationIdentity) -> [UInt8] {
+        var parameters: [(String, JSONValue)] = []
+        for key in identity.parameters.keys.sorted() { parameters.append((key, .string(identity.parameters[key]!))) }
+        let json = JSONValue.object([
+            ("model", .string(identity.model)), ("version", .integer(Int64(identity.version))),
+            ("type", .string(identity.type)), ("parameters", .object(parameters)),
+        ]).serialized
         var out = magic
-        let name = Array(typeName.utf8)
-        out.append(UInt8(name.count & 0xff)); out.append(UInt8(name.count >> 8))
-        return out + name
+        appendU32(&out, UInt32(json.utf8.count))
+        return out + Array(json.utf8)
     }
 
-    /// Checks the envelope and returns the device state inside it.
-    static func unwrap(_ s: [UInt8], typeName: String) throws(ProtocolError) -> [UInt8] {
-        guard s.count >= magic.count + 2, Array(s[0..<magic.count]) == magic else {
-            throw .invalid("migration stream has no umdev header or an unknown format version")
+    /// Splits a whole stream into its identity and the device state.
+    public static func unwrap(_ s: [UInt8]) throws(DeviceError) -> (MigrationIdentity, [UInt8]) {
+        let (identity, at) = try header(s)
+        guard s.count >= at + 4 else { throw DeviceError(EINVAL, "migration stream truncated before the device state") }
+        let length = Int(u32(s, at))
+        guard s.count == at + 4 + length else { throw DeviceError(EINVAL, "migration stream length does not match its header") }
+        return (identity, Array(s[(at + 4)...]))
+    }
+
+    /// The identity at the head of a stream, and where the state's length follows.
+    public static func header(_ s: [UInt8]) throws(DeviceError) -> (MigrationIdentity, Int) {
+        guard s.count >= magic.count + 4, Array(s[0..<magic.count]) == magic else {
+            throw DeviceError(EINVAL, "not a umdev migration stream, or one of another envelope version")
         }
-        let nameLength = Int(s[8]) | Int(s[9]) << 8
-        guard s.count >= 10 + nameLength + 4 else { throw .invalid("migration stream truncated") }
-        let name = String(decoding: s[10..<(10 + nameLength)], as: UTF8.self)
-        guard name == typeName else { throw .invalid("migration stream is for another device type") }
-        var p = 10 + nameLength
-        let length = Int(s[p]) | Int(s[p + 1]) << 8 | Int(s[p + 2]) << 16 | Int(s[p + 3]) << 24
-        p += 4
-        guard s.count == p + length else { throw .invalid("migration stream length mismatch") }
-        return Array(s[p...])
+        let length = Int(u32(s, magic.count))
+        let start = magic.count + 4
+        guard length <= 64 << 10, s.count >= start + length else { throw DeviceError(EINVAL, "migration stream identity truncated") }
+        let text = Array(s[start..<(start + length)])
+        let doc: JSONValue
+        do { doc = try JSONParser.parse(text) } catch {
+            throw DeviceError(EINVAL, "migration stream identity is not JSON")
+        }
+        guard case .string(let model)? = doc["model"], case .integer(let version)? = doc["version"],
+              case .string(let type)? = doc["type"], case .object(let members)? = doc["parameters"],
+              version >= 0, version <= Int64(Int32.max) else {
+            throw DeviceError(EINVAL, "migration stream identity lacks model, version, type or parameters")
+        }
+        var parameters: [String: String] = [:]
+        for (key, value) in members {
+            guard case .string(let v) = value else { throw DeviceError(EINVAL, "migration stream parameter is not a string") }
+            parameters[key] = v
+        }
+        return (MigrationIdentity(model: model, version: Int(version), type: type, parameters: parameters), start + length)
+    }
+
+    private static func u32(_ s: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(s[at]) | UInt32(s[at + 1]) << 8 | UInt32(s[at + 2]) << 16 | UInt32(s[at + 3]) << 24
     }
 
     /// Next chunk of the outgoing stream (MIG_DATA_READ); shorter than asked at the end.

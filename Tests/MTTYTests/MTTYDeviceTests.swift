@@ -86,7 +86,7 @@ struct MTTYDeviceTests {
         for b in Array("hello".utf8) { write(a, 0, 0, [b]) }
         let state = a.saveState()
         let b = try MTTY(ports: 2)
-        try b.restoreState(state)
+        try b.restoreState(state, version: 2)
         for p in 0..<2 {
             var restored = b.ports[p]
             restored.lastReceiveActivity = a.ports[p].lastReceiveActivity
@@ -94,9 +94,34 @@ struct MTTYDeviceTests {
         }
         #expect(read(b, 0, 7) == [0x3c])
         #expect((0..<5).map { _ in read(b, 0, 0)[0] } == Array("hello".utf8))
-        #expect(throws: DeviceError.self) { try MTTY(ports: 1).restoreState(state) }
+        #expect(throws: DeviceError.self) { try MTTY(ports: 1).restoreState(state, version: 2) }
         var future = state
         future[4] = 9
-        #expect(throws: DeviceError(EINVAL, "unsupported mtty state version 9")) { try b.restoreState(future) }
+        #expect(throws: DeviceError(EINVAL, "unsupported mtty state version 9")) { try b.restoreState(future, version: 9) }
+    }
+
+    @Test("version 2 keeps a pending receive timeout on time; version 1 states are still read")
+    func stateVersions() throws {
+        var now: UInt64 = 1_000_000_000
+        let a = try MTTY(ports: 1, clock: { now })
+        write(a, 0, 2, [0xc1])                    // FIFO on, trigger 14: one byte waits for the timeout
+        write(a, 0, 1, [0x01])
+        write(a, 0, 0, [0x41])
+        now += 100_000                            // 0.1 ms of the ~0.35 ms timeout (115200 baud) passed
+        let v2 = a.saveState()
+        #expect(v2[4] == 2)
+        var later: UInt64 = 50_000_000_000       // the destination's clock is elsewhere
+        let b = try MTTY(ports: 1, clock: { later })
+        try b.restoreState(v2, version: 2)
+        #expect(b.ports[0].lastReceiveActivity == later - 100_000)
+        later += 1_000_000
+        #expect(read(b, 0, 2)[0] & 0x0f == 0x0c)  // character timeout reported
+        // The same state in version 1's layout: no idle time, still restored.
+        var v1 = Array(v2[0..<7]) + Array(v2[7..<(7 + MTTY.portStateSize)]) + Array(v2[(7 + MTTY.portStateSize + 8)...])
+        v1[4] = 1
+        let c = try MTTY(ports: 1, clock: { later })
+        try c.restoreState(v1, version: 1)
+        #expect(c.ports[0].receive == [0x41])
+        #expect(c.ports[0].lastReceiveActivity == later)
     }
 }

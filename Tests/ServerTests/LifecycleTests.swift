@@ -92,7 +92,7 @@ struct LifecycleTests {
         let a = try source.connect()
         try a.setMigrationState(.stopCopy)
         let stream = try a.readMigrationData()
-        let other = try LiveServer(try TestDevice(), type: "test-nommap")
+        let other = try LiveServer(try TestDevice(mappable: false), type: "test-nommap")
         let b = try other.connect()
         try b.setMigrationState(.resuming)
         try b.writeMigrationData(stream)

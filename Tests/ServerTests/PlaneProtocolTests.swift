@@ -53,7 +53,7 @@ struct PlaneProtocolTests {
         let s = try LiveServer(try MBochs(type: .small), type: "mbochs-small")
         let qemu = try s.connect()
         #expect(!qemu.serverVersionJSON.contains("gfx"))
-        #expect(qemu.serverVersionJSON == #"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#)
+        #expect(qemu.serverVersionJSON == #"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096},"write_multiple":true}}"#)
         #expect(throws: ClientError.remote(EINVAL)) { try qemu.queryPlane(flags: probe | dmabuf) }
         #expect(throws: ClientError.remote(EINVAL)) { try qemu.dmabuf(id: 1) }
         expectAlive(qemu)

@@ -121,6 +121,23 @@ static uint8_t *read_stream(struct conn *c, size_t *len) {
     }
 }
 
+/* Writes a stream in MIG_DATA_WRITE chunks no larger than the server takes
+   (§3: max_data_xfer_size is at least 1 MiB; 512 KiB is always within it). */
+static int write_stream(struct conn *c, const uint8_t *stream, size_t len) {
+    const size_t chunk = 512 << 10;
+    uint8_t *w = malloc(8 + chunk);
+    int rc = 0;
+    for (size_t at = 0; at < len && rc == 0; at += chunk) {
+        size_t n = len - at < chunk ? len - at : chunk;
+        struct vu_mig_data m = { .argsz = (uint32_t)(8 + n), .size = (uint32_t)n };
+        memcpy(w, &m, 8);
+        memcpy(w + 8, stream + at, n);
+        rc = req(c, VU_MIG_DATA_WRITE, w, 8 + n);
+    }
+    free(w);
+    return rc;
+}
+
 /* §15, §19: STOP_COPY stream read, then resumed into the same device
    (state restored); a corrupted stream is refused at RESUMING → STOP. */
 static void mig_data_round_trip(void **state) {
@@ -141,24 +158,19 @@ static void mig_data_round_trip(void **state) {
     uint8_t *bad = malloc(len);
     memcpy(bad, stream, len);
     bad[0] ^= 0xff;
-    uint8_t *w = malloc(8 + len);
-    struct vu_mig_data m = { .argsz = (uint32_t)(8 + len), .size = (uint32_t)len };
-    memcpy(w, &m, 8);
-    memcpy(w + 8, bad, len);
-    assert_int_equal(req(c, VU_MIG_DATA_WRITE, w, 8 + len), 0);
+    assert_int_equal(write_stream(c, bad, len), 0);
     assert_int_equal(set_state(c, VU_STATE_STOP), EINVAL);
     assert_int_equal(req(c, VU_DEVICE_RESET, NULL, 0), 0);
 
     assert_int_equal(set_state(c, VU_STATE_STOP), 0);
     assert_int_equal(set_state(c, VU_STATE_RESUMING), 0);
-    memcpy(w + 8, stream, len);
-    assert_int_equal(req(c, VU_MIG_DATA_WRITE, w, 8 + len), 0);
+    assert_int_equal(write_stream(c, stream, len), 0);
     assert_int_equal(set_state(c, VU_STATE_RUNNING), 0);
     if (g_profile.scratch.present) {
         assert_int_equal(reg_read(c, &g_profile.scratch, &v), 0);
         assert_int_equal(v, 0x3c);
     }
-    free(w); free(bad); free(stream);
+    free(bad); free(stream);
 }
 
 const struct CMUnitTest migration_tests[] = {
