@@ -14,6 +14,8 @@ public final class DeviceHost {
     /// What the device looks like from outside, read once: it does not
     /// change while served, and the display socket shares it.
     public let description: DeviceDescription
+    /// Where another thread asks the client to release the device (REQ).
+    public let requestLine = RequestLine()
     var regions: [Region] { description.regions }
     var irqs: [IRQ] { description.irqs }
 
@@ -100,7 +102,7 @@ public final class Endpoint {
         self.transport = Transport(socket: socket)
         self.logger = logger
         dma = DMATable(maxWindows: Limits.maxDMAMaps)
-        interrupts = InterruptState(irqs: host.irqs)
+        interrupts = InterruptState(irqs: host.irqs, requestLine: host.requestLine)
         regionSize = host.regions.map(\.size)
         regionAccess = host.regions.map { ($0.readable ? 1 : 0) | ($0.writable ? 2 : 0) }
     }

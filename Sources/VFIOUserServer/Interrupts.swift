@@ -1,5 +1,6 @@
 import Glibc
 import PCI
+import Synchronization
 import VFIOUser
 
 /// The server side of DEVICE_SET_IRQS: which eventfd each vector signals,
@@ -20,14 +21,24 @@ public final class InterruptState: InterruptSink {
 
     let irqs: [IRQ]
     private var vectors: [[Vector]]
+    /// The REQ vector's eventfd, shared with other threads (the daemon asks
+    /// the client to release the device through it).
+    let requestLine: RequestLine?
     /// Current INTx level as the device reports it.
     public private(set) var intxLevel = false
     /// Called when the set of watched descriptors changes.
     var watchedChanged = false
 
-    init(irqs: [IRQ]) {
+    init(irqs: [IRQ], requestLine: RequestLine? = nil) {
         self.irqs = irqs
+        self.requestLine = requestLine
         vectors = irqs.map { [Vector](repeating: Vector(), count: Int($0.count)) }
+    }
+
+    /// Keeps the shared REQ descriptor in step with vector 0 of REQ.
+    private func publishRequestLine(_ i: Int) {
+        guard i == IRQIndex.req.rawValue, let requestLine, !vectors[i].isEmpty else { return }
+        requestLine.attach(vectors[i][0].trigger)
     }
 
     deinit { closeAll() }
@@ -46,6 +57,7 @@ public final class InterruptState: InterruptSink {
             if v.maskFD >= 0 { close(v.maskFD) }
             vectors[i][j] = Vector()
         }
+        publishRequestLine(i)
         watchedChanged = true
     }
 
@@ -139,6 +151,7 @@ public final class InterruptState: InterruptSink {
                     fire(i, j)
                 }
             }
+            publishRequestLine(i)
         case (VFIO.irqSetActionTrigger, _):
             for j in range where selected(j) { raise(i, j) }
         case (VFIO.irqSetActionMask, VFIO.irqSetDataEventfd), (VFIO.irqSetActionUnmask, VFIO.irqSetDataEventfd):
@@ -174,4 +187,38 @@ public final class InterruptState: InterruptSink {
         _ = read(fd, &counter, 8)
         if isUnmask { unmask(index, vector) } else { mask(index, vector) }
     }
+}
+
+/// The REQ interrupt ("please release this device") as other threads can
+/// raise it: a duplicate of the eventfd the client attached, under a lock
+/// that only SET_IRQS on REQ and a release request ever take.
+public final class RequestLine: Sendable {
+    private let fd = Mutex<Int32>(-1)
+
+    public init() {}
+
+    /// Replaces the descriptor with a duplicate of `trigger` (-1: none).
+    func attach(_ trigger: Int32) {
+        let copy = trigger >= 0 ? fcntl(trigger, F_DUPFD_CLOEXEC, 0) : -1
+        let old = fd.withLock { current -> Int32 in
+            defer { current = copy }
+            return current
+        }
+        if old >= 0 { close(old) }
+    }
+
+    /// Signals the client's REQ eventfd; false when it attached none.
+    @discardableResult
+    public func signal() -> Bool {
+        fd.withLock { current in
+            guard current >= 0 else { return false }
+            var one: UInt64 = 1
+            return write(current, &one, 8) == 8
+        }
+    }
+
+    /// Whether a client attached a REQ eventfd.
+    public var isAttached: Bool { fd.withLock { $0 >= 0 } }
+
+    deinit { attach(-1) }
 }

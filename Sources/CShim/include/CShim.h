@@ -35,6 +35,10 @@ ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
 ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
                                     int *fds, int maxfds, int *nfds, int *truncated);
 
+/// The process id of a UNIX socket's peer (SO_PEERCRED, which needs
+/// _GNU_SOURCE's struct ucred); -1 when the kernel does not say.
+pid_t umdev_peer_pid(int sock);
+
 /// MSG_DONTWAIT, which Swift's Glibc module imports as an enum case.
 int umdev_msg_dontwait(void);
 
