@@ -85,11 +85,18 @@ let package = Package(
         .target(name: "MDPY", dependencies: ["PCI"], path: "Samples/MDPY", exclude: ["README.md"], swiftSettings: strict),
         .target(name: "MBochs", dependencies: ["PCI"], path: "Samples/MBochs", exclude: ["README.md"], swiftSettings: strict),
 
+        // The lifecycle daemon: types and budgets, instances by UUID,
+        // definitions, discovery, compatibility, the control socket.
+        .target(name: "Lifecycle",
+                dependencies: ["PCI", "VFIOUserServer", "UnixSocket", "CShim", "TestDevice", "MTTY", "MDPY", "MBochs",
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/Lifecycle", swiftSettings: strict),
+
         .executableTarget(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "Viewer", "CShim", "CMallocCounter",
+                "Viewer", "Lifecycle", "CShim", "CMallocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -26,6 +26,52 @@ public final class DeviceHost {
     }
 
     public var migrationState: DeviceState { migration.state }
+
+    // MARK: Management (only while no client is attached: DeviceServer.withIdleDevice)
+
+    /// DEVICE_RESET, as a client would ask it.
+    public func resetDevice() {
+        device.reset()
+        migration.reset()
+        device.setRunning(true)
+    }
+
+    /// A snapshot of the device's migration stream: RUNNING → STOP_COPY, the
+    /// whole stream, then back to RUNNING.
+    public func saveMigrationState() throws(DeviceError) -> [UInt8] {
+        do throws(ProtocolError) {
+            try migration.transition(to: .stopCopy, device: device)
+            let stream = Array(try migration.read(max: migration.pendingBytes))
+            try migration.transition(to: .running, device: device)
+            return stream
+        } catch {
+            migration.reset()
+            device.setRunning(true)
+            throw DeviceError(error.errno, "\(error.reason)")
+        }
+    }
+
+    /// Loads a migration stream: RUNNING → RESUMING, the stream, STOP (where
+    /// its identity is checked against the device), RUNNING. A refused
+    /// stream leaves the device as it was, running; the error says why.
+    public func loadMigrationState(_ stream: [UInt8]) throws(DeviceError) {
+        guard stream.count <= MigrationMachine.maxStream else {
+            throw DeviceError(EFBIG, "a migration stream is at most \(MigrationMachine.maxStream >> 20) MiB")
+        }
+        do throws(ProtocolError) {
+            try migration.transition(to: .resuming, device: device)
+            let written = stream.withUnsafeBytes { b -> Result<Void, ProtocolError> in
+                do throws(ProtocolError) { try migration.write(b); return .success(()) } catch { return .failure(error) }
+            }
+            try written.get()
+            try migration.transition(to: .running, device: device)
+        } catch {
+            let why = migration.lastRefusal ?? "\(error.reason)"
+            migration.reset()
+            device.setRunning(true)
+            throw DeviceError(error.errno, why)
+        }
+    }
 }
 
 /// The device's fixed facts and the info replies built from them: regions,

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMallocCounter
 import Glibc
+import Lifecycle
 import Logging
 import MTTY
 import CShim
@@ -50,11 +51,11 @@ struct Bench: ParsableCommand {
             path = socket
         } else {
             path = "/tmp/umdev-bench-\(getpid()).sock"
-            guard let kind = DeviceType.named(type) else { throw ValidationError("unknown device type '\(type)'") }
-            let device = try kind.make([])
+            guard let kind = Catalog.type(type) else { throw ValidationError("unknown device type '\(type)'") }
+            let device = try kind.make(Attributes())
             var logger = Logger(label: "bench")
             logger.logLevel = .error
-            server = try DeviceServer(host: DeviceHost(device: device, typeName: kind.name), path: path, logger: logger)
+            server = try DeviceServer(host: DeviceHost(device: device, typeName: kind.id), path: path, logger: logger)
             server?.start()
         }
         defer { server?.stop() }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Lifecycle
 import Logging
 import MTTY
 import PCI
@@ -9,7 +10,7 @@ struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve one device on a vfio-user socket.",
         discussion: """
-        Types: \(DeviceType.all.map(\.name).joined(separator: ", ")) (see `umdev types`).
+        Types: \(Catalog.all.map(\.id).joined(separator: ", ")) (see `umdev types`).
         mtty-1 and mtty-2 are the Linux mtty sample; "test" and "test-nommap" are
         protocol test devices for exercising the server, not sample devices.
         One client at a time is served; when it disconnects the device keeps
@@ -17,6 +18,7 @@ struct Serve: ParsableCommand {
         mbochs-*) also listens on a display socket, SOCKET.display unless
         --display-socket says otherwise: any number of viewers (umdev view) attach
         there while a VMM holds the device socket. Stop with SIGINT or SIGTERM.
+        For many devices, budgets, UUIDs and definitions, run `umdev daemon`.
         """)
 
     @Option(name: .long, help: "Device type to serve.")
@@ -42,24 +44,23 @@ struct Serve: ParsableCommand {
     func run() throws {
         logging.bootstrap()
         let logger = Logger(label: "umdev")
-        guard let kind = DeviceType.named(type) else {
-            throw ValidationError("unknown device type '\(type)'; known: \(DeviceType.all.map(\.name).joined(separator: ", "))")
+        guard let kind = Catalog.type(type) else {
+            throw ValidationError("unknown device type '\(type)'; known: \(Catalog.all.map(\.id).joined(separator: ", "))")
         }
-        var backends: [SerialBackend] = []
-        for s in serial {
-            guard let b = SerialBackend(argument: s) else { throw ValidationError("bad --serial '\(s)': use loopback, pty or unix:PATH") }
-            backends.append(b)
+        guard serial.isEmpty || kind.pool == .mtty else { throw ValidationError("--serial applies to mtty types only") }
+        guard serial.count <= kind.cost else { throw ValidationError("\(kind.id) has \(kind.cost) port(s); \(serial.count) --serial given") }
+        for s in serial where SerialBackend(argument: s) == nil {
+            throw ValidationError("bad --serial '\(s)': use loopback, pty or unix:PATH")
         }
-        guard backends.isEmpty || kind.name.hasPrefix("mtty") else { throw ValidationError("--serial applies to mtty types only") }
-        let device = try kind.make(backends)
+        let device = try kind.make(Attributes(serial.enumerated().map { ("port\($0.offset)", $0.element) }))
         if let mtty = device as? MTTY {
             for (port, name) in mtty.backendNames.enumerated() {
                 logger.notice("port \(port): \(name ?? "loopback (what the guest sends comes back)")")
             }
         }
         guard displaySocket == nil || !noDisplaySocket else { throw ValidationError("--display-socket and --no-display-socket conflict") }
-        guard displaySocket == nil || device is DisplayDevice else { throw ValidationError("\(kind.name) has no display; --display-socket applies to display types") }
-        let host = DeviceHost(device: device, typeName: kind.name)
+        guard displaySocket == nil || device is DisplayDevice else { throw ValidationError("\(kind.id) has no display; --display-socket applies to display types") }
+        let host = DeviceHost(device: device, typeName: kind.id)
         let server = try DeviceServer(host: host, path: socket, logger: logger)
         var paths = [socket]
         signal(SIGPIPE, SIG_IGN)
@@ -74,7 +75,7 @@ struct Serve: ParsableCommand {
             }
         }
         installTerminationHandler(paths: paths)
-        logger.notice("serving \(kind.name) on \(socket)")
+        logger.notice("serving \(kind.id) on \(socket)")
         server.serve()
     }
 }

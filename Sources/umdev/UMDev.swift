@@ -10,8 +10,14 @@ struct UMDev: ParsableCommand {
         discussion: """
         Each device instance is a vfio-user server on a UNIX socket. Attach it to QEMU with
           -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"PATH"}}'
+        `umdev serve` runs one device; `umdev daemon` runs many, managed with start, stop,
+        list, define and the other lifecycle commands, as mdevctl manages mdev devices.
         """,
-        subcommands: [Serve.self, Info.self, Types.self, View.self, PlayGuest.self, Bench.self],
+        subcommands: [
+            Serve.self, DaemonCommand.self, Types.self, List.self, Start.self, Stop.self, Define.self, Undefine.self,
+            Modify.self, Attribute.self, Reset.self, MigrateSave.self, MigrateLoad.self, Compat.self,
+            Info.self, View.self, PlayGuest.self, Bench.self,
+        ],
         defaultSubcommand: nil)
 }
 

@@ -39,17 +39,33 @@ struct CommandLineTests {
     }
 
     @Test func typesListsTheMdevTypes() throws {
-        let text = try run(["types"])
-        #expect(text.contains("mtty-1\n  description: Single port serial\n  device_api:  vfio-pci\n  display:     none"))
-        #expect(text.contains("mtty-2\n  description: Dual port serial"))
+        // No daemon answers in an empty run directory: the default budgets.
+        let text = try run(["types", "--run-dir", "/tmp/umdev-no-daemon-\(getpid())"])
+        func block(_ type: String) -> String {
+            guard let start = text.range(of: "\n  \(type)") else { return "" }
+            let rest = text[start.upperBound...]
+            return String(rest[..<(rest.range(of: "\n  [a-z]", options: .regularExpression)?.lowerBound ?? rest.endIndex)])
+        }
+        #expect(block("mtty-1").contains("Available instances:  24\n    Device API:           vfio-pci\n    Name:                 Single port serial\n    Takes:"))
+        #expect(!block("mtty-1").contains("Description"))
+        #expect(block("mtty-2").contains("Available instances:  12\n"))
+        #expect(block("mtty-2").contains("Name:                 Dual port serial"))
+        #expect(block("mtty-2").contains("Display:              none"))
         for (name, description) in [("mdpy-vga", "virtual display, 640x480 framebuffer"),
                                     ("mdpy-xga", "virtual display, 1024x768 framebuffer"),
                                     ("mdpy-hd", "virtual display, 1920x1080 framebuffer")] {
-            #expect(text.contains("\(name)\n  description: \(description)\n  device_api:  vfio-pci\n  display:     region plane"))
+            #expect(block(name).contains("Available instances:  4\n"))
+            #expect(block(name).contains("Description:          \(description)\n"))
+            #expect(block(name).contains("Display:              region plane\n"))
         }
-        for (name, mb) in [("mbochs-small", 4), ("mbochs-medium", 16), ("mbochs-large", 64)] {
-            #expect(text.contains("\(name)\n  description: virtual display, \(mb) MB video memory\n  device_api:  vfio-pci\n  display:     dmabuf plane"))
+        for (name, mb, available, edid) in [("mbochs-small", 4, 64, "EDID up to 800x600"), ("mbochs-medium", 16, 16, "EDID up to 1920x1440"),
+                                            ("mbochs-large", 64, 4, "EDID (no size limit)")] {
+            #expect(block(name).contains("Available instances:  \(available)\n"))
+            #expect(block(name).contains("Description:          virtual display, \(mb) MB video memory\n"))
+            #expect(block(name).contains("Display:              dmabuf plane, \(edid)\n"))
         }
+        #expect(block("test").contains("Device API:           vfio-pci"))
+        #expect(text.contains("  test  (protocol test device, not a kernel sample)\n"))
         let names = try run(["types", "--names"]).split(separator: "\n")
         #expect(names == ["test", "test-nommap", "mtty-1", "mtty-2", "mdpy-vga", "mdpy-xga", "mdpy-hd",
                           "mbochs-small", "mbochs-medium", "mbochs-large"])

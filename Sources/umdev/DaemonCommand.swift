@@ -1,0 +1,83 @@
+import ArgumentParser
+import Glibc
+import Lifecycle
+import Logging
+
+struct DaemonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon",
+        abstract: "Serve many device instances, managed over a control socket.",
+        discussion: """
+        The daemon serves every device instance on a socket of its own, RUN-DIR/UUID.sock
+        (display types also RUN-DIR/UUID.display), and answers `umdev start`, `stop`,
+        `list`, `define` and the other lifecycle commands on RUN-DIR/control.sock
+        (Protocol/CONTROL.md). Definitions, one JSON file per UUID in mdevctl's format,
+        live in CONFIG-DIR; those marked auto start with the daemon. Both directories are
+        created owner-only (0700), the sockets 0600.
+
+        Budgets are committed when an instance is created and returned when it stops, as
+        the kernel samples account them: mtty 24 ports (mtty-1 takes 1, mtty-2 2), mdpy 4
+        instances, mbochs 256 MiB of video memory. Change them with --budget POOL=N.
+
+        SIGINT or SIGTERM stops every instance and exits; definitions stay.
+        """)
+
+    @Option(name: .customLong("run-dir"), help: ArgumentHelp(
+        "Directory for the sockets (default $XDG_RUNTIME_DIR/umdev, or /run/umdev for root).", valueName: "dir"))
+    var runDirectory: String?
+
+    @Option(name: .customLong("config-dir"), help: ArgumentHelp(
+        "Directory for definitions (default $XDG_CONFIG_HOME/umdev, or /etc/umdev for root).", valueName: "dir"))
+    var configDirectory: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A budget: mtty=PORTS, mdpy=INSTANCES, mbochs=MIB or test=INSTANCES. Repeatable.", valueName: "pool=n"))
+    var budget: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Seconds `stop` waits for a client asked to release a device.", valueName: "seconds"))
+    var stopTimeout: Double = 10
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        _ = try budgets()
+        guard stopTimeout >= 0, stopTimeout <= 3600 else { throw ValidationError("--stop-timeout is 0 to 3600 seconds") }
+    }
+
+    func budgets() throws -> [Pool: Int] {
+        var out: [Pool: Int] = [:]
+        for b in budget {
+            let parts = b.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let pool = Pool(rawValue: String(parts[0])), let n = Int(parts[1]), n >= 0, n <= 1 << 20 else {
+                throw ValidationError("bad --budget '\(b)': use mtty=N, mdpy=N, mbochs=N or test=N")
+            }
+            out[pool] = n
+        }
+        return out
+    }
+
+    func run() throws {
+        logging.bootstrap()
+        let logger = Logger(label: "umdev")
+        var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,
+                                         configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
+        config.budgets = try budgets()
+        config.stopTimeout = stopTimeout
+        // Every thread the daemon starts inherits this mask, so SIGINT and
+        // SIGTERM arrive here, in sigwait, and nowhere else.
+        signal(SIGPIPE, SIG_IGN)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let daemon: Daemon
+        do { daemon = try Daemon(config, logger: logger) } catch { throw CommandFailure(error.message) }
+        daemon.start()
+        logger.notice("control socket \(config.controlSocket)")
+        var received: Int32 = 0
+        sigwait(&set, &received)
+        logger.notice("signal \(received): stopping")
+        daemon.shutdown()
+    }
+}
