@@ -56,6 +56,11 @@ public struct DisplayInfo: Codable, Equatable, Sendable {
     public var maxHeight: Int?
 
     enum CodingKeys: String, CodingKey { case kind, edid, maxWidth = "max_width", maxHeight = "max_height" }
+
+    public init(kind: String, edid: Bool, maxWidth: Int? = nil, maxHeight: Int? = nil) {
+        self.kind = kind; self.edid = edid; self.maxWidth = maxWidth; self.maxHeight = maxHeight
+    }
+
     public static let none = DisplayInfo(kind: "none", edid: false)
 }
 

@@ -76,6 +76,12 @@ public final class VFIOUserClient {
         receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
     }
 
+    /// Ends the connection now (the server sees the client leave); the
+    /// descriptor is closed when the client goes.
+    public func disconnect() {
+        shutdown(socket, Int32(SHUT_RDWR))
+    }
+
     deinit {
         close(socket)
         sendBuffer.deallocate()
