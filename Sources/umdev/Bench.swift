@@ -38,6 +38,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Measure mtty instead: loopback throughput and interrupt latency.") var mtty = false
     @Flag(help: "Measure the display path instead: plane queries, 1080p snapshots, server RSS.") var display = false
     @Flag(help: "Measure the live viewers instead: VNC and web frame rates and bytes, idle CPU, stalled clients.") var viewers = false
+    @Flag(help: "Measure the lifecycle daemon instead: RSS and threads with 0 to 108 instances.") var daemon = false
 
     func run() throws {
         umdev_malloc_counter_link()
@@ -45,6 +46,7 @@ struct Bench: ParsableCommand {
         if mtty { return try benchMTTY() }
         if display { return try benchDisplay() }
         if viewers { return try benchViewers() }
+        if daemon { return try benchDaemon() }
         var server: DeviceServer?
         let path: String
         if let socket {
