@@ -352,6 +352,7 @@ public final class Daemon: @unchecked Sendable {
         if let requested { uuid = try Self.uuid(requested) } else if typeID != nil { uuid = UUIDs.random() } else {
             throw LifecycleError(.invalid, "start needs a type, or the uuid of a definition")
         }
+        guard !control.withLock({ $0.stopped }) else { throw LifecycleError(.busy, "the daemon is stopping") }
         let (type, attrs) = try state.withLock { s throws(LifecycleError) -> (DeviceType, Attributes) in
             guard s.instances[uuid] == nil, !s.busy.contains(uuid) else {
                 throw LifecycleError(.exists, "an instance with UUID \(uuid) is already running")
