@@ -16,13 +16,15 @@ for type in $("$bin/umdev" types --names); do
     profile=Tests/Conformance/profiles/$type.json
     args=(--socket "$sock")
     [ -f "$profile" ] && args+=(--profile "$profile")
-    # Display types have a display socket beside the device socket.
-    if "$bin/umdev" types | grep -A3 "^$type\$" | grep -q "display: .*plane"; then
+    # Display types (their profile says region or dmabuf) have a display socket beside the device socket.
+    if [ -f "$profile" ] && grep -Eq '"display": "(region|dmabuf)"' "$profile"; then
         for _ in $(seq 100); do [ -S "$sock.display" ] && break; sleep 0.05; done
         args+=(--display-socket "$sock.display")
     fi
     echo "== vfio-user-conformance: $type"
-    "$bin/vfio-user-conformance" "${args[@]}" || status=1
+    junit=()
+    [ -n "${CONFORMANCE_JUNIT_DIR:-}" ] && junit=(--junit "$CONFORMANCE_JUNIT_DIR/$type.xml")
+    "$bin/vfio-user-conformance" "${args[@]}" "${junit[@]}" --quiet || status=1
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 done

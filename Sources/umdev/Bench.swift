@@ -92,7 +92,7 @@ struct Bench: ParsableCommand {
                 let mallocs = umdev_malloc_count() - mallocsBefore
                 samples.sort()
                 let opsPerSecond = Double(iterations) / (Double(elapsed) / 1e9)
-                let allocs = socket == nil ? String(format2(Double(mallocs) / Double(iterations))) : "n/a"
+                let allocs = socket == nil && umdev_malloc_counter_active() != 0 ? String(format2(Double(mallocs) / Double(iterations))) : "n/a"
                 print(pad(name, 9), pad(String(Int(opsPerSecond)), 9), pad(String(samples[iterations / 2]), 8),
                       pad(String(samples[iterations * 99 / 100]), 8), pad(allocs, 11), pad(String(rssKiB()), 9))
             }

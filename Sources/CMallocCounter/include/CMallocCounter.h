@@ -8,4 +8,6 @@
 uint64_t umdev_malloc_count(void);
 /// Forces the linker to keep the interposer in the executable.
 void umdev_malloc_counter_link(void);
+/// 0 in a sanitizer build, where the sanitizer owns the allocator and nothing is counted.
+int umdev_malloc_counter_active(void);
 #endif

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 /* QEMU's VERSION capabilities, as recorded from a real QEMU. */
-static const char *qemu_caps =
+const char *qemu_caps =
     "{\"capabilities\": {\"pgsizes\": 4096, \"max_msg_fds\": 16, \"max_dma_maps\": 65535, "
     "\"max_data_xfer_size\": 1048576, \"migration\": {\"max_bitmap_size\": 268435456, \"pgsize\": 4096}, "
     "\"write_multiple\": true}}";
@@ -21,7 +21,6 @@ static const char *qemu_caps =
 uint32_t le32_at(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 uint64_t le64_at(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-void skip_unless(int condition) { if (!condition) skip(); }
 
 int conn_open_raw(struct conn *c) { return conn_open_path(c, g_socket); }
 
@@ -134,13 +133,14 @@ int request(struct conn *c, uint16_t cmd, uint32_t flags, const void *payload, s
     uint16_t id = c->next_id++;
     if (send_msg(c, id, cmd, flags, payload, len, fds, nfds) != 0) return -1;
     struct reply r;
-    if (recv_msg(c, &r, 5000) != 0) { reply_free(&r); return -1; }
+    if (recv_msg(c, &r, g_timeout_ms) != 0) { reply_free(&r); return -1; }
     /* A reply must echo the id and command and be typed as a reply (§2). */
     if (r.hdr.msg_id != id || r.hdr.command != cmd || (r.hdr.flags & VU_F_TYPE_MASK) != VU_F_TYPE_REPLY) {
         reply_free(&r);
         return -1;
     }
-    int rc = (r.hdr.flags & VU_F_ERROR) ? (int)r.hdr.error : 0;
+    /* "Error ... may be zero even if the Error bit is set": still an error. */
+    int rc = (r.hdr.flags & VU_F_ERROR) ? (r.hdr.error ? (int)r.hdr.error : ERROR_WITHOUT_ERRNO) : 0;
     if (rc != 0 && r.hdr.msg_size != VU_HEADER_SIZE) rc = -1; /* error replies are header-only */
     if (out) *out = r; else reply_free(&r);
     return rc;
@@ -175,7 +175,7 @@ const char *plane_caps =
     "\"max_data_xfer_size\": 1048576, \"write_multiple\": true, \"" VU_GFX_PLANE_CAPABILITY "\": {\"version\": 1}}}";
 
 void conn_open_planes(struct conn *c, const char *path) {
-    assert_int_equal(conn_open_path(c, path), 0);
+    if (conn_open_path(c, path) != 0) fail_msg(NO_SERVER_MARK " at %s", path);
     struct reply r;
     assert_int_equal(version_with(c, 0, 0, plane_caps, &r), 0);
     assert_true(r.len > 4 && r.payload[r.len - 1] == 0);
@@ -192,7 +192,11 @@ void conn_open_planes(struct conn *c, const char *path) {
 }
 
 void conn_open(struct conn *c) {
-    assert_int_equal(conn_open_raw(c), 0);
+    if (conn_open_raw(c) != 0) fail_msg(NO_SERVER_MARK " at %s", g_socket);
+    conn_handshake(c);
+}
+
+void conn_handshake(struct conn *c) {
     struct reply r;
     assert_int_equal(version_with(c, 0, 0, qemu_caps, &r), 0);
     assert_true(r.len > 4 && r.payload[r.len - 1] == 0);

@@ -2,33 +2,52 @@
  * vfio-user-conformance: checks any vfio-user server against Protocol/README.md
  * and the vfio-user specification.
  *
- *   vfio-user-conformance --socket PATH [--display-socket PATH] [--profile FILE] [--list]
+ *   vfio-user-conformance --socket PATH | --server-cmd 'CMD [{socket}]'
+ *                         [--profile FILE] [--display-socket PATH] [--timeout SECONDS]
+ *                         [--only PATTERN]... [--skip PATTERN]... [--junit FILE] [--quiet] [--list]
  *
- * Every check uses a fresh connection. Output is cmocka's summary.
+ * Every check runs in a child process on a fresh connection; see runner.c
+ * and Tests/Conformance/README.md.
  */
+#define _GNU_SOURCE
 #include "suite.h"
+#include "runner.h"
 #include <errno.h>
+#include <fnmatch.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct profile g_profile;
 const char *g_socket;
 const char *g_display_socket;
+int g_timeout_ms = 5000;
+int g_strict;
+int g_one_shot;
+
+static void fixture_failed(struct conn *c, const char *path) {
+    char m[300];
+    snprintf(m, sizeof(m), NO_SERVER_MARK " at %s", path);
+    (void)c;
+    fail_msg("%s", m);
+}
 
 int setup_open(void **state) {
     struct conn *c = calloc(1, sizeof(*c));
     c->fd = -1;
     *state = c;
-    conn_open(c);
+    if (conn_open_raw(c) != 0) fixture_failed(c, g_socket);
+    conn_handshake(c);
     return 0;
 }
 
 int setup_raw(void **state) {
     struct conn *c = calloc(1, sizeof(*c));
     *state = c;
-    return conn_open_raw(c);
+    if (conn_open_raw(c) != 0) fixture_failed(c, g_socket);
+    return 0;
 }
 
 int teardown_conn(void **state) {
@@ -36,6 +55,15 @@ int teardown_conn(void **state) {
     if (c) { conn_close(c); free(c); }
     return 0;
 }
+
+void skip_because(int condition, const char *reason) {
+    if (condition) return;
+    printf(SKIP_REASON_PREFIX "%s\n", reason);
+    fflush(stdout);
+    skip();
+}
+
+void skip_unless(int condition) { skip_because(condition, "the device lacks what this check needs"); }
 
 static int get_int(json_object *o, const char *key, int fallback) {
     json_object *v;
@@ -68,6 +96,7 @@ static int load_profile(const char *path) {
     g_profile.num_regions = get_int(doc, "num_regions", -1);
     if (json_object_object_get_ex(doc, "reset", &v)) g_profile.reset = json_object_get_boolean(v);
     if (json_object_object_get_ex(doc, "migration", &v)) g_profile.migration = json_object_get_boolean(v);
+    if (json_object_object_get_ex(doc, "strict", &v) && json_object_get_boolean(v)) g_strict = 1;
     if (json_object_object_get_ex(doc, "regions", &o)) {
         json_object_object_foreach(o, key, val) {
             int i = atoi(key);
@@ -118,20 +147,71 @@ static int load_profile(const char *path) {
     return 0;
 }
 
-struct group { const char *name; const struct CMUnitTest *tests; const size_t *count; };
+static const struct { const struct check *checks; const size_t *count; } tables[] = {
+    { version_checks, &version_checks_count },
+    { header_checks, &header_checks_count },
+    { info_checks, &info_checks_count },
+    { irq_checks, &irq_checks_count },
+    { access_checks, &access_checks_count },
+    { dma_checks, &dma_checks_count },
+    { config_checks, &config_checks_count },
+    { migration_checks, &migration_checks_count },
+    { device_checks, &device_checks_count },
+    { plane_checks, &plane_checks_count },
+};
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: vfio-user-conformance (--socket PATH | --server-cmd 'CMD [ARGS] [{socket}]') [options]\n"
+        "  --socket PATH          the server's UNIX socket (with --server-cmd: where it is told to listen)\n"
+        "  --server-cmd CMD       start the server with CMD ({socket} replaced by the socket path, else\n"
+        "                         appended) and start it again whenever a check leaves it dead\n"
+        "  --server-log FILE      the started server's output (default: discarded)\n"
+        "  --profile FILE         what the device is (Tests/Conformance/README.md): enables its checks\n"
+        "  --display-socket PATH  umdev's display socket for the device (Protocol/README.md §23)\n"
+        "  --timeout SECONDS      longest wait for one reply (default 5); a check gets twice that plus 1 s\n"
+        "  --only PATTERN         run only checks whose name matches (shell pattern); repeatable\n"
+        "  --skip PATTERN         leave out checks whose name matches; repeatable\n"
+        "  --junit FILE           write a JUnit XML report\n"
+        "  --strict               also hold the server to the rules Protocol/README.md adds to the spec:\n"
+        "                         the documented errnos, and the checks that need \"strict\"\n"
+        "  --quiet                print failures, skips and the summary only\n"
+        "  --list                 list the checks with their class and section, and exit\n");
+}
+
+static int matches_any(const char *name, char **patterns, int n) {
+    for (int i = 0; i < n; i++) if (fnmatch(patterns[i], name, 0) == 0) return 1;
+    return 0;
+}
 
 int main(int argc, char **argv) {
     const char *profile = NULL;
     int list = 0;
+    struct options opt = { .timeout_ms = 5000 };
+    char **only = calloc((size_t)argc, sizeof(char *)), **skips = calloc((size_t)argc, sizeof(char *));
+    int n_only = 0, n_skip = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--socket") && i + 1 < argc) g_socket = argv[++i];
-        else if (!strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
-        else if (!strcmp(argv[i], "--display-socket") && i + 1 < argc) g_display_socket = argv[++i];
-        else if (!strcmp(argv[i], "--list")) list = 1;
-        else {
-            fprintf(stderr, "usage: %s --socket PATH [--display-socket PATH] [--profile FILE] [--list]\n", argv[0]);
-            return 2;
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (!strcmp(a, "--socket") && has) opt.socket = argv[++i];
+        else if (!strcmp(a, "--server-cmd") && has) opt.server_cmd = argv[++i];
+        else if (!strcmp(a, "--server-log") && has) opt.server_log = argv[++i];
+        else if (!strcmp(a, "--profile") && has) profile = argv[++i];
+        else if (!strcmp(a, "--display-socket") && has) g_display_socket = argv[++i];
+        else if (!strcmp(a, "--junit") && has) opt.junit = argv[++i];
+        else if (!strcmp(a, "--only") && has) only[n_only++] = argv[++i];
+        else if (!strcmp(a, "--skip") && has) skips[n_skip++] = argv[++i];
+        else if (!strcmp(a, "--timeout") && has) {
+            char *end;
+            double t = strtod(argv[++i], &end);
+            if (*end || !(t > 0 && t <= 600)) { fprintf(stderr, "vfio-user-conformance: --timeout takes 0 to 600 seconds\n"); return 2; }
+            opt.timeout_ms = (int)(t * 1000);
         }
+        else if (!strcmp(a, "--quiet")) opt.quiet = 1;
+        else if (!strcmp(a, "--strict")) g_strict = 1;
+        else if (!strcmp(a, "--list")) list = 1;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else { usage(stderr); return 2; }
     }
     memset(&g_profile, 0, sizeof(g_profile));
     g_profile.vendor_id = g_profile.device_id = g_profile.class_code = g_profile.reset = g_profile.migration = -1;
@@ -140,35 +220,41 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 5; i++) g_profile.irq_count[i] = -1;
     if (profile && load_profile(profile) != 0) return 2;
 
-    const struct group groups[] = {
-        { "version (§3)", version_tests, &version_tests_count },
-        { "framing and header (§1, §2, §16)", header_tests, &header_tests_count },
-        { "device, region and irq info (§5–§8)", info_tests, &info_tests_count },
-        { "set irqs (§9)", irq_tests, &irq_tests_count },
-        { "region access and reset (§10, §11, §13)", access_tests, &access_tests_count },
-        { "dma map/unmap (§4)", dma_tests, &dma_tests_count },
-        { "pci config space (§17)", config_tests, &config_tests_count },
-        { "migration (§14, §15)", migration_tests, &migration_tests_count },
-        { "device profile (§20)", device_tests, &device_tests_count },
-        { "display planes and the display socket (§22, §23)", plane_tests, &plane_tests_count },
-    };
-    if (list) {
-        size_t total = 0;
-        for (size_t g = 0; g < COUNT_OF(groups); g++) {
-            printf("%s\n", groups[g].name);
-            for (size_t i = 0; i < *groups[g].count; i++) printf("  %s\n", groups[g].tests[i].name);
-            total += *groups[g].count;
+    size_t total = 0;
+    for (size_t t = 0; t < COUNT_OF(tables); t++) total += *tables[t].count;
+    const struct check **selected = calloc(total, sizeof(*selected));
+    size_t n = 0;
+    for (size_t t = 0; t < COUNT_OF(tables); t++)
+        for (size_t i = 0; i < *tables[t].count; i++) {
+            const struct check *k = &tables[t].checks[i];
+            if (n_only && !matches_any(k->name, only, n_only)) continue;
+            if (n_skip && matches_any(k->name, skips, n_skip)) continue;
+            selected[n++] = k;
         }
-        printf("%zu checks\n", total);
+    if (list) {
+        size_t per[CLASS_COUNT] = { 0 };
+        for (size_t i = 0; i < n; i++) {
+            const struct check *k = selected[i];
+            per[k->klass]++;
+            printf("%-8s  %-4s  %s%s%s%s\n", class_names[k->klass], k->section, k->name,
+                   k->needs ? "  (needs " : "", k->needs ? k->needs : "", k->needs ? ")" : "");
+        }
+        printf("%zu checks: %zu spec, %zu qemu, %zu optional\n", n, per[CLASS_SPEC], per[CLASS_QEMU], per[CLASS_OPTIONAL]);
         return 0;
     }
-    if (!g_socket) {
-        fprintf(stderr, "vfio-user-conformance: --socket is required\n");
+    static char generated[108];
+    if (!opt.socket && opt.server_cmd) {
+        snprintf(generated, sizeof(generated), "/tmp/vfio-user-conformance-%d.sock", (int)getpid());
+        opt.socket = generated;
+    }
+    if (!opt.socket) {
+        fprintf(stderr, "vfio-user-conformance: give --socket PATH (a running server) or --server-cmd CMD\n");
         return 2;
     }
+    if (n == 0) { fprintf(stderr, "vfio-user-conformance: no check matches --only/--skip\n"); return 2; }
+    g_socket = opt.socket;
+    g_timeout_ms = opt.timeout_ms;
+    opt.name = g_profile.have && g_profile.name[0] ? g_profile.name : "vfio-user-conformance";
     signal(SIGPIPE, SIG_IGN);
-    int failed = 0;
-    for (size_t g = 0; g < COUNT_OF(groups); g++)
-        failed += _cmocka_run_group_tests(groups[g].name, groups[g].tests, *groups[g].count, NULL, NULL);
-    return failed ? 1 : 0;
+    return run_checks(selected, n, &opt);
 }

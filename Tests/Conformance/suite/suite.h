@@ -11,6 +11,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <setjmp.h>
 #include <stdbool.h>
 #include <cmocka.h>
@@ -84,6 +86,7 @@ int conn_open_path(struct conn *c, const char *path);
 void conn_open_planes(struct conn *c, const char *path); /* connect + VERSION offering §22 */
 extern const char *plane_caps;
 void conn_open(struct conn *c);                    /* connect + VERSION (asserts) */
+void conn_handshake(struct conn *c);               /* VERSION with QEMU's capabilities (asserts) */
 void conn_close(struct conn *c);
 int send_msg(struct conn *c, uint16_t id, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
              const int *fds, int nfds);
@@ -94,6 +97,8 @@ void reply_free(struct reply *r);
    error reply, or -1 when the connection failed. *r is filled when r != NULL. */
 int request(struct conn *c, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
             const int *fds, int nfds, struct reply *r);
+/* What request() returns for an error reply whose errno field is 0. */
+#define ERROR_WITHOUT_ERRNO 100000
 /* request() with no reply kept. */
 int req(struct conn *c, uint16_t cmd, const void *payload, size_t len);
 void assert_alive(struct conn *c);                 /* a valid request still works */
@@ -114,34 +119,96 @@ int reg_write(struct conn *c, const struct reg_access *a, uint64_t value);
 int reg_read(struct conn *c, const struct reg_access *a, uint64_t *value);
 uint32_t le32_at(const uint8_t *p);
 uint64_t le64_at(const uint8_t *p);
-void skip_unless(int condition);
+void skip_unless(int condition);   /* skip_because with a generic reason */
 
-/* Test tables, one per file. */
-extern const struct CMUnitTest version_tests[];    extern const size_t version_tests_count;
-extern const struct CMUnitTest header_tests[];     extern const size_t header_tests_count;
-extern const struct CMUnitTest info_tests[];       extern const size_t info_tests_count;
-extern const struct CMUnitTest irq_tests[];        extern const size_t irq_tests_count;
-extern const struct CMUnitTest access_tests[];     extern const size_t access_tests_count;
-extern const struct CMUnitTest dma_tests[];        extern const size_t dma_tests_count;
-extern const struct CMUnitTest config_tests[];     extern const size_t config_tests_count;
-extern const struct CMUnitTest migration_tests[];  extern const size_t migration_tests_count;
-extern const struct CMUnitTest device_tests[];     extern const size_t device_tests_count;
-extern const struct CMUnitTest plane_tests[];      extern const size_t plane_tests_count;
+/* A check: a cmocka test with its fixture, its class and where it is specified. */
+enum check_class { CLASS_SPEC, CLASS_QEMU, CLASS_OPTIONAL, CLASS_COUNT };
+struct check {
+    const char *name;
+    CMUnitTestFunction test;
+    CMFixtureFunction setup, teardown;
+    enum check_class klass;
+    const char *section;   /* Protocol/README.md section, e.g. "§3" */
+    const char *needs;     /* the feature an optional check needs (see features.c), or NULL */
+};
+extern const char *const class_names[CLASS_COUNT];
+
+/* Check tables, one per file. */
+extern const struct check version_checks[];    extern const size_t version_checks_count;
+extern const struct check header_checks[];     extern const size_t header_checks_count;
+extern const struct check info_checks[];       extern const size_t info_checks_count;
+extern const struct check irq_checks[];        extern const size_t irq_checks_count;
+extern const struct check access_checks[];     extern const size_t access_checks_count;
+extern const struct check dma_checks[];        extern const size_t dma_checks_count;
+extern const struct check config_checks[];     extern const size_t config_checks_count;
+extern const struct check migration_checks[];  extern const size_t migration_checks_count;
+extern const struct check device_checks[];     extern const size_t device_checks_count;
+extern const struct check plane_checks[];      extern const size_t plane_checks_count;
 
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Fixtures: each check gets a fresh connection in *state, closed by the
-   teardown even when the check fails. */
+   teardown even when the check fails. setup_open negotiates VERSION with
+   QEMU's capabilities; setup_raw only connects. */
 int setup_open(void **state);
 int setup_raw(void **state);
 int teardown_conn(void **state);
-#define CHECK(f) cmocka_unit_test_setup_teardown(f, setup_open, teardown_conn)
-#define CHECK_RAW(f) cmocka_unit_test_setup_teardown(f, setup_raw, teardown_conn)
+#define SPEC(f, sec)              { #f, f, setup_open, teardown_conn, CLASS_SPEC, sec, NULL }
+#define SPEC_RAW(f, sec)          { #f, f, setup_raw, teardown_conn, CLASS_SPEC, sec, NULL }
+#define QEMU(f, sec)              { #f, f, setup_open, teardown_conn, CLASS_QEMU, sec, NULL }
+#define QEMU_RAW(f, sec)          { #f, f, setup_raw, teardown_conn, CLASS_QEMU, sec, NULL }
+#define OPTIONAL(f, sec, needs)   { #f, f, setup_open, teardown_conn, CLASS_OPTIONAL, sec, needs }
+#define OPTIONAL_RAW(f, sec, needs) { #f, f, setup_raw, teardown_conn, CLASS_OPTIONAL, sec, needs }
 #define CONN struct conn *c = (struct conn *)*state
 
-/* An error case: the request fails with `e` and the connection lives on (§16). */
+/* Skips the running check, with the reason shown in the report, unless `condition` holds. */
+void skip_because(int condition, const char *reason);
+/* Whether the server under test has `feature` (features.c); *why says why not. */
+int has_feature(const char *feature, const char **why);
+
+/* What the server offers, learnt before the checks (features.c). */
+struct facts {
+    int reachable;          /* a connection was accepted */
+    int handshake;          /* VERSION with QEMU's capabilities succeeded */
+    int migration, write_multiple;
+    int info;               /* DEVICE_GET_INFO answered */
+    uint32_t device_flags, num_regions, num_irqs;
+    int irq_count[5];       /* -1 unknown */
+    int mmap;               /* some region can be mapped */
+    uint64_t config_size;
+    int caps_list;          /* config space has a capability list */
+    int region_io_fds;      /* DEVICE_GET_REGION_IO_FDS is answered */
+    int gfx_plane;          /* umdev's display-plane key was echoed (§22) */
+};
+extern struct facts g_facts;
+int discover(const char *path);
+void print_facts(FILE *out);
+
+/* The server exits when its client leaves (found with --server-cmd): a
+   check cannot open a second connection of its own. */
+extern int g_one_shot;
+
+/* Per-request reply timeout (--timeout), in milliseconds. */
+extern int g_timeout_ms;
+/* The marker a fixture's failure message carries when the server did not
+   accept a connection: the runner then looks at the server, not the check. */
+#define NO_SERVER_MARK "cannot connect to the server"
+
+/* The spec names few errnos (EEXIST for an overlapping DMA_MAP is one): it
+   asks for an error reply. So an error case expects any error reply, and
+   the errno Protocol/README.md documents only with --strict (or a
+   profile's "strict": true), as umdev's own runs do. */
+extern int g_strict;      /* --strict: Protocol/README.md's rules too */
+#define assert_errno(rc, e) do { \
+        int rc_ = (rc); \
+        if (g_strict) assert_int_equal(rc_, (e)); \
+        else if (rc_ <= 0) fail_msg("expected an error reply (Protocol/README.md documents %s), got %s", \
+                                    strerror(e), rc_ == 0 ? "success" : "no valid reply"); \
+    } while (0)
+
+/* An error case: the request fails (with `e`, see assert_errno) and the connection lives on (§16). */
 #define EXPECT_ERRNO(c, cmd, payload, len, e) do { \
-        assert_int_equal(request((c), (cmd), 0, (payload), (len), NULL, 0, NULL), (e)); \
+        assert_errno(request((c), (cmd), 0, (payload), (len), NULL, 0, NULL), (e)); \
         assert_alive(c); \
     } while (0)
 

@@ -184,23 +184,23 @@ static void device_reset_with_payload(void **state) {
     EXPECT_ERRNO(c, VU_DEVICE_RESET, &junk, sizeof(junk), EINVAL);
 }
 
-const struct CMUnitTest access_tests[] = {
-    CHECK(region_read_count_zero),
-    CHECK(region_read_past_end),
-    CHECK(region_read_offset_overflow),
-    CHECK(region_read_bad_index),
-    CHECK(region_read_absent_region),
-    CHECK(region_read_count_above_max),
-    CHECK(region_read_short_payload),
-    CHECK(region_read_extra_payload),
-    CHECK(region_write_count_mismatch),
-    CHECK(region_write_past_end),
-    CHECK(posted_write_never_answered),
-    CHECK(scratch_register_round_trip),
-    CHECK(write_multi_valid),
-    CHECK(write_multi_bad_entry_count),
-    CHECK(write_multi_count_mismatch),
-    CHECK(device_reset),
-    CHECK(device_reset_with_payload),
+const struct check access_checks[] = {
+    OPTIONAL(region_read_count_zero, "§10", "strict"),
+    SPEC(region_read_past_end, "§10"),
+    SPEC(region_read_offset_overflow, "§10"),
+    SPEC(region_read_bad_index, "§10"),
+    SPEC(region_read_absent_region, "§10"),
+    SPEC(region_read_count_above_max, "§10"),
+    SPEC(region_read_short_payload, "§10"),
+    OPTIONAL(region_read_extra_payload, "§10", "strict"),
+    SPEC(region_write_count_mismatch, "§10"),
+    SPEC(region_write_past_end, "§10"),
+    QEMU(posted_write_never_answered, "§10"),
+    OPTIONAL(scratch_register_round_trip, "§10", "profile_scratch"),
+    OPTIONAL(write_multi_valid, "§11", "write_multiple"),
+    OPTIONAL(write_multi_bad_entry_count, "§11", "write_multiple"),
+    OPTIONAL(write_multi_count_mismatch, "§11", "write_multiple"),
+    OPTIONAL(device_reset, "§13", "reset"),
+    OPTIONAL(device_reset_with_payload, "§13", "strict"),
 };
-const size_t access_tests_count = COUNT_OF(access_tests);
+const size_t access_checks_count = COUNT_OF(access_checks);

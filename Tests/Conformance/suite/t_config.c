@@ -137,13 +137,13 @@ static void config_access_widths(void **state) {
     }
 }
 
-const struct CMUnitTest config_tests[] = {
-    CHECK(config_header_fields),
-    CHECK(config_bar_sizing),
-    CHECK(config_capability_list),
-    CHECK(config_read_only_fields),
-    CHECK(config_writable_and_w1c),
-    CHECK(config_qemu_writes_accepted),
-    CHECK(config_access_widths),
+const struct check config_checks[] = {
+    QEMU(config_header_fields, "§17"),
+    QEMU(config_bar_sizing, "§17"),
+    { "config_capability_list", config_capability_list, setup_open, teardown_conn, CLASS_QEMU, "§17", "pci_caps" },
+    QEMU(config_read_only_fields, "§17"),
+    QEMU(config_writable_and_w1c, "§17"),
+    QEMU(config_qemu_writes_accepted, "§17"),
+    QEMU(config_access_widths, "§17"),
 };
-const size_t config_tests_count = COUNT_OF(config_tests);
+const size_t config_checks_count = COUNT_OF(config_checks);

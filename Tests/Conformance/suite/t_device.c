@@ -38,8 +38,8 @@ static void profile_echo(void **state) {
     }
 }
 
-const struct CMUnitTest device_tests[] = {
-    CHECK(profile_intx_raised),
-    CHECK(profile_echo),
+const struct check device_checks[] = {
+    OPTIONAL(profile_intx_raised, "§20", "profile_intx"),
+    OPTIONAL(profile_echo, "§20", "profile_echo"),
 };
-const size_t device_tests_count = COUNT_OF(device_tests);
+const size_t device_checks_count = COUNT_OF(device_checks);

@@ -43,26 +43,26 @@ static void dma_map_overlap(void **state) {
 
 static void dma_map_zero_size(void **state) {
     CONN;
-    assert_int_equal(dma_map(c, RW, 0, 0x20000, 0, -1), EINVAL);
+    assert_errno(dma_map(c, RW, 0, 0x20000, 0, -1), EINVAL);
     assert_alive(c);
 }
 
 static void dma_map_unaligned(void **state) {
     CONN;
-    assert_int_equal(dma_map(c, RW, 0, 0x20001, 0x1000, -1), EINVAL);
-    assert_int_equal(dma_map(c, RW, 0, 0x20000, 0x800, -1), EINVAL);
+    assert_errno(dma_map(c, RW, 0, 0x20001, 0x1000, -1), EINVAL);
+    assert_errno(dma_map(c, RW, 0, 0x20000, 0x800, -1), EINVAL);
     assert_alive(c);
 }
 
 static void dma_map_unknown_flags(void **state) {
     CONN;
-    assert_int_equal(dma_map(c, 0x100, 0, 0x20000, 0x1000, -1), EINVAL);
+    assert_errno(dma_map(c, 0x100, 0, 0x20000, 0x1000, -1), EINVAL);
     assert_alive(c);
 }
 
 static void dma_map_range_wraps(void **state) {
     CONN;
-    assert_int_equal(dma_map(c, RW, 0, UINT64_MAX - 0xfff, 0x2000, -1), EINVAL);
+    assert_errno(dma_map(c, RW, 0, UINT64_MAX - 0xfff, 0x2000, -1), EINVAL);
     assert_alive(c);
 }
 
@@ -70,7 +70,7 @@ static void dma_map_range_wraps(void **state) {
 static void dma_map_beyond_file(void **state) {
     CONN;
     int fd = memfd_of(0x1000);
-    assert_int_equal(dma_map(c, RW, 0, 0x40000, 0x2000, fd), EINVAL);
+    assert_errno(dma_map(c, RW, 0, 0x40000, 0x2000, fd), EINVAL);
     assert_alive(c);
     close(fd);
 }
@@ -86,7 +86,7 @@ static void dma_map_two_fds(void **state) {
     CONN;
     int fds[2] = { memfd_of(0x1000), memfd_of(0x1000) };
     struct vu_dma_map m = { .argsz = 32, .flags = RW, .addr = 0x50000, .size = 0x1000 };
-    assert_int_equal(request(c, VU_DMA_MAP, 0, &m, sizeof(m), fds, 2, NULL), EINVAL);
+    assert_errno(request(c, VU_DMA_MAP, 0, &m, sizeof(m), fds, 2, NULL), EINVAL);
     assert_alive(c);
     close(fds[0]); close(fds[1]);
 }
@@ -94,9 +94,9 @@ static void dma_map_two_fds(void **state) {
 /* §4: unmap must name a mapped window exactly: ENOENT otherwise. */
 static void dma_unmap_unmapped(void **state) {
     CONN;
-    assert_int_equal(dma_unmap(c, 0, 0x70000, 0x1000), ENOENT);
+    assert_errno(dma_unmap(c, 0, 0x70000, 0x1000), ENOENT);
     assert_int_equal(dma_map(c, RW, 0, 0x70000, 0x2000, -1), 0);
-    assert_int_equal(dma_unmap(c, 0, 0x70000, 0x1000), ENOENT);
+    assert_errno(dma_unmap(c, 0, 0x70000, 0x1000), ENOENT);
     assert_alive(c);
 }
 
@@ -111,20 +111,20 @@ static void dma_unmap_all(void **state) {
 
 static void dma_unmap_all_with_range(void **state) {
     CONN;
-    assert_int_equal(dma_unmap(c, VU_UNMAP_ALL, 0x10000, 0x1000), EINVAL);
+    assert_errno(dma_unmap(c, VU_UNMAP_ALL, 0x10000, 0x1000), EINVAL);
     assert_alive(c);
 }
 
 static void dma_unmap_dirty_bitmap_unsupported(void **state) {
     CONN;
     assert_int_equal(dma_map(c, RW, 0, 0x10000, 0x1000, -1), 0);
-    assert_int_equal(dma_unmap(c, VU_UNMAP_GET_DIRTY_BITMAP, 0x10000, 0x1000), ENOTSUP);
+    assert_errno(dma_unmap(c, VU_UNMAP_GET_DIRTY_BITMAP, 0x10000, 0x1000), ENOTSUP);
     assert_alive(c);
 }
 
 static void dma_unmap_unknown_flags(void **state) {
     CONN;
-    assert_int_equal(dma_unmap(c, 0x10, 0x10000, 0x1000), EINVAL);
+    assert_errno(dma_unmap(c, 0x10, 0x10000, 0x1000), EINVAL);
     assert_alive(c);
 }
 
@@ -145,28 +145,28 @@ static void dma_max_dma_maps(void **state) {
     assert_int_equal(version_with(c, 0, 0, "{\"capabilities\":{\"max_dma_maps\":2}}", NULL), 0);
     assert_int_equal(dma_map(c, RW, 0, 0x1000, 0x1000, -1), 0);
     assert_int_equal(dma_map(c, RW, 0, 0x2000, 0x1000, -1), 0);
-    assert_int_equal(dma_map(c, RW, 0, 0x3000, 0x1000, -1), ENOSPC);
+    assert_errno(dma_map(c, RW, 0, 0x3000, 0x1000, -1), ENOSPC);
     assert_int_equal(dma_unmap(c, 0, 0x1000, 0x1000), 0);
     assert_int_equal(dma_map(c, RW, 0, 0x3000, 0x1000, -1), 0);
 }
 
-const struct CMUnitTest dma_tests[] = {
-    CHECK(dma_map_with_fd),
-    CHECK(dma_map_without_fd),
-    CHECK(dma_map_overlap),
-    CHECK(dma_map_zero_size),
-    CHECK(dma_map_unaligned),
-    CHECK(dma_map_unknown_flags),
-    CHECK(dma_map_range_wraps),
-    CHECK(dma_map_beyond_file),
-    CHECK(dma_map_bad_argsz),
-    CHECK(dma_map_two_fds),
-    CHECK(dma_unmap_unmapped),
-    CHECK(dma_unmap_all),
-    CHECK(dma_unmap_all_with_range),
-    CHECK(dma_unmap_dirty_bitmap_unsupported),
-    CHECK(dma_unmap_unknown_flags),
-    CHECK(dma_unmap_reply_echo),
-    CHECK_RAW(dma_max_dma_maps),
+const struct check dma_checks[] = {
+    SPEC(dma_map_with_fd, "§4"),
+    QEMU(dma_map_without_fd, "§4"),
+    SPEC(dma_map_overlap, "§4"),
+    OPTIONAL(dma_map_zero_size, "§4", "strict"),
+    OPTIONAL(dma_map_unaligned, "§4", "strict"),
+    SPEC(dma_map_unknown_flags, "§4"),
+    OPTIONAL(dma_map_range_wraps, "§4", "strict"),
+    OPTIONAL(dma_map_beyond_file, "§4", "strict"),
+    SPEC(dma_map_bad_argsz, "§4"),
+    OPTIONAL(dma_map_two_fds, "§4", "strict"),
+    SPEC(dma_unmap_unmapped, "§4"),
+    SPEC(dma_unmap_all, "§4"),
+    SPEC(dma_unmap_all_with_range, "§4"),
+    SPEC(dma_unmap_dirty_bitmap_unsupported, "§4"),
+    SPEC(dma_unmap_unknown_flags, "§4"),
+    QEMU(dma_unmap_reply_echo, "§4"),
+    OPTIONAL_RAW(dma_max_dma_maps, "§4", "strict"),
 };
-const size_t dma_tests_count = COUNT_OF(dma_tests);
+const size_t dma_checks_count = COUNT_OF(dma_checks);

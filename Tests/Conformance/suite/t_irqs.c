@@ -23,7 +23,7 @@ static void expect_set_error(struct conn *c, uint32_t argsz, uint32_t flags, uin
     struct vu_irq_set s = { .argsz = argsz, .flags = flags, .index = index, .start = start, .count = count };
     memcpy(p, &s, sizeof(s));
     if (nbools) memcpy(p + sizeof(s), bools, nbools);
-    assert_int_equal(request(c, VU_DEVICE_SET_IRQS, 0, p, sizeof(s) + nbools, fds, nfds, NULL), e);
+    assert_errno(request(c, VU_DEVICE_SET_IRQS, 0, p, sizeof(s) + nbools, fds, nfds, NULL), e);
     assert_alive(c);
 }
 
@@ -99,10 +99,13 @@ static void set_irqs_unmask_eventfd(void **state) {
     close(resample);
 }
 
-/* §9: count 0 with TRIGGER|DATA_NONE disables an index, even one with no vectors. */
+/* §9: count 0 with TRIGGER|DATA_NONE disables an index. */
 static void set_irqs_disable(void **state) {
     CONN;
-    for (uint32_t i = 0; i < 5; i++) assert_int_equal(set_irqs(c, TRIGGER_NONE, i, 0, 0, NULL, 0), 0);
+    /* QEMU disables INTx this way on every reset, and MSI/MSI-X when the
+       guest turns them off; --strict: every index, even one with no vectors. */
+    for (uint32_t i = 0; i < 5; i++)
+        if (g_strict || irq_count(c, i) > 0) assert_int_equal(set_irqs(c, TRIGGER_NONE, i, 0, 0, NULL, 0), 0);
     assert_alive(c);
 }
 
@@ -180,24 +183,24 @@ static void set_irqs_short(void **state) {
     EXPECT_ERRNO(c, VU_DEVICE_SET_IRQS, p, sizeof(p), EINVAL);
 }
 
-const struct CMUnitTest irq_tests[] = {
-    CHECK(set_irqs_eventfd_and_loopback_trigger),
-    CHECK(set_irqs_bool_trigger),
-    CHECK(set_irqs_intx_mask_unmask),
-    CHECK(set_irqs_unmask_eventfd),
-    CHECK(set_irqs_disable),
-    CHECK(set_irqs_bad_index),
-    CHECK(set_irqs_two_data_types),
-    CHECK(set_irqs_two_actions),
-    CHECK(set_irqs_unknown_flags),
-    CHECK(set_irqs_range_beyond_vectors),
-    CHECK(set_irqs_start_count_wraps),
-    CHECK(set_irqs_fd_count_mismatch),
-    CHECK(set_irqs_fds_with_data_none),
-    CHECK(set_irqs_bool_length_mismatch),
-    CHECK(set_irqs_argsz_mismatch),
-    CHECK(set_irqs_count0_needs_trigger_none),
-    CHECK(set_irqs_err_only_trigger),
-    CHECK(set_irqs_short),
+const struct check irq_checks[] = {
+    SPEC(set_irqs_eventfd_and_loopback_trigger, "§9"),
+    SPEC(set_irqs_bool_trigger, "§9"),
+    { "set_irqs_intx_mask_unmask", set_irqs_intx_mask_unmask, setup_open, teardown_conn, CLASS_QEMU, "§9", "intx" },
+    { "set_irqs_unmask_eventfd", set_irqs_unmask_eventfd, setup_open, teardown_conn, CLASS_QEMU, "§9", "intx" },
+    QEMU(set_irqs_disable, "§9"),
+    SPEC(set_irqs_bad_index, "§9"),
+    SPEC(set_irqs_two_data_types, "§9"),
+    SPEC(set_irqs_two_actions, "§9"),
+    OPTIONAL(set_irqs_unknown_flags, "§9", "strict"),
+    SPEC(set_irqs_range_beyond_vectors, "§9"),
+    SPEC(set_irqs_start_count_wraps, "§9"),
+    SPEC(set_irqs_fd_count_mismatch, "§9"),
+    SPEC(set_irqs_fds_with_data_none, "§9"),
+    SPEC(set_irqs_bool_length_mismatch, "§9"),
+    OPTIONAL(set_irqs_argsz_mismatch, "§9", "strict"),
+    SPEC(set_irqs_count0_needs_trigger_none, "§9"),
+    OPTIONAL(set_irqs_err_only_trigger, "§9", "err"),
+    SPEC(set_irqs_short, "§9"),
 };
-const size_t irq_tests_count = COUNT_OF(irq_tests);
+const size_t irq_checks_count = COUNT_OF(irq_checks);

@@ -8,7 +8,7 @@
 static int migratable(struct conn *c) {
     int rc = feature(c, VU_FEATURE_PROBE | VU_FEATURE_GET | VU_FEATURE_MIGRATION, NULL, 0, 16, NULL);
     if (g_profile.migration >= 0) assert_int_equal(rc == 0, g_profile.migration);
-    if (rc != 0) assert_int_equal(rc, ENOTTY);
+    if (rc != 0) assert_errno(rc, ENOTTY);
     assert_alive(c);
     return rc == 0;
 }
@@ -48,12 +48,12 @@ static void feature_invalid_transitions(void **state) {
     assert_int_equal(feature(c, VU_FEATURE_GET | VU_FEATURE_MIGRATION, NULL, 0, 16, &r), 0);
     uint64_t flags = le64_at(r.payload + 8);
     reply_free(&r);
-    assert_int_equal(set_state(c, VU_STATE_ERROR), EINVAL);
-    assert_int_equal(set_state(c, 42), EINVAL);
-    if (!(flags & VU_MIGRATION_P2P)) assert_int_equal(set_state(c, VU_STATE_RUNNING_P2P), EINVAL);
+    assert_errno(set_state(c, VU_STATE_ERROR), EINVAL);
+    assert_errno(set_state(c, 42), EINVAL);
+    if (!(flags & VU_MIGRATION_P2P)) assert_errno(set_state(c, VU_STATE_RUNNING_P2P), EINVAL);
     if (flags & VU_MIGRATION_PRE_COPY) {
         assert_int_equal(set_state(c, VU_STATE_STOP_COPY), 0);
-        assert_int_equal(set_state(c, VU_STATE_PRE_COPY), EINVAL);
+        assert_errno(set_state(c, VU_STATE_PRE_COPY), EINVAL);
         assert_int_equal(set_state(c, VU_STATE_RUNNING), 0);
     }
     assert_alive(c);
@@ -71,9 +71,9 @@ static void feature_get_and_set_refused(void **state) {
 static void feature_dirty_logging_unsupported(void **state) {
     CONN;
     uint8_t d[16] = { 0 };
-    assert_int_equal(feature(c, VU_FEATURE_SET | VU_FEATURE_DMA_LOGGING_START, d, sizeof(d), 24, NULL), ENOTTY);
+    assert_errno(feature(c, VU_FEATURE_SET | VU_FEATURE_DMA_LOGGING_START, d, sizeof(d), 24, NULL), ENOTTY);
     assert_alive(c);
-    assert_int_equal(feature(c, VU_FEATURE_GET | 0x7ff, NULL, 0, 16, NULL), ENOTTY);
+    assert_errno(feature(c, VU_FEATURE_GET | 0x7ff, NULL, 0, 16, NULL), ENOTTY);
     assert_alive(c);
 }
 
@@ -159,7 +159,7 @@ static void mig_data_round_trip(void **state) {
     memcpy(bad, stream, len);
     bad[0] ^= 0xff;
     assert_int_equal(write_stream(c, bad, len), 0);
-    assert_int_equal(set_state(c, VU_STATE_STOP), EINVAL);
+    assert_errno(set_state(c, VU_STATE_STOP), EINVAL);
     assert_int_equal(req(c, VU_DEVICE_RESET, NULL, 0), 0);
 
     assert_int_equal(set_state(c, VU_STATE_STOP), 0);
@@ -173,15 +173,15 @@ static void mig_data_round_trip(void **state) {
     free(bad); free(stream);
 }
 
-const struct CMUnitTest migration_tests[] = {
-    CHECK(feature_migration_flags),
-    CHECK(feature_state_transitions),
-    CHECK(feature_invalid_transitions),
-    CHECK(feature_get_and_set_refused),
-    CHECK(feature_dirty_logging_unsupported),
-    CHECK(feature_short_or_bad_flags),
-    CHECK(mig_data_outside_states),
-    CHECK(mig_data_bad_sizes),
-    CHECK(mig_data_round_trip),
+const struct check migration_checks[] = {
+    OPTIONAL(feature_migration_flags, "§14", "migration"),
+    OPTIONAL(feature_state_transitions, "§14", "migration"),
+    OPTIONAL(feature_invalid_transitions, "§14", "migration"),
+    SPEC(feature_get_and_set_refused, "§14"),
+    OPTIONAL(feature_dirty_logging_unsupported, "§14", "strict"),
+    SPEC(feature_short_or_bad_flags, "§14"),
+    OPTIONAL(mig_data_outside_states, "§15", "migration"),
+    OPTIONAL(mig_data_bad_sizes, "§15", "migration"),
+    OPTIONAL(mig_data_round_trip, "§15", "migration"),
 };
-const size_t migration_tests_count = COUNT_OF(migration_tests);
+const size_t migration_checks_count = COUNT_OF(migration_checks);

@@ -23,8 +23,11 @@ static int display_setup(void **state) {
     return 0;
 }
 
-#define PLANE_CHECK(f) cmocka_unit_test_setup_teardown(f, plane_setup, teardown_conn)
-#define DISPLAY_CHECK(f) cmocka_unit_test_setup_teardown(f, display_setup, teardown_conn)
+/* umdev's extension: optional for any server; the plane checks need the
+   profile to say what display the device has, the display-socket ones
+   --display-socket. */
+#define PLANE_CHECK(f, sec, needs) { #f, f, plane_setup, teardown_conn, CLASS_OPTIONAL, sec, needs }
+#define DISPLAY_CHECK(f, sec) { #f, f, display_setup, teardown_conn, CLASS_OPTIONAL, sec, "display_socket" }
 
 static int query(struct conn *c, uint32_t argsz, size_t len, uint32_t flags, uint32_t type, struct vu_gfx_plane_info *out) {
     struct vu_gfx_plane_info in = { .argsz = argsz, .flags = flags, .drm_plane_type = type };
@@ -61,9 +64,7 @@ static void plane_commands_need_negotiation(void **state) {
 }
 
 static void plane_key_only_echoed(void **state) {
-    struct conn *c = (struct conn *)*state;
-    conn_close(c);
-    assert_int_equal(conn_open_raw(c), 0);
+    CONN;
     struct reply r;
     assert_int_equal(version_with(c, 0, 0, "{\"capabilities\": {\"max_msg_fds\": 1}}", &r), 0);
     assert_null(strstr((const char *)r.payload + 4, VU_GFX_PLANE_CAPABILITY));
@@ -85,7 +86,7 @@ static void plane_probe_and_flag_rules(void **state) {
             assert_int_equal(rc, 0);
             assert_int_equal(out.flags, all[i]);
         } else {
-            assert_int_equal(rc, EINVAL);
+            assert_errno(rc, EINVAL);
         }
     }
     assert_alive(c);
@@ -95,9 +96,9 @@ static void plane_probe_and_flag_rules(void **state) {
 static void plane_argsz_rules(void **state) {
     CONN;
     skip_unless(has_display());
-    assert_int_equal(query(c, 59, 64, g_profile.display, 1, NULL), EINVAL);
-    assert_int_equal(query(c, 64, 60, g_profile.display, 1, NULL), EINVAL);
-    assert_int_equal(query(c, 56, 56, g_profile.display, 1, NULL), EINVAL);
+    assert_errno(query(c, 59, 64, g_profile.display, 1, NULL), EINVAL);
+    assert_errno(query(c, 64, 60, g_profile.display, 1, NULL), EINVAL);
+    assert_errno(query(c, 56, 56, g_profile.display, 1, NULL), EINVAL);
     struct vu_gfx_plane_info in = { .argsz = 60, .flags = g_profile.display, .drm_plane_type = 1 };
     struct reply r;
     assert_int_equal(request(c, VU_QUERY_GFX_PLANE, 0, &in, 60, NULL, 0, &r), 0);
@@ -237,16 +238,16 @@ static void display_socket_plane_matches(void **state) {
     conn_close(&vmm);
 }
 
-const struct CMUnitTest plane_tests[] = {
-    CHECK(plane_commands_need_negotiation),
-    CHECK(plane_key_only_echoed),
-    PLANE_CHECK(plane_probe_and_flag_rules),
-    PLANE_CHECK(plane_argsz_rules),
-    PLANE_CHECK(plane_disabled_is_zeros),
-    PLANE_CHECK(plane_after_mode_set),
-    PLANE_CHECK(plane_dmabuf_descriptor),
-    DISPLAY_CHECK(display_socket_answers),
-    DISPLAY_CHECK(display_socket_refuses_changes),
-    DISPLAY_CHECK(display_socket_plane_matches),
+const struct check plane_checks[] = {
+    SPEC(plane_commands_need_negotiation, "§22"),
+    SPEC_RAW(plane_key_only_echoed, "§22"),
+    PLANE_CHECK(plane_probe_and_flag_rules, "§22", "display_known"),
+    PLANE_CHECK(plane_argsz_rules, "§22", "display"),
+    PLANE_CHECK(plane_disabled_is_zeros, "§22", "display"),
+    PLANE_CHECK(plane_after_mode_set, "§22", "display_mode"),
+    PLANE_CHECK(plane_dmabuf_descriptor, "§22", "display"),
+    DISPLAY_CHECK(display_socket_answers, "§23"),
+    DISPLAY_CHECK(display_socket_refuses_changes, "§23"),
+    DISPLAY_CHECK(display_socket_plane_matches, "§23"),
 };
-const size_t plane_tests_count = COUNT_OF(plane_tests);
+const size_t plane_checks_count = COUNT_OF(plane_checks);
