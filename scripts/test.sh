@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: the Swift suites, the C conformance suite against each
-# device type umdev serves, then the viewers end to end with real clients
+# device type umdev serves and against deliberately broken servers, then the viewers end to end with real clients
 # (a VNC client, headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 swift build --product umdev
 swift test
 bash scripts/conformance.sh
+CONFORMANCE="$(swift build --show-bin-path)/vfio-user-conformance" python3 -m pytest -q Tests/Conformance/selftest
 UMDEV="$(swift build --show-bin-path)/umdev" python3 -m pytest -q Tests/e2e

@@ -3,6 +3,7 @@
 #include "suite.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,7 +92,9 @@ static int read_exact(struct conn *c, uint8_t *p, size_t len, struct reply *r, i
     size_t got = 0;
     while (got < len) {
         struct pollfd pf = { .fd = c->fd, .events = POLLIN };
-        if (poll(&pf, 1, timeout_ms) != 1) return -1;
+        int ready = poll(&pf, 1, timeout_ms);
+        if (ready == 0) return RECV_TIMEOUT;
+        if (ready != 1) return -1;
         struct iovec iov = { .iov_base = p + got, .iov_len = len - got };
         union { char buf[CMSG_SPACE(sizeof(int) * 16)]; struct cmsghdr align; } ctl;
         struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
@@ -113,11 +116,12 @@ static int read_exact(struct conn *c, uint8_t *p, size_t len, struct reply *r, i
 
 int recv_msg(struct conn *c, struct reply *r, int timeout_ms) {
     memset(r, 0, sizeof(*r));
-    if (read_exact(c, (uint8_t *)&r->hdr, VU_HEADER_SIZE, r, timeout_ms) != 0) return -1;
+    int rc = read_exact(c, (uint8_t *)&r->hdr, VU_HEADER_SIZE, r, timeout_ms);
+    if (rc != 0) return rc;
     if (r->hdr.msg_size < VU_HEADER_SIZE || r->hdr.msg_size > VU_MAX_MSG_SIZE + 4096) return -1;
     r->len = r->hdr.msg_size - VU_HEADER_SIZE;
     r->payload = malloc(r->len + 1);
-    if (r->len && read_exact(c, r->payload, r->len, r, timeout_ms) != 0) return -1;
+    if (r->len && (rc = read_exact(c, r->payload, r->len, r, timeout_ms)) != 0) return rc;
     return 0;
 }
 
@@ -128,20 +132,47 @@ void reply_free(struct reply *r) {
     r->nfds = 0;
 }
 
+/* Why a request got no usable reply, said on the check's output (the
+   runner shows it when the check fails). */
+static void note(const char *fmt, ...) {
+    if (!g_in_check) return;
+    va_list ap;
+    va_start(ap, fmt);
+    printf("note: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+}
+
 int request(struct conn *c, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
             const int *fds, int nfds, struct reply *out) {
     uint16_t id = c->next_id++;
-    if (send_msg(c, id, cmd, flags, payload, len, fds, nfds) != 0) return -1;
+    if (send_msg(c, id, cmd, flags, payload, len, fds, nfds) != 0) {
+        note("command %u: cannot send (%s)", cmd, strerror(errno));
+        return -1;
+    }
     struct reply r;
-    if (recv_msg(c, &r, g_timeout_ms) != 0) { reply_free(&r); return -1; }
+    int got = recv_msg(c, &r, g_timeout_ms);
+    if (got != 0) {
+        note("command %u: %s", cmd, got == RECV_TIMEOUT ? "no reply within the timeout" : "the connection ended without a reply");
+        reply_free(&r);
+        return got == RECV_TIMEOUT ? RECV_TIMEOUT : -1;
+    }
     /* A reply must echo the id and command and be typed as a reply (§2). */
     if (r.hdr.msg_id != id || r.hdr.command != cmd || (r.hdr.flags & VU_F_TYPE_MASK) != VU_F_TYPE_REPLY) {
+        note("command %u id %u: the reply says command %u id %u type %u (spec: \"echoed in the command's reply\")",
+             cmd, id, r.hdr.command, r.hdr.msg_id, r.hdr.flags & VU_F_TYPE_MASK);
         reply_free(&r);
         return -1;
     }
     /* "Error ... may be zero even if the Error bit is set": still an error. */
     int rc = (r.hdr.flags & VU_F_ERROR) ? (r.hdr.error ? (int)r.hdr.error : ERROR_WITHOUT_ERRNO) : 0;
-    if (rc != 0 && r.hdr.msg_size != VU_HEADER_SIZE) rc = -1; /* error replies are header-only */
+    if (rc != 0 && r.hdr.msg_size != VU_HEADER_SIZE) {
+        note("command %u: an error reply of %u bytes (spec: \"the reply message must only include the reply header\")",
+             cmd, r.hdr.msg_size);
+        rc = -1;
+    }
     if (out) *out = r; else reply_free(&r);
     return rc;
 }

@@ -26,6 +26,7 @@ const char *g_display_socket;
 int g_timeout_ms = 5000;
 int g_strict;
 int g_one_shot;
+int g_in_check;
 
 static void fixture_failed(struct conn *c, const char *path) {
     char m[300];

@@ -131,11 +131,16 @@ static void append(char **s, const char *text) {
 }
 
 /* Reads cmocka's subunit output: "success: NAME", "skip: NAME",
-   "failure: NAME [ …message… ]", "error: NAME [ … ]". */
-static void parse_child(const char *out, struct outcome *o) {
+   "failure: NAME [ …message… ]", "error: NAME [ … ]" (a fixture failed).
+   A failure's message is everything the check printed, without the
+   subunit framing. */
+static void parse_child(const char *out, const char *name, struct outcome *o) {
+    char success[160], skipped[160];
+    snprintf(success, sizeof(success), "success: %s", name);
+    snprintf(skipped, sizeof(skipped), "skip: %s", name);
     const char *reason = strstr(out, SKIP_REASON_PREFIX);
-    if (strstr(out, "\nsuccess: ") || !strncmp(out, "success: ", 9)) { o->result = PASS; return; }
-    if (strstr(out, "\nskip: ") || !strncmp(out, "skip: ", 6)) {
+    if (strstr(out, success)) { o->result = PASS; return; }
+    if (strstr(out, skipped)) {
         o->result = SKIP;
         if (reason) {
             reason += strlen(SKIP_REASON_PREFIX);
@@ -147,20 +152,39 @@ static void parse_child(const char *out, struct outcome *o) {
         return;
     }
     o->result = FAIL;
-    const char *open = strchr(out, '[');
-    const char *close = open ? strrchr(open, ']') : NULL;
-    if (open && close) {
-        char *m = strndup(open + 1, (size_t)(close - open - 1));
-        /* Trim blank lines and spaces around it. */
-        char *start = m;
-        while (*start == '\n' || *start == ' ') start++;
-        size_t len = strlen(start);
-        while (len && (start[len - 1] == '\n' || start[len - 1] == ' ')) start[--len] = 0;
-        o->message = strdup(start);
-        free(m);
-    } else {
-        o->message = strdup(*out ? out : "the check ended without an outcome");
+    char *copy = strdup(out), *save = NULL, *msg = NULL;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!strncmp(line, "test: ", 6) || !strcmp(line, "]") || !strncmp(line, SKIP_REASON_PREFIX, strlen(SKIP_REASON_PREFIX))) continue;
+        if (!strncmp(line, "failure: ", 9) || !strncmp(line, "error: ", 7)) {
+            char *open = strchr(line, '[');
+            if (!open) continue;
+            line = open + 1;
+        }
+        size_t len = strlen(line);
+        while (len && (line[len - 1] == ']' || line[len - 1] == ' ')) line[--len] = 0;
+        while (*line == ' ') line++;
+        /* cmocka's own words around a fixture's failure */
+        char *p;
+        if (!strncmp(line, "Could not run test: ", 20)) line += 20;
+        if ((p = strstr(line, "Test setup failed"))) *p = 0;
+        if ((p = strstr(line, "Failure!")) && p != line) { p[0] = 0; }
+        len = strlen(line);
+        while (len && line[len - 1] == ' ') line[--len] = 0;
+        if (!strncmp(line, "ERROR: ", 7)) line += 7;
+        /* "/path/t_dma.c:38: error:" → "at t_dma.c:38" */
+        char where[200];
+        len = strlen(line);
+        if (len > 8 && !strcmp(line + len - 8, ": error:")) {
+            line[len - 8] = 0;
+            const char *base = strrchr(line, '/');
+            snprintf(where, sizeof(where), "at %s", base ? base + 1 : line);
+            line = where;
+        }
+        if (!*line) continue;
+        append(&msg, line);
     }
+    free(copy);
+    o->message = msg ? msg : strdup("the check ended without an outcome");
 }
 
 static struct outcome run_one(const struct check *k, const struct options *opt) {
@@ -176,6 +200,7 @@ static struct outcome run_one(const struct check *k, const struct options *opt) 
         dup2(pipefd[1], 2);
         signal(SIGPIPE, SIG_IGN);
         cmocka_set_message_output(CM_OUTPUT_SUBUNIT);
+        g_in_check = 1;
         const struct CMUnitTest t[] = { { k->name, k->test, k->setup, k->teardown, NULL } };
         int failed = _cmocka_run_group_tests(k->name, t, 1, NULL, NULL);
         fflush(stdout);
@@ -223,7 +248,7 @@ static struct outcome run_one(const struct check *k, const struct options *opt) 
             snprintf(m, sizeof(m), "the check crashed (signal %d): a bug in the suite, please report it", WTERMSIG(status));
             o.message = strdup(m);
         } else {
-            parse_child(out, &o);
+            parse_child(out, k->name, &o);
         }
     }
     free(out);

@@ -91,10 +91,12 @@ void conn_close(struct conn *c);
 int send_msg(struct conn *c, uint16_t id, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
              const int *fds, int nfds);
 int send_bytes(struct conn *c, const void *bytes, size_t len, const int *fds, int nfds);
-int recv_msg(struct conn *c, struct reply *r, int timeout_ms);  /* 0, -1 on EOF/timeout */
+int recv_msg(struct conn *c, struct reply *r, int timeout_ms);  /* 0, RECV_TIMEOUT, or -1 (EOF, bad framing) */
+#define RECV_TIMEOUT (-2)
 void reply_free(struct reply *r);
 /* Sends a command and waits for its reply. Returns 0 on success, the errno of an
-   error reply, or -1 when the connection failed. *r is filled when r != NULL. */
+   error reply, RECV_TIMEOUT when no reply came in time, or -1 when the
+   connection failed or the reply was malformed. *r is filled when r != NULL. */
 int request(struct conn *c, uint16_t cmd, uint32_t flags, const void *payload, size_t len,
             const int *fds, int nfds, struct reply *r);
 /* What request() returns for an error reply whose errno field is 0. */
@@ -187,6 +189,8 @@ void print_facts(FILE *out);
 /* The server exits when its client leaves (found with --server-cmd): a
    check cannot open a second connection of its own. */
 extern int g_one_shot;
+/* Set in the child that runs a check (notes are printed there only). */
+extern int g_in_check;
 
 /* Per-request reply timeout (--timeout), in milliseconds. */
 extern int g_timeout_ms;
