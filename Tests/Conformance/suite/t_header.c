@@ -177,6 +177,219 @@ static void pipelined_requests_in_order(void **state) {
     }
 }
 
+
+/* ---- more framing: libvfio-user's test_request_errors.py, and the spec's header rules ---- */
+
+/* "If an error occurs, the reply message must only include the reply
+   header", with the Error flag, the command's id and command. */
+static void error_reply_is_header_only(void **state) {
+    CONN;
+    struct vu_region_info in = { .argsz = 32, .index = 1000 };
+    assert_int_equal(send_msg(c, 4242, VU_DEVICE_GET_REGION_INFO, 0, &in, sizeof(in), NULL, 0), 0);
+    struct reply r;
+    assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+    assert_int_equal(r.hdr.msg_id, 4242);
+    assert_int_equal(r.hdr.command, VU_DEVICE_GET_REGION_INFO);
+    assert_int_equal(r.hdr.flags & VU_F_TYPE_MASK, VU_F_TYPE_REPLY);
+    assert_true(r.hdr.flags & VU_F_ERROR);
+    assert_int_equal(r.hdr.msg_size, VU_HEADER_SIZE);
+    assert_int_equal(r.nfds, 0);
+    reply_free(&r);
+    assert_alive(c);
+}
+
+/* "Message ID ... is echoed in the command's reply": at the ends of its range. */
+static void reply_echoes_extreme_ids(void **state) {
+    CONN;
+    static const uint16_t ids[] = { 0, 1, 0x7fff, 0x8000, 0xffff };
+    for (size_t i = 0; i < COUNT_OF(ids); i++) {
+        assert_int_equal(send_msg(c, ids[i], VU_DEVICE_GET_INFO, 0, &info_req, sizeof(info_req), NULL, 0), 0);
+        struct reply r;
+        assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+        assert_int_equal(r.hdr.msg_id, ids[i]);
+        assert_int_equal(r.hdr.command, VU_DEVICE_GET_INFO);
+        reply_free(&r);
+    }
+}
+
+/* "Message IDs ... can be re-used (even concurrently) and the receiver must
+   not make any assumptions about their uniqueness." */
+static void reused_ids_all_answered(void **state) {
+    CONN;
+    uint8_t batch[4 * 32];
+    for (int i = 0; i < 4; i++) {
+        struct vu_header h = { .msg_id = 9, .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
+        memcpy(batch + 32 * i, &h, 16);
+        memcpy(batch + 32 * i + 16, &info_req, 16);
+    }
+    assert_int_equal(send_bytes(c, batch, sizeof(batch), NULL, 0), 0);
+    for (int i = 0; i < 4; i++) {
+        struct reply r;
+        assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+        assert_int_equal(r.hdr.msg_id, 9);
+        assert_int_equal(r.hdr.flags & VU_F_ERROR, 0);
+        reply_free(&r);
+    }
+}
+
+/* "No_reply in a command message indicates that no reply is needed": a
+   GET_INFO with it is not answered; the next command is. */
+static void no_reply_flag_suppresses_reply(void **state) {
+    CONN;
+    assert_int_equal(send_msg(c, 700, VU_DEVICE_GET_INFO, VU_F_NO_REPLY, &info_req, sizeof(info_req), NULL, 0), 0);
+    assert_int_equal(send_msg(c, 701, VU_DEVICE_GET_INFO, 0, &info_req, sizeof(info_req), NULL, 0), 0);
+    struct reply r;
+    assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+    assert_int_equal(r.hdr.msg_id, 701);
+    reply_free(&r);
+}
+
+/* Commands of every kind in one burst are answered in order (QEMU
+   pipelines DMA maps and reads). */
+static void pipelined_mixed_commands_in_order(void **state) {
+    CONN;
+    struct vu_region_info ri = { .argsz = 32, .index = VU_PCI_CONFIG_REGION };
+    struct vu_irq_info ii = { .argsz = 16, .index = VU_PCI_ERR_IRQ };
+    struct vu_region_access ra = { .offset = 0, .region = VU_PCI_CONFIG_REGION, .count = 4 };
+    struct vu_region_info bad = { .argsz = 32, .index = 1000 };
+    struct { uint16_t cmd; const void *p; size_t n; } m[] = {
+        { VU_DEVICE_GET_INFO, &info_req, sizeof(info_req) }, { VU_DEVICE_GET_REGION_INFO, &ri, sizeof(ri) },
+        { VU_DEVICE_GET_IRQ_INFO, &ii, sizeof(ii) }, { VU_REGION_READ, &ra, sizeof(ra) },
+        { VU_DEVICE_GET_REGION_INFO, &bad, sizeof(bad) }, { VU_DEVICE_GET_INFO, &info_req, sizeof(info_req) },
+    };
+    for (size_t i = 0; i < COUNT_OF(m); i++)
+        assert_int_equal(send_msg(c, (uint16_t)(2000 + i), m[i].cmd, 0, m[i].p, m[i].n, NULL, 0), 0);
+    for (size_t i = 0; i < COUNT_OF(m); i++) {
+        struct reply r;
+        assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+        assert_int_equal(r.hdr.msg_id, 2000 + i);
+        assert_int_equal(r.hdr.command, m[i].cmd);
+        assert_int_equal(!!(r.hdr.flags & VU_F_ERROR), i == 4);
+        reply_free(&r);
+    }
+}
+
+/* Eight DMA_MAPs and their UNMAPs in one burst, as QEMU sends them at boot. */
+static void pipelined_dma_maps(void **state) {
+    CONN;
+    for (int i = 0; i < 8; i++) {
+        struct vu_dma_map mm = { .argsz = sizeof(mm), .flags = VU_DMA_READ_FLAG | VU_DMA_WRITE_FLAG,
+                                 .addr = 0x40000000ull + (uint64_t)i * 0x10000, .size = 0x10000 };
+        assert_int_equal(send_msg(c, (uint16_t)(3000 + i), VU_DMA_MAP, 0, &mm, sizeof(mm), NULL, 0), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        struct vu_dma_unmap u = { .argsz = sizeof(u), .addr = 0x40000000ull + (uint64_t)i * 0x10000, .size = 0x10000 };
+        assert_int_equal(send_msg(c, (uint16_t)(3100 + i), VU_DMA_UNMAP, 0, &u, sizeof(u), NULL, 0), 0);
+    }
+    for (int i = 0; i < 16; i++) {
+        struct reply r;
+        assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+        assert_int_equal(r.hdr.msg_id, i < 8 ? 3000 + i : 3100 + (i - 8));
+        assert_int_equal(r.hdr.flags & VU_F_ERROR, 0);
+        reply_free(&r);
+    }
+}
+
+/* Commands the spec defines as server → client, or does not define,
+   are not executed: an error reply. */
+static void unknown_commands_refused(void **state) {
+    CONN;
+    static const uint16_t cmds[] = { 19, 20, 100, 0x7eff, 0xffff };
+    for (size_t i = 0; i < COUNT_OF(cmds); i++) EXPECT_ERRNO(c, cmds[i], &info_req, sizeof(info_req), EINVAL);
+}
+
+/* test_bad_request_closes_fds: descriptors on a refused request are
+   closed, not kept. Sent as the write end of a pipe: once the server
+   closes its copy (and we ours), the read end sees end of file. */
+static void refused_request_closes_fds(void **state) {
+    CONN;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    struct vu_region_info bad = { .argsz = 32, .index = 1000 };
+    int rc = request(c, VU_DEVICE_GET_REGION_INFO, 0, &bad, sizeof(bad), &p[1], 1, NULL);
+    assert_true(rc > 0);
+    close(p[1]);
+    assert_alive(c);
+    struct pollfd pf = { .fd = p[0], .events = POLLIN };
+    assert_int_equal(poll(&pf, 1, 2000), 1);
+    char b;
+    assert_int_equal(read(p[0], &b, 1), 0);
+    close(p[0]);
+}
+
+/* test_no_payload: commands that need a payload, header-only, each refused. */
+static void header_only_each_command(void **state) {
+    CONN;
+    static const uint16_t cmds[] = { VU_DMA_MAP, VU_DMA_UNMAP, VU_DEVICE_GET_REGION_INFO, VU_DEVICE_GET_IRQ_INFO,
+                                     VU_DEVICE_SET_IRQS, VU_REGION_WRITE };
+    for (size_t i = 0; i < COUNT_OF(cmds); i++) EXPECT_ERRNO(c, cmds[i], NULL, 0, EINVAL);
+}
+
+/* test_too_small at the smallest payloads: one byte of each fixed structure. */
+static void one_byte_payloads_refused(void **state) {
+    CONN;
+    static const uint16_t cmds[] = { VU_DMA_MAP, VU_DMA_UNMAP, VU_DEVICE_GET_INFO, VU_DEVICE_GET_REGION_INFO,
+                                     VU_DEVICE_GET_IRQ_INFO, VU_DEVICE_SET_IRQS, VU_REGION_READ, VU_REGION_WRITE };
+    uint8_t one = 16;
+    for (size_t i = 0; i < COUNT_OF(cmds); i++) EXPECT_ERRNO(c, cmds[i], &one, 1, EINVAL);
+}
+
+/* A message split between header and payload, with a pause between,
+   is still one message (a stream socket keeps no boundaries). */
+static void header_then_payload_later(void **state) {
+    CONN;
+    struct vu_header h = { .msg_id = 55, .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
+    assert_int_equal(send_bytes(c, &h, 16, NULL, 0), 0);
+    usleep(50000);
+    assert_int_equal(send_bytes(c, &info_req, 16, NULL, 0), 0);
+    struct reply r;
+    assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+    assert_int_equal(r.hdr.msg_id, 55);
+    assert_int_equal(r.len, 16);
+    reply_free(&r);
+}
+
+/* Two messages in one write are two messages. */
+static void two_messages_in_one_write(void **state) {
+    CONN;
+    uint8_t m[64];
+    for (int i = 0; i < 2; i++) {
+        struct vu_header h = { .msg_id = (uint16_t)(60 + i), .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
+        memcpy(m + 32 * i, &h, 16);
+        memcpy(m + 32 * i + 16, &info_req, 16);
+    }
+    assert_int_equal(send_bytes(c, m, sizeof(m), NULL, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        struct reply r;
+        assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+        assert_int_equal(r.hdr.msg_id, 60 + i);
+        reply_free(&r);
+    }
+}
+
+/* A client that leaves mid-message does not take the server with it. */
+static void half_message_then_disconnect(void **state) {
+    CONN;
+    struct vu_header h = { .msg_id = 1, .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
+    assert_int_equal(send_bytes(c, &h, 16, NULL, 0), 0);
+    if (g_one_shot) return;
+    conn_close(c);
+    conn_open(c);
+    assert_alive(c);
+}
+
+/* The No_reply flag on a command that fails: still no reply. */
+static void no_reply_failure_silent(void **state) {
+    CONN;
+    struct vu_region_info bad = { .argsz = 32, .index = 1000 };
+    assert_int_equal(send_msg(c, 800, VU_DEVICE_GET_REGION_INFO, VU_F_NO_REPLY, &bad, sizeof(bad), NULL, 0), 0);
+    assert_int_equal(send_msg(c, 801, VU_DEVICE_GET_INFO, 0, &info_req, sizeof(info_req), NULL, 0), 0);
+    struct reply r;
+    assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+    assert_int_equal(r.hdr.msg_id, 801);
+    reply_free(&r);
+}
+
 const struct check header_checks[] = {
     SPEC(unknown_command, "§2"),
     OPTIONAL(reply_typed_message_ignored, "§2", "strict"),
@@ -191,5 +404,19 @@ const struct check header_checks[] = {
     SPEC(too_many_fds, "§1"),
     SPEC(partial_message_reassembled, "§1"),
     QEMU(pipelined_requests_in_order, "§1"),
+    SPEC(error_reply_is_header_only, "§16"),
+    SPEC(reply_echoes_extreme_ids, "§2"),
+    SPEC(reused_ids_all_answered, "§2"),
+    SPEC(no_reply_flag_suppresses_reply, "§2"),
+    QEMU(pipelined_mixed_commands_in_order, "§1"),
+    QEMU(pipelined_dma_maps, "§4"),
+    SPEC(unknown_commands_refused, "§2"),
+    OPTIONAL(refused_request_closes_fds, "§1", "strict"),
+    SPEC(header_only_each_command, "§16"),
+    SPEC(one_byte_payloads_refused, "§16"),
+    SPEC(header_then_payload_later, "§1"),
+    SPEC(two_messages_in_one_write, "§1"),
+    SPEC(half_message_then_disconnect, "§1"),
+    QEMU(no_reply_failure_silent, "§10"),
 };
 const size_t header_checks_count = COUNT_OF(header_checks);

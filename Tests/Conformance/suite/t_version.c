@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *qemu_json =
     "{\"capabilities\": {\"pgsizes\": 4096, \"max_msg_fds\": 16, \"max_dma_maps\": 65535, "
@@ -195,6 +196,193 @@ static void command_before_version_refused(void **state) {
     assert_alive(c);
 }
 
+
+/* ---- more of libvfio-user's test_negotiate.py, and the spec's reply rules ---- */
+
+static void bad_json(void **state, const char *json) {
+    CONN; uint8_t *p; size_t n;
+    json_payload(json, 0, &p, &n);
+    expect_version_error(c, 0, p, n, EINVAL);
+    free(p);
+}
+
+/* test_invalid_json_missing_closing_quote */
+static void version_json_lone_quote(void **state) { bad_json(state, "\""); }
+/* test_invalid_json_missing_closing_brace */
+static void version_json_open_brace(void **state) { bad_json(state, "{"); }
+/* test_invalid_json_bad_capabilities_object ("23") */
+static void version_capabilities_string(void **state) { bad_json(state, "{ \"capabilities\": \"23\" }"); }
+static void version_capabilities_null(void **state) { bad_json(state, "{ \"capabilities\": null }"); }
+/* test_invalid_json_bad_max_fds */
+static void version_max_msg_fds_string(void **state) { bad_json(state, "{ \"capabilities\": { \"max_msg_fds\": \"foo\" } }"); }
+/* test_invalid_json_bad_migration_object ("23") */
+static void version_migration_string(void **state) { bad_json(state, "{ \"capabilities\": { \"migration\": \"23\" } }"); }
+/* test_invalid_json_bad_pgsize */
+static void version_migration_pgsize_string(void **state) {
+    bad_json(state, "{ \"capabilities\": { \"migration\": { \"pgsize\": \"foo\" } } }");
+}
+/* test_invalid_json_bad_pgsize2: a page size that is no page size */
+static void version_migration_pgsize_odd(void **state) {
+    bad_json(state, "{ \"capabilities\": { \"migration\": { \"pgsize\": 4095 } } }");
+}
+/* A type the spec's table does not allow. */
+static void version_max_data_xfer_size_string(void **state) {
+    bad_json(state, "{ \"capabilities\": { \"max_data_xfer_size\": \"big\" } }");
+}
+static void version_pgsizes_string(void **state) { bad_json(state, "{ \"capabilities\": { \"pgsizes\": \"4k\" } }"); }
+static void version_write_multiple_number(void **state) { bad_json(state, "{ \"capabilities\": { \"write_multiple\": 1 } }"); }
+/* test_invalid_json_bad_max_fds3: beyond what any server takes (umdev: 1024). */
+static void version_max_msg_fds_huge(void **state) {
+    bad_json(state, "{ \"capabilities\": { \"max_msg_fds\": 1000000 } }");
+}
+
+/* test_short_write: a header-only VERSION. */
+static void version_header_only(void **state) {
+    CONN;
+    expect_version_error(c, 0, NULL, 0, EINVAL);
+}
+
+/* A VERSION carrying a descriptor: VERSION takes none. */
+static void version_with_descriptor(void **state) {
+    CONN;
+    uint8_t p[7] = { 0, 0, 0, 0, '{', '}', 0 };
+    int fd = new_eventfd();
+    int rc = request(c, VU_VERSION, 0, p, sizeof(p), &fd, 1, NULL);
+    close(fd);
+    if (!g_strict) {
+        if (rc == 0) fail_msg("the server accepted a VERSION carrying a descriptor");
+        if (rc == RECV_TIMEOUT) fail_msg("the server neither answered nor closed the connection");
+        return;
+    }
+    assert_errno(rc, EINVAL);
+    assert_int_equal(version_with(c, 0, 0, qemu_json, NULL), 0);
+    assert_alive(c);
+}
+
+/* The reply is the reply to this VERSION: same id and command, typed as a
+   reply, no descriptors, and a payload of major, minor and NUL-ended JSON. */
+static void version_reply_header(void **state) {
+    CONN;
+    uint8_t p[4 + 3] = { 0, 0, 0, 0, '{', '}', 0 };
+    assert_int_equal(send_msg(c, 0xfffe, VU_VERSION, 0, p, sizeof(p), NULL, 0), 0);
+    struct reply r;
+    assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+    assert_int_equal(r.hdr.msg_id, 0xfffe);
+    assert_int_equal(r.hdr.command, VU_VERSION);
+    assert_int_equal(r.hdr.flags & VU_F_TYPE_MASK, VU_F_TYPE_REPLY);
+    assert_int_equal(r.hdr.flags & VU_F_ERROR, 0);
+    assert_int_equal(r.hdr.msg_size, VU_HEADER_SIZE + r.len);
+    assert_int_equal(r.nfds, 0);
+    assert_true(r.len >= 4);
+    if (r.len > 4) assert_int_equal(r.payload[r.len - 1], 0);
+    reply_free(&r);
+}
+
+/* "The major version in the reply must be the same as proposed." */
+static void version_reply_major_same(void **state) {
+    CONN;
+    struct reply r;
+    assert_int_equal(version_with(c, 0, 3, NULL, &r), 0);
+    assert_int_equal(le32_at(r.payload) & 0xffff, 0);
+    assert_true((le32_at(r.payload) >> 16) <= 3);
+    reply_free(&r);
+}
+
+/* The reply's capabilities have the types the spec's table gives them. */
+static void version_reply_capability_types(void **state) {
+    CONN;
+    struct reply r;
+    assert_int_equal(version_with(c, 0, 0, qemu_json, &r), 0);
+    json_object *doc = json_tokener_parse((const char *)r.payload + 4), *caps, *v;
+    assert_non_null(doc);
+    assert_true(json_object_is_type(doc, json_type_object));
+    if (json_object_object_get_ex(doc, "capabilities", &caps)) {
+        assert_true(json_object_is_type(caps, json_type_object));
+        if (json_object_object_get_ex(caps, "max_msg_fds", &v)) assert_true(json_object_is_type(v, json_type_int) && json_object_get_int64(v) >= 1);
+        if (json_object_object_get_ex(caps, "max_data_xfer_size", &v)) assert_true(json_object_is_type(v, json_type_int) && json_object_get_int64(v) > 0);
+        if (json_object_object_get_ex(caps, "pgsizes", &v)) assert_true(json_object_is_type(v, json_type_int) && (json_object_get_int64(v) & 4096));
+        if (json_object_object_get_ex(caps, "max_dma_maps", &v)) assert_true(json_object_is_type(v, json_type_int) && json_object_get_int64(v) >= 1);
+        if (json_object_object_get_ex(caps, "write_multiple", &v)) assert_true(json_object_is_type(v, json_type_boolean));
+        if (json_object_object_get_ex(caps, "migration", &v)) {
+            assert_true(json_object_is_type(v, json_type_object));
+            json_object *m;
+            if (json_object_object_get_ex(v, "pgsize", &m)) assert_true(json_object_is_type(m, json_type_int));
+            if (json_object_object_get_ex(v, "max_bitmap_size", &m)) assert_true(json_object_is_type(m, json_type_int));
+        }
+    }
+    json_object_put(doc);
+    reply_free(&r);
+}
+
+/* "The capability list must be a subset of those proposed": to QEMU's
+   proposal, the reply names no capability QEMU did not. */
+static void version_reply_subset_of_qemu(void **state) {
+    CONN;
+    struct reply r;
+    assert_int_equal(version_with(c, 0, 0, qemu_json, &r), 0);
+    json_object *doc = json_tokener_parse((const char *)r.payload + 4), *caps;
+    assert_non_null(doc);
+    if (json_object_object_get_ex(doc, "capabilities", &caps)) {
+        static const char *proposed[] = { "pgsizes", "max_msg_fds", "max_dma_maps", "max_data_xfer_size", "migration", "write_multiple" };
+        json_object_object_foreach(caps, key, val) {
+            (void)val;
+            int found = 0;
+            for (size_t i = 0; i < COUNT_OF(proposed); i++) found |= !strcmp(key, proposed[i]);
+            if (!found) fail_msg("the reply names \"%s\", which QEMU did not propose", key);
+        }
+    }
+    json_object_put(doc);
+    reply_free(&r);
+}
+
+/* Without write_multiple proposed, the reply does not offer it. */
+static void version_no_write_multiple_unless_proposed(void **state) {
+    CONN;
+    struct reply r;
+    assert_int_equal(version_with(c, 0, 0, "{\"capabilities\":{\"max_msg_fds\":8}}", &r), 0);
+    json_object *doc = json_tokener_parse((const char *)r.payload + 4), *caps, *v;
+    assert_non_null(doc);
+    if (json_object_object_get_ex(doc, "capabilities", &caps) && json_object_object_get_ex(caps, "write_multiple", &v))
+        assert_false(json_object_get_boolean(v));
+    json_object_put(doc);
+    reply_free(&r);
+}
+
+/* The server's max_msg_fds limits what it sends: a region info reply
+   carries at most one descriptor even when the client takes 16. */
+static void version_max_msg_fds_one(void **state) {
+    CONN;
+    assert_int_equal(version_with(c, 0, 0, "{\"capabilities\":{\"max_msg_fds\":1}}", NULL), 0);
+    struct reply r;
+    assert_int_equal(region_info(c, VU_PCI_CONFIG_REGION, 32, &r), 0);
+    assert_true(r.nfds <= 1);
+    reply_free(&r);
+    assert_alive(c);
+}
+
+/* A minor version of 0xffff is answered with the server's own. */
+static void version_huge_minor(void **state) {
+    CONN;
+    struct reply r;
+    assert_int_equal(version_with(c, 0, 0xffff, "{}", &r), 0);
+    assert_int_equal(le32_at(r.payload) & 0xffff, 0);
+    reply_free(&r);
+}
+
+/* The JSON's outer object may carry other members; only capabilities counts. */
+static void version_other_members_ignored(void **state) {
+    CONN;
+    assert_int_equal(version_with(c, 0, 0, "{\"comment\":\"x\",\"capabilities\":{}}", NULL), 0);
+    assert_alive(c);
+}
+
+/* Whitespace and key order do not matter. */
+static void version_json_whitespace(void **state) {
+    CONN;
+    assert_int_equal(version_with(c, 0, 0, " \n{ \"capabilities\" :\t{ \"max_msg_fds\" : 4 } }\n ", NULL), 0);
+    assert_alive(c);
+}
+
 const struct check version_checks[] = {
     QEMU_RAW(version_reply_fits_qemu, "§3"),
     SPEC_RAW(version_capabilities_limited, "§3"),
@@ -213,5 +401,28 @@ const struct check version_checks[] = {
     OPTIONAL_RAW(version_oversized_json, "§3", "strict"),
     OPTIONAL_RAW(version_twice_refused, "§3", "strict"),
     SPEC_RAW(command_before_version_refused, "§3"),
+    SPEC_RAW(version_json_lone_quote, "§3"),
+    SPEC_RAW(version_json_open_brace, "§3"),
+    SPEC_RAW(version_capabilities_string, "§3"),
+    SPEC_RAW(version_capabilities_null, "§3"),
+    SPEC_RAW(version_max_msg_fds_string, "§3"),
+    SPEC_RAW(version_migration_string, "§3"),
+    SPEC_RAW(version_migration_pgsize_string, "§3"),
+    OPTIONAL_RAW(version_migration_pgsize_odd, "§3", "strict"),
+    SPEC_RAW(version_max_data_xfer_size_string, "§3"),
+    SPEC_RAW(version_pgsizes_string, "§3"),
+    SPEC_RAW(version_write_multiple_number, "§3"),
+    OPTIONAL_RAW(version_max_msg_fds_huge, "§3", "strict"),
+    SPEC_RAW(version_header_only, "§3"),
+    SPEC_RAW(version_with_descriptor, "§3"),
+    SPEC_RAW(version_reply_header, "§2"),
+    SPEC_RAW(version_reply_major_same, "§3"),
+    SPEC_RAW(version_reply_capability_types, "§3"),
+    SPEC_RAW(version_reply_subset_of_qemu, "§3"),
+    SPEC_RAW(version_no_write_multiple_unless_proposed, "§3"),
+    SPEC_RAW(version_max_msg_fds_one, "§3"),
+    SPEC_RAW(version_huge_minor, "§3"),
+    SPEC_RAW(version_other_members_ignored, "§3"),
+    SPEC_RAW(version_json_whitespace, "§3"),
 };
 const size_t version_checks_count = COUNT_OF(version_checks);
