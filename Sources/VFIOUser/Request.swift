@@ -223,6 +223,7 @@ public enum Request {
             guard n == 16 else { throw .invalid("DEVICE_GET_REGION_IO_FDS payload is not 16 bytes") }
             guard p.u32(0) >= 16 else { throw .invalid("DEVICE_GET_REGION_IO_FDS argsz below 16") }
             guard p.u32(4) == 0 else { throw .invalid("DEVICE_GET_REGION_IO_FDS flags must be 0") }
+            guard p.u32(12) == 0 else { throw .invalid("DEVICE_GET_REGION_IO_FDS count must be 0 in a request") }
             return .deviceGetRegionIOFDs(argsz: p.u32(0), index: p.u32(8))
 
         case .deviceGetIRQInfo:

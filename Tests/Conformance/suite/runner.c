@@ -422,7 +422,9 @@ int run_checks(const struct check *const *checks, size_t n, const struct options
             break;
         }
         r->outcome = run_one(k, opt);
-        int unreachable = r->outcome.result == FAIL && r->outcome.message && strstr(r->outcome.message, NO_SERVER_MARK);
+        char mark[200];
+        snprintf(mark, sizeof(mark), NO_SERVER_MARK " at %s", opt->socket);
+        int unreachable = r->outcome.result == FAIL && r->outcome.message && strstr(r->outcome.message, mark);
         if (opt->server_cmd) {
             int status;
             int exited = server_exited(one_shot ? 2.0 : 0.05, &status);

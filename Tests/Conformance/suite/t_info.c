@@ -260,6 +260,242 @@ static void irq_info_bad_argsz(void **state) {
     EXPECT_ERRNO(c, VU_DEVICE_GET_IRQ_INFO, &in, sizeof(in), EINVAL);
 }
 
+
+/* ---- more of libvfio-user's test_device_get_*_info.py and the argsz rules ---- */
+
+static struct vu_region_info get_region(struct conn *c, uint32_t index, uint32_t argsz, struct reply *keep) {
+    struct reply r;
+    assert_int_equal(region_info(c, index, argsz, &r), 0);
+    assert_true(r.len >= 32);
+    struct vu_region_info ri;
+    memcpy(&ri, r.payload, 32);
+    if (keep) *keep = r; else reply_free(&r);
+    return ri;
+}
+
+/* argsz larger than the reply needs: the reply is no longer than argsz and
+   says the size it needed (test_device_get_region_info_larger_argsz). */
+static void region_info_argsz_larger(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        struct vu_region_info ri = get_region(c, i, 4096, &r);
+        assert_true(r.len <= 4096);
+        assert_true(ri.argsz <= 4096 ? r.len == ri.argsz : r.len <= 4096);
+        assert_int_equal(ri.index, i);
+        reply_free(&r);
+    }
+}
+
+/* An absent region (size 0) offers nothing: no flags, no descriptor
+   (test_device_get_region_info_zero_sized_region). */
+static void region_info_absent_offers_nothing(void **state) {
+    CONN;
+    uint32_t n = num_regions(c), absent = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        struct vu_region_info ri = get_region(c, i, 4096, &r);
+        if (ri.size == 0) {
+            absent++;
+            assert_int_equal(ri.flags & (VU_REGION_FLAG_READ | VU_REGION_FLAG_WRITE | VU_REGION_FLAG_MMAP), 0);
+            assert_int_equal(r.nfds, 0);
+        }
+        reply_free(&r);
+    }
+    skip_because(absent > 0, "every region of the device has a size");
+}
+
+/* A region that cannot be mapped comes without a descriptor. */
+static void region_info_no_fd_without_mmap(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        struct vu_region_info ri = get_region(c, i, 4096, &r);
+        if (!(ri.flags & VU_REGION_FLAG_MMAP)) assert_int_equal(r.nfds, 0);
+        reply_free(&r);
+    }
+}
+
+/* Without the CAPS flag cap_offset is 0; with it, it points past the
+   fixed structure and inside the reply. */
+static void region_info_cap_offset_rules(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        struct vu_region_info ri = get_region(c, i, 4096, &r);
+        if (ri.flags & VU_REGION_FLAG_CAPS) assert_true(ri.cap_offset >= 32 && ri.cap_offset + 8 <= r.len);
+        else assert_int_equal(ri.cap_offset, 0);
+        reply_free(&r);
+    }
+}
+
+/* QEMU maps BARs: every BAR region that exists is a power of two (PCI sizes them so). */
+static void region_info_bar_sizes_power_of_two(void **state) {
+    CONN;
+    for (uint32_t i = 0; i < 6; i++) {
+        struct vu_region_info ri = get_region(c, i, 32, NULL);
+        if (ri.size) assert_int_equal(ri.size & (ri.size - 1), 0);
+    }
+}
+
+/* QEMU mmaps a mappable region's descriptor at the reply's offset: page aligned,
+   and its sparse areas too. */
+static void region_info_mmap_offsets_page_aligned(void **state) {
+    CONN;
+    uint32_t n = num_regions(c), mapped = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct reply r;
+        struct vu_region_info ri = get_region(c, i, 4096, &r);
+        if (ri.flags & VU_REGION_FLAG_MMAP) {
+            mapped++;
+            assert_int_equal(ri.offset % VU_PAGE_SIZE, 0);
+            uint32_t at = ri.cap_offset;
+            for (int hops = 0; (ri.flags & VU_REGION_FLAG_CAPS) && at && hops < 16; hops++) {
+                assert_true(at + 8 <= r.len);
+                struct vu_cap_header h;
+                memcpy(&h, r.payload + at, sizeof(h));
+                if (h.id == VU_CAP_SPARSE_MMAP) {
+                    uint32_t count = le32_at(r.payload + at + 8);
+                    for (uint32_t k = 0; k < count && at + 16 + 16 * (k + 1) <= r.len; k++) {
+                        assert_int_equal(le64_at(r.payload + at + 16 + 16 * k) % VU_PAGE_SIZE, 0);
+                        assert_int_equal(le64_at(r.payload + at + 24 + 16 * k) % VU_PAGE_SIZE, 0);
+                    }
+                }
+                at = h.next;
+            }
+        }
+        reply_free(&r);
+    }
+    skip_because(mapped > 0, "no region of the device can be mapped");
+}
+
+/* The config region reads and writes (QEMU forwards guest config cycles). */
+static void region_info_config_read_write(void **state) {
+    CONN;
+    struct vu_region_info ri = get_region(c, VU_PCI_CONFIG_REGION, 32, NULL);
+    assert_true(ri.size >= 256);
+    assert_true(ri.flags & VU_REGION_FLAG_READ);
+    assert_true(ri.flags & VU_REGION_FLAG_WRITE);
+}
+
+/* The same question twice gets the same answer. */
+static void region_info_stable(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    for (uint32_t i = 0; i < n; i++) {
+        struct vu_region_info a = get_region(c, i, 32, NULL), b = get_region(c, i, 32, NULL);
+        assert_memory_equal(&a, &b, 32);
+    }
+}
+
+/* One past the last region, and the largest index, are refused. */
+static void region_info_index_edges(void **state) {
+    CONN;
+    uint32_t n = num_regions(c);
+    struct vu_region_info in = { .argsz = 32, .index = n };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_INFO, &in, sizeof(in), EINVAL);
+    in.index = UINT32_MAX;
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_INFO, &in, sizeof(in), EINVAL);
+}
+
+/* argsz larger than the request it came in: fine (it bounds the reply). */
+static void device_info_argsz_larger(void **state) {
+    CONN;
+    struct vu_device_info in = { .argsz = 4096 };
+    struct reply r;
+    assert_int_equal(request(c, VU_DEVICE_GET_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+    assert_int_equal(r.len, 16);
+    assert_int_equal(le32_at(r.payload), 16);
+    reply_free(&r);
+}
+
+/* The same answer every time, and flags with no bits the spec lacks. */
+static void device_info_stable(void **state) {
+    CONN;
+    struct vu_device_info in = { .argsz = 16 };
+    uint8_t first[16];
+    for (int i = 0; i < 3; i++) {
+        struct reply r;
+        assert_int_equal(request(c, VU_DEVICE_GET_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+        if (i == 0) memcpy(first, r.payload, 16); else assert_memory_equal(first, r.payload, 16);
+        reply_free(&r);
+    }
+}
+
+/* argsz larger than 16: the reply is 16 bytes with argsz 16. */
+static void irq_info_argsz_larger(void **state) {
+    CONN;
+    struct vu_irq_info in = { .argsz = 64, .index = VU_PCI_ERR_IRQ };
+    struct reply r;
+    assert_int_equal(request(c, VU_DEVICE_GET_IRQ_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+    assert_int_equal(r.len, 16);
+    assert_int_equal(le32_at(r.payload), 16);
+    reply_free(&r);
+}
+
+/* test_device_get_irq_info_bad_in: the largest index, and flags set in the request. */
+static void irq_info_bad_in(void **state) {
+    CONN;
+    struct vu_irq_info in = { .argsz = 16, .index = UINT32_MAX };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_IRQ_INFO, &in, sizeof(in), EINVAL);
+}
+
+/* The extra payload after the 16 bytes. */
+static void irq_info_oversized(void **state) {
+    CONN;
+    uint8_t p[32] = { 16, 0, 0, 0, 0, 0, 0, 0, 0 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_IRQ_INFO, p, sizeof(p), EINVAL);
+}
+
+/* Every index's reply has no descriptor and no unknown flag. */
+static void irq_info_flags_known(void **state) {
+    CONN;
+    for (uint32_t i = 0; i < 5; i++) {
+        struct vu_irq_info in = { .argsz = 16, .index = i };
+        struct reply r;
+        assert_int_equal(request(c, VU_DEVICE_GET_IRQ_INFO, 0, &in, sizeof(in), NULL, 0, &r), 0);
+        assert_int_equal(r.nfds, 0);
+        assert_int_equal(le32_at(r.payload + 4) & ~(VU_IRQ_INFO_EVENTFD | VU_IRQ_INFO_MASKABLE | VU_IRQ_INFO_AUTOMASKED | VU_IRQ_INFO_NORESIZE), 0);
+        reply_free(&r);
+    }
+}
+
+/* test_device_get_region_io_fds_bad_count: count must be 0 in a request. */
+static void region_io_fds_count_in_request(void **state) {
+    CONN;
+    struct vu_region_io_fds in = { .argsz = 16, .index = VU_PCI_CONFIG_REGION, .count = 1 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_IO_FDS, &in, sizeof(in), EINVAL);
+}
+
+/* test_device_get_region_io_fds_buffer_too_small: argsz below the fixed part. */
+static void region_io_fds_small_argsz(void **state) {
+    CONN;
+    struct vu_region_io_fds in = { .argsz = 8, .index = VU_PCI_CONFIG_REGION };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_IO_FDS, &in, sizeof(in), EINVAL);
+}
+
+/* test_device_get_region_io_fds_buffer_too_large: a large argsz bounds the
+   reply; the reply's argsz says what it needs. */
+static void region_io_fds_large_argsz(void **state) {
+    CONN;
+    struct vu_region_io_fds in = { .argsz = 4096, .index = VU_PCI_CONFIG_REGION };
+    struct reply r;
+    assert_int_equal(request(c, VU_DEVICE_GET_REGION_IO_FDS, 0, &in, sizeof(in), NULL, 0, &r), 0);
+    assert_true(r.len >= 16 && r.len <= 4096);
+    assert_true(le32_at(r.payload) >= 16);
+    reply_free(&r);
+}
+
+/* Short request. */
+static void region_io_fds_short(void **state) {
+    CONN;
+    uint8_t p[8] = { 16 };
+    EXPECT_ERRNO(c, VU_DEVICE_GET_REGION_IO_FDS, p, sizeof(p), EINVAL);
+}
+
 const struct check info_checks[] = {
     SPEC(device_info_valid, "§5"),
     SPEC(device_info_short, "§5"),
@@ -279,5 +515,24 @@ const struct check info_checks[] = {
     SPEC(irq_info_bad_index, "§8"),
     SPEC(irq_info_short, "§8"),
     SPEC(irq_info_bad_argsz, "§8"),
+    SPEC(region_info_argsz_larger, "§6"),
+    SPEC(region_info_absent_offers_nothing, "§6"),
+    SPEC(region_info_no_fd_without_mmap, "§6"),
+    SPEC(region_info_cap_offset_rules, "§6"),
+    QEMU(region_info_bar_sizes_power_of_two, "§6"),
+    { "region_info_mmap_offsets_page_aligned", region_info_mmap_offsets_page_aligned, setup_open, teardown_conn, CLASS_QEMU, "§6", "mmap" },
+    QEMU(region_info_config_read_write, "§17"),
+    SPEC(region_info_stable, "§6"),
+    SPEC(region_info_index_edges, "§6"),
+    SPEC(device_info_argsz_larger, "§5"),
+    SPEC(device_info_stable, "§5"),
+    SPEC(irq_info_argsz_larger, "§8"),
+    SPEC(irq_info_bad_in, "§8"),
+    OPTIONAL(irq_info_oversized, "§8", "strict"),
+    SPEC(irq_info_flags_known, "§8"),
+    OPTIONAL(region_io_fds_count_in_request, "§7", "region_io_fds"),
+    OPTIONAL(region_io_fds_small_argsz, "§7", "region_io_fds"),
+    OPTIONAL(region_io_fds_large_argsz, "§7", "region_io_fds"),
+    OPTIONAL(region_io_fds_short, "§7", "region_io_fds"),
 };
 const size_t info_checks_count = COUNT_OF(info_checks);
