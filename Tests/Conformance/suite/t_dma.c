@@ -150,6 +150,150 @@ static void dma_max_dma_maps(void **state) {
     assert_int_equal(dma_map(c, RW, 0, 0x3000, 0x1000, -1), 0);
 }
 
+
+/* ---- more of libvfio-user's test_dma_map.py / test_dma_unmap.py and the spec's rules ---- */
+
+/* A window readable only, and one writable only. */
+static void dma_map_read_only(void **state) {
+    CONN;
+    int fd = memfd_of(1 << 16);
+    assert_int_equal(dma_map(c, VU_DMA_READ_FLAG, 0, 0x200000, 0x10000, fd), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x200000, 0x10000), 0);
+    close(fd);
+}
+static void dma_map_write_only(void **state) {
+    CONN;
+    int fd = memfd_of(1 << 16);
+    assert_int_equal(dma_map(c, VU_DMA_WRITE_FLAG, 0, 0x200000, 0x10000, fd), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x200000, 0x10000), 0);
+    close(fd);
+}
+
+/* "The address and size of the DMA region being unmapped must match
+   exactly a previous mapping": part of a window, or more than it. */
+static void dma_unmap_part_refused(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x300000, 0x4000, -1), 0);
+    assert_errno(dma_unmap(c, 0, 0x300000, 0x1000), ENOENT);
+    assert_errno(dma_unmap(c, 0, 0x301000, 0x1000), ENOENT);
+    assert_errno(dma_unmap(c, 0, 0x300000, 0x8000), ENOENT);
+    assert_int_equal(dma_unmap(c, 0, 0x300000, 0x4000), 0);
+}
+
+/* test_dma_unmap_short_write: the payload shorter than the structure. */
+static void dma_unmap_short(void **state) {
+    CONN;
+    uint8_t p[16] = { 24 };
+    EXPECT_ERRNO(c, VU_DMA_UNMAP, p, sizeof(p), EINVAL);
+}
+
+/* test_dma_unmap_bad_argsz: argsz below the structure. */
+static void dma_unmap_bad_argsz(void **state) {
+    CONN;
+    struct vu_dma_unmap u = { .argsz = 8, .addr = 0x10000, .size = 0x1000 };
+    EXPECT_ERRNO(c, VU_DMA_UNMAP, &u, sizeof(u), EINVAL);
+}
+
+/* test_dma_unmap_all_invalid_flags: UNMAP_ALL with the dirty bitmap. */
+static void dma_unmap_all_with_bitmap(void **state) {
+    CONN;
+    struct vu_dma_unmap u = { .argsz = 24, .flags = VU_UNMAP_ALL | VU_UNMAP_GET_DIRTY_BITMAP };
+    EXPECT_ERRNO(c, VU_DMA_UNMAP, &u, sizeof(u), EINVAL);
+}
+
+/* DMA_MAP shorter than its structure. */
+static void dma_map_short(void **state) {
+    CONN;
+    uint8_t p[24] = { 32 };
+    EXPECT_ERRNO(c, VU_DMA_MAP, p, sizeof(p), EINVAL);
+}
+
+/* Windows side by side are separate windows, each unmapped alone. */
+static void dma_map_adjacent(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0x400000, 0x1000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x401000, 0x1000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0x3ff000, 0x1000, -1), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x401000, 0x1000), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x3ff000, 0x1000), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x400000, 0x1000), 0);
+}
+
+/* A guest's worth of windows (QEMU maps RAM, ROMs and BARs), then all unmapped. */
+static void dma_map_many(void **state) {
+    CONN;
+    int fd = memfd_of(64 << 12);
+    for (int i = 0; i < 64; i++) assert_int_equal(dma_map(c, RW, (uint64_t)i << 12, 0x10000000ull + ((uint64_t)i << 16), 0x1000, fd), 0);
+    for (int i = 0; i < 64; i++) assert_int_equal(dma_unmap(c, 0, 0x10000000ull + ((uint64_t)i << 16), 0x1000), 0);
+    close(fd);
+}
+
+/* A window at an offset into its file. */
+static void dma_map_file_offset(void **state) {
+    CONN;
+    int fd = memfd_of(1 << 20);
+    assert_int_equal(dma_map(c, RW, 0x80000, 0x500000, 0x80000, fd), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x500000, 0x80000), 0);
+    close(fd);
+}
+
+/* The DMA_MAP reply carries no payload and no descriptor. */
+static void dma_map_reply_empty(void **state) {
+    CONN;
+    struct vu_dma_map m = { .argsz = sizeof(m), .flags = RW, .addr = 0x600000, .size = 0x1000 };
+    struct reply r;
+    assert_int_equal(request(c, VU_DMA_MAP, 0, &m, sizeof(m), NULL, 0, &r), 0);
+    assert_int_equal(r.len, 0);
+    assert_int_equal(r.nfds, 0);
+    reply_free(&r);
+    assert_int_equal(dma_unmap(c, 0, 0x600000, 0x1000), 0);
+}
+
+/* UNMAP_ALL with nothing mapped, twice. */
+static void dma_unmap_all_when_empty(void **state) {
+    CONN;
+    assert_int_equal(dma_unmap(c, VU_UNMAP_ALL, 0, 0), 0);
+    assert_int_equal(dma_unmap(c, VU_UNMAP_ALL, 0, 0), 0);
+}
+
+/* Two windows from one file. */
+static void dma_map_same_fd_twice(void **state) {
+    CONN;
+    int fd = memfd_of(2 << 16);
+    assert_int_equal(dma_map(c, RW, 0, 0x700000, 0x10000, fd), 0);
+    assert_int_equal(dma_map(c, RW, 0x10000, 0x800000, 0x10000, fd), 0);
+    close(fd);
+    assert_int_equal(dma_unmap(c, 0, 0x700000, 0x10000), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x800000, 0x10000), 0);
+}
+
+/* A window high in the address space, ending at its top. */
+static void dma_map_top_of_address_space(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0xfffffffffffff000ull, 0x1000, -1), 0);
+    assert_int_equal(dma_unmap(c, 0, 0xfffffffffffff000ull, 0x1000), 0);
+}
+
+/* Windows are the connection's: a new client starts with none. */
+static void dma_windows_released_with_client(void **state) {
+    CONN;
+    skip_because(!g_one_shot, "the server serves one connection");
+    assert_int_equal(dma_map(c, RW, 0, 0x900000, 0x1000, -1), 0);
+    conn_close(c);
+    conn_open(c);
+    assert_int_equal(dma_map(c, RW, 0, 0x900000, 0x1000, -1), 0);
+    assert_int_equal(dma_unmap(c, 0, 0x900000, 0x1000), 0);
+}
+
+/* An overlap at the end of a window, and a window containing it: EEXIST too. */
+static void dma_map_overlap_edges(void **state) {
+    CONN;
+    assert_int_equal(dma_map(c, RW, 0, 0xa00000, 0x4000, -1), 0);
+    assert_int_equal(dma_map(c, RW, 0, 0xa03000, 0x2000, -1), EEXIST);
+    assert_int_equal(dma_map(c, RW, 0, 0x9ff000, 0x8000, -1), EEXIST);
+    assert_int_equal(dma_unmap(c, 0, 0xa00000, 0x4000), 0);
+}
+
 const struct check dma_checks[] = {
     SPEC(dma_map_with_fd, "§4"),
     QEMU(dma_map_without_fd, "§4"),
@@ -168,5 +312,21 @@ const struct check dma_checks[] = {
     SPEC(dma_unmap_unknown_flags, "§4"),
     QEMU(dma_unmap_reply_echo, "§4"),
     OPTIONAL_RAW(dma_max_dma_maps, "§4", "strict"),
+    SPEC(dma_map_read_only, "§4"),
+    SPEC(dma_map_write_only, "§4"),
+    SPEC(dma_unmap_part_refused, "§4"),
+    SPEC(dma_unmap_short, "§4"),
+    SPEC(dma_unmap_bad_argsz, "§4"),
+    SPEC(dma_unmap_all_with_bitmap, "§4"),
+    SPEC(dma_map_short, "§4"),
+    QEMU(dma_map_adjacent, "§4"),
+    QEMU(dma_map_many, "§4"),
+    SPEC(dma_map_file_offset, "§4"),
+    QEMU(dma_map_reply_empty, "§4"),
+    SPEC(dma_unmap_all_when_empty, "§4"),
+    SPEC(dma_map_same_fd_twice, "§4"),
+    SPEC(dma_map_top_of_address_space, "§4"),
+    SPEC(dma_windows_released_with_client, "§4"),
+    SPEC(dma_map_overlap_edges, "§4"),
 };
 const size_t dma_checks_count = COUNT_OF(dma_checks);
