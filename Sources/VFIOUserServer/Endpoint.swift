@@ -154,7 +154,10 @@ public final class Endpoint {
     }
 
     /// Serves until the client disconnects; then releases everything the
-    /// client gave (DMA windows, eventfds) and keeps the device state.
+    /// client gave (DMA windows, eventfds) and keeps the device state. A
+    /// migration in progress ends with the connection: the device is back
+    /// in RUNNING for the next client, as kernel VFIO drivers leave a
+    /// device whose file is closed.
     public func run() {
         let device = host.device
         device.interrupts = interrupts
@@ -165,6 +168,10 @@ public final class Endpoint {
             dma.removeAll()
             interrupts.closeAll()
             transport.closeFDs()
+            if host.migration.state != .running {
+                host.migration.reset()
+                device.setRunning(true)
+            }
         }
         pollIRQ = interrupts.watched
         do {

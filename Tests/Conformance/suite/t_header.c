@@ -390,6 +390,85 @@ static void no_reply_failure_silent(void **state) {
     reply_free(&r);
 }
 
+/* ---- replies the size QEMU's receive buffers allow ---- */
+
+/* QEMU receives each reply into a buffer the size of its request (VERSION,
+   GET_INFO, GET_IRQ_INFO, SET_IRQS, DMA_MAP/UNMAP, REGION_WRITE, RESET):
+   a longer reply fails the request. */
+static void replies_fit_request_size(void **state) {
+    CONN;
+    struct vu_irq_info ii = { .argsz = 16, .index = VU_PCI_ERR_IRQ };
+    struct vu_irq_set is = { .argsz = 20, .flags = VU_IRQ_SET_DATA_NONE | VU_IRQ_SET_ACTION_TRIGGER, .index = VU_PCI_INTX_IRQ };
+    struct vu_dma_map dm = { .argsz = 32, .flags = VU_DMA_READ_FLAG | VU_DMA_WRITE_FLAG, .addr = 0xb00000, .size = 0x1000 };
+    struct vu_dma_unmap du = { .argsz = 24, .addr = 0xb00000, .size = 0x1000 };
+    uint8_t rw[17] = { 0x3c, 0, 0, 0, 0, 0, 0, 0, VU_PCI_CONFIG_REGION, 0, 0, 0, 1, 0, 0, 0, 0x0b };
+    struct { uint16_t cmd; const void *p; size_t n; } m[] = {
+        { VU_DEVICE_GET_INFO, &info_req, sizeof(info_req) }, { VU_DEVICE_GET_IRQ_INFO, &ii, sizeof(ii) },
+        { VU_DEVICE_SET_IRQS, &is, sizeof(is) }, { VU_DMA_MAP, &dm, sizeof(dm) }, { VU_DMA_UNMAP, &du, sizeof(du) },
+        { VU_REGION_WRITE, rw, sizeof(rw) },
+    };
+    for (size_t i = 0; i < COUNT_OF(m); i++) {
+        struct reply r;
+        int rc = request(c, m[i].cmd, 0, m[i].p, m[i].n, NULL, 0, &r);
+        assert_true(rc >= 0);
+        if (rc == 0) {
+            if (VU_HEADER_SIZE + r.len > VU_HEADER_SIZE + m[i].n)
+                fail_msg("command %u: a %u-byte reply to a %zu-byte request", m[i].cmd, r.len, m[i].n);
+            assert_int_equal(r.nfds, 0);
+            reply_free(&r);
+        }
+    }
+}
+
+/* GET_REGION_INFO: QEMU's buffer is 16 + argsz; REGION_READ: 32 + count. */
+static void replies_fit_argsz_and_count(void **state) {
+    CONN;
+    for (uint32_t i = 0; i < VU_PCI_NUM_REGIONS; i++) {
+        struct reply r;
+        assert_int_equal(region_info(c, i, 32, &r), 0);
+        assert_true(r.len <= 32);
+        reply_free(&r);
+    }
+    struct vu_region_access a = { .offset = 0, .region = VU_PCI_CONFIG_REGION, .count = 64 };
+    struct reply r;
+    assert_int_equal(request(c, VU_REGION_READ, 0, &a, sizeof(a), NULL, 0, &r), 0);
+    assert_true(r.len <= 16 + 64);
+    assert_int_equal(r.nfds, 0);
+    reply_free(&r);
+}
+
+/* Replies never set No_reply, and only the type and Error flag bits. */
+static void reply_flags_clean(void **state) {
+    CONN;
+    struct vu_region_info bad = { .argsz = 32, .index = 1000 };
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(send_msg(c, (uint16_t)(70 + k), k ? VU_DEVICE_GET_REGION_INFO : VU_DEVICE_GET_INFO, 0,
+                                  k ? (const void *)&bad : (const void *)&info_req, k ? sizeof(bad) : sizeof(info_req), NULL, 0), 0);
+        struct reply r;
+        assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
+        assert_int_equal(r.hdr.flags & ~(VU_F_TYPE_MASK | VU_F_ERROR), 0);
+        reply_free(&r);
+    }
+}
+
+/* QEMU disables an index more than once across resets. */
+static void set_irqs_disable_twice(void **state) {
+    CONN;
+    struct vu_irq_set s = { .argsz = 20, .flags = VU_IRQ_SET_DATA_NONE | VU_IRQ_SET_ACTION_TRIGGER, .index = VU_PCI_ERR_IRQ };
+    assert_int_equal(req(c, VU_DEVICE_SET_IRQS, &s, sizeof(s)), 0);
+    assert_int_equal(req(c, VU_DEVICE_SET_IRQS, &s, sizeof(s)), 0);
+}
+
+/* DMA_UNMAP takes no descriptor. */
+static void dma_unmap_with_fd(void **state) {
+    CONN;
+    int fd = new_eventfd();
+    struct vu_dma_unmap u = { .argsz = 24, .flags = VU_UNMAP_ALL };
+    assert_errno(request(c, VU_DMA_UNMAP, 0, &u, sizeof(u), &fd, 1, NULL), EINVAL);
+    close(fd);
+    assert_alive(c);
+}
+
 const struct check header_checks[] = {
     SPEC(unknown_command, "§2"),
     OPTIONAL(reply_typed_message_ignored, "§2", "strict"),
@@ -418,5 +497,10 @@ const struct check header_checks[] = {
     SPEC(two_messages_in_one_write, "§1"),
     SPEC(half_message_then_disconnect, "§1"),
     QEMU(no_reply_failure_silent, "§10"),
+    QEMU(replies_fit_request_size, "§18"),
+    QEMU(replies_fit_argsz_and_count, "§18"),
+    SPEC(reply_flags_clean, "§2"),
+    QEMU(set_irqs_disable_twice, "§9"),
+    OPTIONAL(dma_unmap_with_fd, "§4", "strict"),
 };
 const size_t header_checks_count = COUNT_OF(header_checks);
