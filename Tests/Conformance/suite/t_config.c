@@ -176,7 +176,8 @@ static void config_interrupt_pin_matches_intx(void **state) {
     assert_int_equal(cfg[0x3d] != 0, irq_count_of(c, VU_PCI_INTX_IRQ) > 0);
 }
 
-/* A BAR for each region that has a size; memory BARs of an absent region read 0. */
+/* PCI: a BAR with no region behind it is hardwired to 0 (QEMU emulates the
+   guest's BARs itself, so this is Protocol/README.md's rule, --strict). */
 static void config_bars_match_regions(void **state) {
     CONN;
     uint8_t cfg[256];
@@ -342,7 +343,7 @@ const struct check config_checks[] = {
     QEMU(config_qemu_writes_accepted, "§17"),
     QEMU(config_access_widths, "§17"),
     QEMU(config_interrupt_pin_matches_intx, "§17"),
-    QEMU(config_bars_match_regions, "§17"),
+    OPTIONAL(config_bars_match_regions, "§17", "strict"),
     QEMU(config_bar_restored, "§17"),
     QEMU(config_rom_bar_sizing, "§17"),
     QEMU(config_command_round_trip, "§17"),
