@@ -114,9 +114,12 @@ static int read_exact(struct conn *c, uint8_t *p, size_t len, struct reply *r, i
     return 0;
 }
 
+static void note(const char *fmt, ...);
+
 int recv_msg(struct conn *c, struct reply *r, int timeout_ms) {
     memset(r, 0, sizeof(*r));
     int rc = read_exact(c, (uint8_t *)&r->hdr, VU_HEADER_SIZE, r, timeout_ms);
+    if (rc == RECV_TIMEOUT) note("no message from the server within %d ms", timeout_ms);
     if (rc != 0) return rc;
     if (r->hdr.msg_size < VU_HEADER_SIZE || r->hdr.msg_size > VU_MAX_MSG_SIZE + 4096) return -1;
     r->len = r->hdr.msg_size - VU_HEADER_SIZE;
@@ -155,7 +158,7 @@ int request(struct conn *c, uint16_t cmd, uint32_t flags, const void *payload, s
     struct reply r;
     int got = recv_msg(c, &r, g_timeout_ms);
     if (got != 0) {
-        note("command %u: %s", cmd, got == RECV_TIMEOUT ? "no reply within the timeout" : "the connection ended without a reply");
+        if (got != RECV_TIMEOUT) note("command %u: the connection ended without a reply", cmd);
         reply_free(&r);
         return got == RECV_TIMEOUT ? RECV_TIMEOUT : -1;
     }
