@@ -39,6 +39,8 @@ let package = Package(
         .target(name: "CShim", path: "Sources/CShim"),
         // UNIX stream sockets by path (server, client, mtty socket backend).
         .target(name: "UnixSocket", path: "Sources/UnixSocket", swiftSettings: strict),
+        // A value behind a pthread mutex (ThreadSanitizer sees it; Synchronization.Mutex it does not).
+        .target(name: "Locking", path: "Sources/Locking", swiftSettings: strict),
         // Heap-allocation counter used by `umdev bench` only (malloc interposer).
         .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
 
@@ -50,7 +52,7 @@ let package = Package(
         .target(
             name: "VFIOUserServer",
             dependencies: [
-                "VFIOUser", "PCI", "CShim", "UnixSocket",
+                "VFIOUser", "PCI", "CShim", "UnixSocket", "Locking",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -69,7 +71,7 @@ let package = Package(
         // (the web page on swift-nio: HTTP/1 and WebSocket on one event loop
         // group, with per-channel writability to drop frames for slow browsers).
         .target(name: "Viewer",
-                dependencies: ["VFIOUserClient", "CPNG",
+                dependencies: ["VFIOUserClient", "CPNG", "Locking",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -88,7 +90,7 @@ let package = Package(
         // The lifecycle daemon: types and budgets, instances by UUID,
         // definitions, discovery, compatibility, the control socket.
         .target(name: "Lifecycle",
-                dependencies: ["PCI", "VFIOUserServer", "UnixSocket", "CShim", "TestDevice", "MTTY", "MDPY", "MBochs",
+                dependencies: ["PCI", "VFIOUserServer", "UnixSocket", "CShim", "Locking", "TestDevice", "MTTY", "MDPY", "MBochs",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Lifecycle", swiftSettings: strict),
 

@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import PCI
-import Synchronization
+import Locking
 import UnixSocket
 import VFIOUserServer
 
@@ -66,14 +66,14 @@ public final class Daemon: @unchecked Sendable {
         var busy: Set<String> = []
         var definitions: [String: Definition] = [:]
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     private struct Control {
         var listen: Int32
         var clients = 0
         var stopped = false
     }
-    private let control: Mutex<Control>
+    private let control: Locked<Control>
     private var acceptThread: pthread_t?
 
     /// Creates the directories, claims the control socket, loads the
@@ -92,12 +92,12 @@ public final class Daemon: @unchecked Sendable {
         do { fd = try UnixSocket.listen(path: path, backlog: 32) } catch {
             throw LifecycleError(.system, "cannot listen on \(path): \(String(cString: strerror(error.errno)))")
         }
-        control = Mutex(Control(listen: fd))
+        control = Locked(Control(listen: fd))
         let (definitions, skipped) = store.load()
         for (file, reason) in skipped {
             logger.error("skipping definition \(file): \(reason)")
         }
-        state = Mutex(State(budgets: Budgets(configuration.budgets), definitions: definitions))
+        state = Locked(State(budgets: Budgets(configuration.budgets), definitions: definitions))
         logger.notice("\(definitions.count) definition(s) in \(configuration.configDirectory)")
         for uuid in definitions.keys.sorted() where definitions[uuid]?.start == .auto {
             do {

@@ -3,14 +3,14 @@ import Logging
 import MBochs
 import MTTY
 import PCI
-import Synchronization
+import Locking
 import VFIOUserServer
 
 /// One running device: its model, its device socket and serving thread,
 /// and its display socket when it has a display.
 final class Instance: @unchecked Sendable {
     // @unchecked: everything is immutable except `runtime`, behind its
-    // Mutex; the device itself is reached only through `server`, whose
+    // lock; the device itself is reached only through `server`, whose
     // thread owns it while a client is attached.
     let uuid: String
     let type: DeviceType
@@ -26,7 +26,7 @@ final class Instance: @unchecked Sendable {
     let lines: [String?]
     let planes: PlanePublisher?
     /// Runtime attributes set since creation.
-    private let runtime: Mutex<[String: String]>
+    private let runtime: Locked<[String: String]>
 
     /// Builds the device, applies `attributes` in order, and starts serving
     /// it on `socket` (and its display on `displayPath`).
@@ -44,7 +44,7 @@ final class Instance: @unchecked Sendable {
             try Self.apply(name, value, to: device)
             settings[name] = value
         }
-        runtime = Mutex(settings)
+        runtime = Locked(settings)
         profile = DeviceProfile(device: device)
         identity = device.migrationIdentity
         readable = device.readableStateVersions

@@ -2,7 +2,7 @@ import CShim
 import Glibc
 import Logging
 import PCI
-import Synchronization
+import Locking
 import UnixSocket
 import VFIOUser
 
@@ -31,7 +31,7 @@ public final class DisplayServer: @unchecked Sendable {
         var viewers: Set<Int32> = []
         var stopped = false
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private var acceptThread: pthread_t?
 
     public init(description: DeviceDescription, path: String, logger: Logger) throws(DeviceError) {
@@ -40,7 +40,7 @@ public final class DisplayServer: @unchecked Sendable {
         self.logger = logger
         let fd: Int32
         do { fd = try UnixSocket.listen(path: path, backlog: 16) } catch { throw DeviceError(error.errno, error.description) }
-        state = Mutex(State(listen: fd))
+        state = Locked(State(listen: fd))
     }
 
     /// Viewers connected now.

@@ -1,6 +1,6 @@
 import Glibc
 import PCI
-import Synchronization
+import Locking
 import VFIOUser
 
 /// The server side of DEVICE_SET_IRQS: which eventfd each vector signals,
@@ -193,7 +193,7 @@ public final class InterruptState: InterruptSink {
 /// raise it: a duplicate of the eventfd the client attached, under a lock
 /// that only SET_IRQS on REQ and a release request ever take.
 public final class RequestLine: Sendable {
-    private let fd = Mutex<Int32>(-1)
+    private let fd = Locked<Int32>(-1)
 
     public init() {}
 

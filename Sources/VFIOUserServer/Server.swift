@@ -2,7 +2,7 @@ import CShim
 import Glibc
 import Logging
 import PCI
-import Synchronization
+import Locking
 import UnixSocket
 import VFIOUser
 
@@ -30,7 +30,7 @@ public final class DeviceServer: @unchecked Sendable {
         var clientPID: pid_t?
         var stopped = false
     }
-    private let control: Mutex<Control>
+    private let control: Locked<Control>
     /// Held by the serving thread for a whole client session, and by a
     /// management thread while it borrows the idle device.
     private let session = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -42,7 +42,7 @@ public final class DeviceServer: @unchecked Sendable {
         self.logger = logger
         let fd: Int32
         do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
-        control = Mutex(Control(listen: fd))
+        control = Locked(Control(listen: fd))
         pthread_mutex_init(session, nil)
     }
 

@@ -4,7 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
-import Synchronization
+import Locking
 
 /// A web page showing devices' screens live, side by side, with each
 /// plane's facts: one HTML file (a package resource, no build step, nothing
@@ -64,7 +64,7 @@ public final class WebOutput: @unchecked Sendable {
     public let encoding: TileEncoding
     let logger: Logger
     private let group: MultiThreadedEventLoopGroup
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let page: ByteBuffer
     private var server: Channel?
     /// The port it listens on (useful with port 0).
@@ -79,7 +79,7 @@ public final class WebOutput: @unchecked Sendable {
         self.encoding = encoding
         self.logger = logger
         page = ByteBuffer(bytes: html)
-        state = Mutex(State(devices: devices.enumerated().map { i, name in
+        state = Locked(State(devices: devices.enumerated().map { i, name in
             DeviceState(name: name, facts: Facts(device: i, enabled: false, kind: "", fourcc: "", width: 0, height: 0,
                                                  stride: 0, offset: 0, id: 0, fps: 0))
         }))
