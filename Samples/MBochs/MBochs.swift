@@ -44,16 +44,16 @@ public final class MBochs: DisplayDevice {
     }
 
     public let type: MBochsType
-    public private(set) var config = ConfigSpace()
+    @exclusivity(unchecked) public private(set) var config = ConfigSpace()
     private let initialConfig: ConfigSpace
     public let vram: SharedMemory
-    public private(set) var dispi: DispiRegisters
-    public private(set) var edid: EDIDRegion
+    @exclusivity(unchecked) public private(set) var dispi: DispiRegisters
+    @exclusivity(unchecked) public private(set) var edid: EDIDRegion
     /// The id the next new layout gets.
-    private var nextPlaneID: UInt32 = 1
+    @exclusivity(unchecked) private var nextPlaneID: UInt32 = 1
     /// The plane last published (compared on every register write, so a
     /// repeated identical mode set publishes nothing).
-    public private(set) var plane = DisplayPlane.disabled(.dmabuf)
+    @exclusivity(unchecked) public private(set) var plane = DisplayPlane.disabled(.dmabuf)
 
     public let regions: [Region]
     /// No interrupts of its own; ERR and REQ as kernel vfio-pci offers them.

@@ -29,7 +29,7 @@ public final class MDPY: DisplayDevice {
     public static let displayRegionType = (type: RegionType.vendor(vendorID), subtype: UInt32(1))
 
     public let type: MDPYType
-    public private(set) var config = ConfigSpace()
+    @exclusivity(unchecked) public private(set) var config = ConfigSpace()
     private let initialConfig: ConfigSpace
     /// The framebuffer: BAR0 and the display region, mapped by the client.
     public let framebuffer: SharedMemory

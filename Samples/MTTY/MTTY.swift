@@ -24,14 +24,14 @@ public final class MTTY: VFIODevice {
 
 
     public let portCount: Int
-    public private(set) var ports: [UART16550]
-    public private(set) var config = ConfigSpace()
+    @exclusivity(unchecked) public private(set) var ports: [UART16550]
+    @exclusivity(unchecked) public private(set) var config = ConfigSpace()
     private let initialConfig: ConfigSpace
     private let lines: [HostLine?]
     private let clock: () -> UInt64
     /// The level last reported on INTx, so only changes are sent.
-    private var intxLevel = false
-    private var running = true
+    @exclusivity(unchecked) private var intxLevel = false
+    @exclusivity(unchecked) private var running = true
 
     public let regions: [Region]
     /// INTx (maskable, automasked), and MSI with one vector as the sample reports at the VFIO level.

@@ -45,9 +45,9 @@ public final class TestDevice: VFIODevice {
     public static let deviceID: UInt16 = 0x10f0
     static let stateVersion: UInt8 = 1
 
-    public var config = ConfigSpace()
-    private var bar0 = [UInt8](repeating: 0, count: 4096)
-    private var bar2 = [UInt8](repeating: 0, count: 32)
+    @exclusivity(unchecked) public var config = ConfigSpace()
+    @exclusivity(unchecked) private var bar0 = [UInt8](repeating: 0, count: 4096)
+    @exclusivity(unchecked) private var bar2 = [UInt8](repeating: 0, count: 32)
     private let bar1Memory: SharedMemory
     private var bar1: UnsafeMutableRawPointer { bar1Memory.base }
     private var initialConfig: ConfigSpace

@@ -20,7 +20,7 @@ public final class DMATable {
     }
 
     /// Sorted by address.
-    public private(set) var windows: [Window] = []
+    @exclusivity(unchecked) public private(set) var windows: [Window] = []
     public internal(set) var maxWindows: Int
 
     init(maxWindows: Int) { self.maxWindows = maxWindows }

@@ -10,7 +10,7 @@ public final class DeviceHost {
     public let device: VFIODevice
     /// The device type, e.g. "mtty-2"; written into migration streams.
     public let typeName: String
-    var migration = MigrationMachine()
+    @exclusivity(unchecked) var migration = MigrationMachine()
     /// What the device looks like from outside, read once: it does not
     /// change while served, and the display socket shares it.
     public let description: DeviceDescription
@@ -126,22 +126,28 @@ public struct DeviceDescription: Sendable {
 /// device, and answers. Runs on the connection's own thread and owns the
 /// per-connection state (negotiated capabilities, DMA windows, IRQ
 /// eventfds); no locks.
+///
+/// State on the request path is `@exclusivity(unchecked)` here, in the
+/// transport, the interrupt and DMA tables and the device models: one
+/// thread owns it (DeviceServer), so Swift's dynamic exclusivity checks,
+/// some 80 instructions each and seven per request, bought nothing but a
+/// third of the cost of a register read (scripts/measure.sh).
 public final class Endpoint {
     public let host: DeviceHost
     let transport: Transport
     let logger: Logger
     /// Client capabilities once VERSION succeeded.
-    public private(set) var client: Capabilities?
+    @exclusivity(unchecked) public private(set) var client: Capabilities?
     public let dma: DMATable
     public let interrupts: InterruptState
     private lazy var guestMemory = GuestMemory(endpoint: self)
     /// Per-region facts the hot path needs, flattened.
     private let regionSize: [UInt64]
     private let regionAccess: [UInt8] // bit0 read, bit1 write
-    private var nextRequestID: UInt16 = 0
-    private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
+    @exclusivity(unchecked) private var nextRequestID: UInt16 = 0
+    @exclusivity(unchecked) private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
     /// Reused by every wait, so polling (a KVM resample fd, a pty) allocates nothing per message.
-    private var pollSet: [pollfd] = []
+    @exclusivity(unchecked) private var pollSet: [pollfd] = []
 
     public init(host: DeviceHost, socket: Int32, logger: Logger) {
         self.host = host

@@ -20,14 +20,14 @@ public final class InterruptState: InterruptSink {
     }
 
     let irqs: [IRQ]
-    private var vectors: [[Vector]]
+    @exclusivity(unchecked) private var vectors: [[Vector]]
     /// The REQ vector's eventfd, shared with other threads (the daemon asks
     /// the client to release the device through it).
     let requestLine: RequestLine?
     /// Current INTx level as the device reports it.
-    public private(set) var intxLevel = false
+    @exclusivity(unchecked) public private(set) var intxLevel = false
     /// Called when the set of watched descriptors changes.
-    var watchedChanged = false
+    @exclusivity(unchecked) var watchedChanged = false
 
     init(irqs: [IRQ], requestLine: RequestLine? = nil) {
         self.irqs = irqs

@@ -39,18 +39,18 @@ public final class Transport {
     public let socket: Int32
     private let buffer: UnsafeMutableRawBufferPointer
     /// Unconsumed bytes are buffer[start..<end].
-    private var start = 0
-    private var end = 0
+    @exclusivity(unchecked) private var start = 0
+    @exclusivity(unchecked) private var end = 0
     /// Descriptors waiting for their message: its offset in the buffer.
-    private var pendingFDOwner = -1
-    private var pendingFDs = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
-    private var pendingFDCount = 0
-    private var pendingOverflow = false
+    @exclusivity(unchecked) private var pendingFDOwner = -1
+    @exclusivity(unchecked) private var pendingFDs = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+    @exclusivity(unchecked) private var pendingFDCount = 0
+    @exclusivity(unchecked) private var pendingOverflow = false
     /// Descriptors of the message last returned by `receive`.
-    public private(set) var fds = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
-    private var heldFDs = 0
+    @exclusivity(unchecked) public private(set) var fds = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+    @exclusivity(unchecked) private var heldFDs = 0
     /// Bytes of an oversized message still to be discarded.
-    private var discard = 0
+    @exclusivity(unchecked) private var discard = 0
     /// Most descriptors one message may carry.
     public let maxFDs: Int
     /// Largest message accepted whole.
@@ -313,9 +313,9 @@ extension Transport {
 /// Storage for deferred messages, kept outside the class body so the hot
 /// path's stored properties stay small.
 final class DeferredQueue {
-    var items: [Transport.Deferred] = []
+    @exclusivity(unchecked) var items: [Transport.Deferred] = []
     /// The message being handled from the queue (freed on the next take).
-    var current: UnsafeMutableRawBufferPointer?
+    @exclusivity(unchecked) var current: UnsafeMutableRawBufferPointer?
 
     deinit {
         current?.deallocate()
