@@ -141,3 +141,44 @@ int umdev_poll_ns(void *fds, unsigned long nfds, long long timeout_ns) {
     struct timespec ts = { .tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL };
     return ppoll((struct pollfd *)fds, nfds, &ts, NULL);
 }
+
+/* ---- copies into and out of client memory that may vanish under them ---- */
+
+#include <setjmp.h>
+#include <signal.h>
+#include <pthread.h>
+
+static __thread sigjmp_buf *guarded_copy_env;
+static struct sigaction previous_sigbus;
+static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *info, void *context) {
+    sigjmp_buf *env = guarded_copy_env;
+    if (env) siglongjmp(*env, 1);
+    /* Not a guarded copy: put the previous disposition back; returning
+       re-runs the faulting instruction, which then dies as it would have. */
+    (void)sig; (void)info; (void)context;
+    sigaction(SIGBUS, &previous_sigbus, NULL);
+}
+
+static void install_sigbus(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &previous_sigbus);
+}
+
+int umdev_guarded_copy(void *dst, const void *src, size_t len) {
+    pthread_once(&sigbus_once, install_sigbus);
+    sigjmp_buf env;
+    if (sigsetjmp(env, 1) != 0) {
+        guarded_copy_env = NULL;
+        return EFAULT;
+    }
+    guarded_copy_env = &env;
+    memcpy(dst, src, len);
+    guarded_copy_env = NULL;
+    return 0;
+}

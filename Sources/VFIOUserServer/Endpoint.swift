@@ -149,9 +149,12 @@ public final class Endpoint {
     /// Reused by every wait, so polling (a KVM resample fd, a pty) allocates nothing per message.
     @exclusivity(unchecked) private var pollSet: [pollfd] = []
 
-    public init(host: DeviceHost, socket: Int32, logger: Logger) {
+    /// `stallTimeout`: how long a client may leave replies unread (its
+    /// socket buffer full) before the connection is dropped.
+    public init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5) {
         self.host = host
         self.transport = Transport(socket: socket)
+        transport.stallLimit = UInt64(max(0.01, stallTimeout) * 1e9)
         self.logger = logger
         dma = DMATable(maxWindows: Limits.maxDMAMaps)
         interrupts = InterruptState(irqs: host.irqs, requestLine: host.requestLine)
@@ -194,6 +197,7 @@ public final class Endpoint {
             switch error {
             case .closed: logger.debug("client disconnected")
             case .framing(let why): logger.notice("closing connection: \(why)")
+            case .io(ETIMEDOUT): logger.notice("closing connection: the client left replies unread for \(Double(transport.stallLimit) / 1e9) s")
             case .io(let e): logger.notice("closing connection: socket error \(e)")
             }
         }
@@ -495,7 +499,11 @@ final class GuestMemory: DMAAccess {
             throw DeviceError(EFAULT, "IOVA range not mapped readable")
         }
         if let p = w.mapping {
-            buffer.baseAddress!.copyMemory(from: p + Int(iova - w.address), byteCount: buffer.count)
+            // The client may have truncated the file behind the window: a
+            // copy from the lost pages fails instead of killing the process.
+            guard umdev_guarded_copy(buffer.baseAddress!, p + Int(iova - w.address), buffer.count) == 0 else {
+                throw DeviceError(EFAULT, "guest memory behind the window is gone (the client shrank its file)")
+            }
         } else {
             try endpoint.clientDMA(write: false, iova: iova, buffer: buffer)
         }
@@ -507,7 +515,9 @@ final class GuestMemory: DMAAccess {
             throw DeviceError(EFAULT, "IOVA range not mapped writable")
         }
         if let p = w.mapping {
-            (p + Int(iova - w.address)).copyMemory(from: data.baseAddress!, byteCount: data.count)
+            guard umdev_guarded_copy(p + Int(iova - w.address), data.baseAddress!, data.count) == 0 else {
+                throw DeviceError(EFAULT, "guest memory behind the window is gone (the client shrank its file)")
+            }
         } else {
             try endpoint.clientDMA(write: true, iova: iova, buffer: UnsafeMutableRawBufferPointer(mutating: data))
         }

@@ -2,95 +2,211 @@ import CShim
 import Glibc
 import Logging
 import PCI
-import Locking
 import UnixSocket
 import VFIOUser
 
-/// Serves one device on one listening socket, on a thread of its own.
+/// Serves one device on one listening socket.
 ///
-/// A vfio-user device has one client at a time: the thread accepts a
-/// connection, serves it until it closes, then accepts the next. Each served
-/// device has its own thread, so a stalled client of one device never holds
-/// up another device.
+/// A vfio-user device has one client at a time. An acceptor (the thread
+/// that calls `serve`, or the one `start` creates) takes each connection;
+/// the first gets the device and a session thread of its own, which serves
+/// it until it closes. A second client arriving meanwhile is refused at
+/// once, with EBUSY in reply to its VERSION, rather than left waiting in
+/// the backlog. Each served device has its own threads, so a stalled client
+/// of one never holds up another device.
 ///
-/// While a client is attached its thread owns the device. Between clients a
-/// management thread may borrow it (`withIdleDevice`: reset, save, load,
-/// attributes); the next client waits for that to finish. Neither takes a
-/// lock per message.
+/// While a client is attached its session thread owns the device. Between
+/// clients a management thread may borrow it (`withIdleDevice`: reset,
+/// save, load, attributes); a client arriving meanwhile waits for that to
+/// finish. Neither takes a lock per message.
 public final class DeviceServer: @unchecked Sendable {
-    // @unchecked: `host` is touched only by the serving thread while a
-    // client is attached, and by `withIdleDevice` under `session` otherwise;
-    // the descriptors shared with `stop` are behind `control`.
+    // @unchecked: `host` is touched only by the session thread while a
+    // client is attached, and by `withIdleDevice` otherwise, never both
+    // (`owner` decides, under `lock`); everything else mutable is behind `lock`.
     public let host: DeviceHost
     public let path: String
     let logger: Logger
-    private struct Control {
+    /// How long a client may leave replies unread before it is dropped.
+    public let stallTimeout: Double
+    /// How long a second client's arrival waits for a first that is leaving.
+    static let handoverGrace: Double = 0.25
+
+    private enum Owner { case nobody, client, management }
+    private struct State {
         var listen: Int32
+        var owner = Owner.nobody
         var connection: Int32 = -1
         var clientPID: pid_t?
+        var session: pthread_t?
         var stopped = false
     }
-    private let control: Locked<Control>
-    /// Held by the serving thread for a whole client session, and by a
-    /// management thread while it borrows the idle device.
-    private let session = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var thread: pthread_t?
+    private var state: State
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var acceptThread: pthread_t?
 
-    public init(host: DeviceHost, path: String, logger: Logger) throws(DeviceError) {
+    public init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5) throws(DeviceError) {
         self.host = host
         self.path = path
         self.logger = logger
+        self.stallTimeout = stallTimeout
         let fd: Int32
         do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
-        control = Locked(Control(listen: fd))
-        pthread_mutex_init(session, nil)
+        state = State(listen: fd)
+        pthread_mutex_init(lock, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(changed, &attr)
+        pthread_condattr_destroy(&attr)
     }
 
     deinit {
-        pthread_mutex_destroy(session)
-        session.deallocate()
+        pthread_cond_destroy(changed)
+        pthread_mutex_destroy(lock)
+        changed.deallocate()
+        lock.deallocate()
     }
 
-    /// Starts the serving thread.
+    private func locked<T>(_ body: (inout State) -> T) -> T {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return body(&state)
+    }
+
+    /// Waits on `changed` until `deadline` (monotonic ns), `lock` held.
+    private func wait(until deadline: UInt64?) {
+        guard let deadline else { pthread_cond_wait(changed, lock); return }
+        var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        pthread_cond_timedwait(changed, lock, &ts)
+    }
+
+    /// Starts the acceptor on a thread of its own.
     public func start() {
-        let box = Unmanaged.passRetained(self)
+        acceptThread = Self.spawn(self) { $0.serve() }
+    }
+
+    private static func spawn(_ server: DeviceServer, _ body: @escaping (DeviceServer) -> Void) -> pthread_t? {
+        final class Job { let server: DeviceServer; let body: (DeviceServer) -> Void
+            init(_ s: DeviceServer, _ b: @escaping (DeviceServer) -> Void) { server = s; body = b } }
+        let job = Unmanaged.passRetained(Job(server, body))
         var t = pthread_t()
         let rc = pthread_create(&t, nil, { arg in
-            let server = Unmanaged<DeviceServer>.fromOpaque(arg!).takeRetainedValue()
-            server.serve()
+            let job = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
+            job.body(job.server)
             return nil
-        }, box.toOpaque())
-        precondition(rc == 0, "pthread_create failed")
-        thread = t
+        }, job.toOpaque())
+        guard rc == 0 else { job.release(); return nil }
+        return t
     }
 
-    /// Runs the accept/serve loop on the calling thread until `stop`.
+    /// Accepts connections on the calling thread until `stop`.
     public func serve() {
         while true {
-            let listenFD = control.withLock { $0.stopped ? -1 : $0.listen }
+            let listenFD = locked { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
             let c: Int32
             do { c = try UnixSocket.accept(listenFD) } catch {
-                if !control.withLock({ $0.stopped }) { logger.error("\(error)") }
+                if !locked({ $0.stopped }) { logger.error("\(error)") }
                 return
             }
             let peer = Self.peerPID(c)
-            pthread_mutex_lock(session)
-            let proceed = control.withLock { state -> Bool in
-                if state.stopped { return false }
+            switch claim(c, peer: peer) {
+            case .granted:
+                // A client that stops reading replies must not hold the
+                // device's thread for ever: sends give up after a while.
+                var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+                setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                logger.info("client connected", metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")"])
+                let session = Self.spawn(self) { $0.runSession(c) }
+                if let session {
+                    locked { $0.session = session }
+                } else {
+                    logger.error("cannot start a session thread")
+                    release(c)
+                }
+            case .busy(let holder):
+                refuse(c, peer: peer, holder: holder)
+            case .stopped:
+                close(c)
+                return
+            }
+        }
+    }
+
+    private enum Claim { case granted, busy(pid_t?), stopped }
+
+    /// Gives the device to the connection `c` if nobody else has it: waits
+    /// out a management borrow, and a little while for a client that is
+    /// leaving; refuses while another client stays.
+    private func claim(_ c: Int32, peer: pid_t?) -> Claim {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        let grace = monotonicNanoseconds() + UInt64(Self.handoverGrace * 1e9)
+        while true {
+            if state.stopped { return .stopped }
+            switch state.owner {
+            case .nobody:
+                if let previous = state.session {
+                    // The last session ends; reap its thread before the next.
+                    state.session = nil
+                    pthread_mutex_unlock(lock)
+                    pthread_join(previous, nil)
+                    pthread_mutex_lock(lock)
+                    continue
+                }
+                state.owner = .client
                 state.connection = c
                 state.clientPID = peer
-                return true
+                return .granted
+            case .management:
+                wait(until: nil)
+            case .client:
+                if monotonicNanoseconds() >= grace { return .busy(state.clientPID) }
+                wait(until: grace)
             }
-            guard proceed else { pthread_mutex_unlock(session); close(c); return }
-            logger.info("client connected", metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")"])
-            let endpoint = Endpoint(host: host, socket: c, logger: logger)
-            endpoint.run()
-            control.withLock { $0.connection = -1; $0.clientPID = nil }
-            pthread_mutex_unlock(session)
-            close(c)
-            logger.info("client disconnected", metadata: ["socket": "\(path)"])
         }
+    }
+
+    private func runSession(_ c: Int32) {
+        let endpoint = Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout)
+        endpoint.run()
+        release(c)
+        logger.info("client disconnected", metadata: ["socket": "\(path)"])
+    }
+
+    private func release(_ c: Int32) {
+        locked { s in
+            s.owner = .nobody
+            s.connection = -1
+            s.clientPID = nil
+        }
+        pthread_cond_broadcast(changed)
+        close(c)
+    }
+
+    /// A second client: answer its VERSION with EBUSY (the spec's first
+    /// message; waited for briefly) and close.
+    private func refuse(_ c: Int32, peer: pid_t?, holder: pid_t?) {
+        logger.notice("refusing a second client: the device is attached",
+                      metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")",
+                                 "holder": "\(holder.map(String.init) ?? "?")"])
+        var tv = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var raw = [UInt8](repeating: 0, count: Header.size)
+        let n = raw.withUnsafeMutableBytes { recv(c, $0.baseAddress, Header.size, Int32(MSG_WAITALL)) }
+        if n == Header.size {
+            let h = raw.withUnsafeBytes { Header($0.baseAddress!) }
+            if h.command == Command.version.rawValue && h.flags & Header.typeMask == Header.typeCommand {
+                raw.withUnsafeMutableBytes {
+                    Header(messageID: h.messageID, command: h.command, messageSize: UInt32(Header.size),
+                           flags: Header.typeReply | Header.errorFlag, error: UInt32(EBUSY)).store(to: $0.baseAddress!)
+                }
+                _ = raw.withUnsafeBytes { send(c, $0.baseAddress, Header.size, Int32(MSG_NOSIGNAL)) }
+            }
+        }
+        close(c)
     }
 
     /// The peer's process id (SO_PEERCRED), if the kernel gives it.
@@ -102,17 +218,26 @@ public final class DeviceServer: @unchecked Sendable {
     // MARK: Management
 
     /// Whether a client is attached now.
-    public var isAttached: Bool { control.withLock { $0.connection >= 0 } }
+    public var isAttached: Bool { locked { $0.owner == .client } }
 
     /// The attached client's process id, when known.
-    public var clientPID: pid_t? { control.withLock { $0.clientPID } }
+    public var clientPID: pid_t? { locked { $0.clientPID } }
 
     /// Runs `body` with the device while no client is attached (a client
     /// arriving meanwhile waits until it returns); nil, without running it,
     /// when a client is attached.
     public func withIdleDevice<T>(_ body: (DeviceHost) throws -> T) rethrows -> T? {
-        guard pthread_mutex_trylock(session) == 0 else { return nil }
-        defer { pthread_mutex_unlock(session) }
+        let borrowed = locked { s -> Bool in
+            while s.owner == .management { pthread_cond_wait(changed, lock) }
+            guard s.owner == .nobody, !s.stopped else { return false }
+            s.owner = .management
+            return true
+        }
+        guard borrowed else { return nil }
+        defer {
+            locked { $0.owner = .nobody }
+            pthread_cond_broadcast(changed)
+        }
         return try body(host)
     }
 
@@ -126,30 +251,34 @@ public final class DeviceServer: @unchecked Sendable {
 
     /// Ends the attached client's connection (the device keeps its state).
     public func dropClient() {
-        let c = control.withLock { $0.connection }
+        let c = locked { $0.connection }
         if c >= 0 { shutdown(c, Int32(SHUT_RDWR)) }
     }
 
     /// Waits until no client is attached, up to `seconds`; true if none is.
     public func waitUntilDetached(seconds: Double) -> Bool {
         let deadline = monotonicNanoseconds() + UInt64(max(0, seconds) * 1e9)
-        while isAttached {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        while state.owner == .client {
             if monotonicNanoseconds() >= deadline { return false }
-            usleep(10_000)
+            wait(until: deadline)
         }
         return true
     }
 
-    /// Stops accepting, ends the current connection, and waits for the thread.
+    /// Stops accepting, ends the current connection, and waits for the threads.
     public func stop() {
-        let fds = control.withLock { state -> (Int32, Int32) in
-            if state.stopped { return (-1, -1) }
-            state.stopped = true
-            return (state.listen, state.connection)
+        let (listen, connection) = locked { s -> (Int32, Int32) in
+            if s.stopped { return (-1, -1) }
+            s.stopped = true
+            return (s.listen, s.connection)
         }
-        if fds.0 >= 0 { shutdown(fds.0, Int32(SHUT_RDWR)) }
-        if fds.1 >= 0 { shutdown(fds.1, Int32(SHUT_RDWR)) }
-        if let t = thread { pthread_join(t, nil); thread = nil }
-        if fds.0 >= 0 { close(fds.0); unlink(path) }
+        pthread_cond_broadcast(changed)
+        if listen >= 0 { shutdown(listen, Int32(SHUT_RDWR)) }
+        if connection >= 0 { shutdown(connection, Int32(SHUT_RDWR)) }
+        if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
+        if let t = locked({ s -> pthread_t? in defer { s.session = nil }; return s.session }) { pthread_join(t, nil) }
+        if listen >= 0 { close(listen); unlink(path) }
     }
 }

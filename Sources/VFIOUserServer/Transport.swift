@@ -1,5 +1,6 @@
 import CShim
 import Glibc
+import PCI
 import VFIOUser
 
 /// Why a connection ended.
@@ -51,6 +52,8 @@ public final class Transport {
     @exclusivity(unchecked) private var heldFDs = 0
     /// Bytes of an oversized message still to be discarded.
     @exclusivity(unchecked) private var discard = 0
+    /// How long the peer may keep its receive buffer full before sends give up (ns).
+    public var stallLimit: UInt64 = 5_000_000_000
     /// Most descriptors one message may carry.
     public let maxFDs: Int
     /// Largest message accepted whole.
@@ -263,18 +266,28 @@ public final class Transport {
         try send(UnsafeRawBufferPointer(start: sendBuffer.baseAddress!, count: length), fds: fds)
     }
 
-    /// Sends `bytes` and `fds` in one sendmsg, finishing with further writes if the kernel took only part.
+    /// Sends `bytes` and `fds` in one sendmsg, finishing with further writes
+    /// if the kernel took only part. A client whose socket buffer stays full
+    /// (it stopped reading replies) for `stallLimit` ends the connection
+    /// with ETIMEDOUT.
     public func send(_ bytes: UnsafeRawBufferPointer, fds: UnsafeBufferPointer<Int32> = UnsafeBufferPointer(start: nil, count: 0)) throws(TransportEnd) {
         var sent = 0
         var first = true
+        var stalledSince: UInt64 = 0
         while sent < bytes.count {
             let n = umdev_sendmsg(socket, bytes.baseAddress! + sent, bytes.count - sent,
                                   first ? fds.baseAddress : nil, first ? Int32(fds.count) : 0)
             if n < 0 {
                 let e = errno
-                if e == EAGAIN { var p = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0); _ = poll(&p, 1, 1000); continue }
-                throw .io(e)
+                if e == EINTR { continue }
+                guard e == EAGAIN else { throw .io(e) }
+                let now = monotonicNanoseconds()
+                if stalledSince == 0 { stalledSince = now } else if now - stalledSince >= stallLimit { throw .io(ETIMEDOUT) }
+                var p = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, 100)
+                continue
             }
+            stalledSince = 0
             first = false
             sent += n
         }

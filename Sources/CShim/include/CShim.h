@@ -53,4 +53,10 @@ int umdev_make_raw(int fd);
 /// UART's receive timeout (0.35 ms at 115200 baud).
 int umdev_poll_ns(void *fds, unsigned long nfds, long long timeout_ns);
 
+/// memcpy that survives the source or destination being pages of a file
+/// that shrank under it (a client truncating a memfd it handed over for
+/// DMA): the SIGBUS is caught and the copy returns EFAULT instead of the
+/// process dying. 0 on success.
+int umdev_guarded_copy(void *dst, const void *src, size_t len);
+
 #endif
