@@ -18,6 +18,19 @@ let vncTargets: [Target] = hasVNC ? [
 let vncDependency: [Target.Dependency] = hasVNC ? ["VNCShim"] : []
 let vncSettings: [SwiftSetting] = hasVNC ? [.define("UMDEV_VNC")] : []
 
+/// libFuzzer targets (Fuzz/), built only by scripts/fuzz.sh (UMDEV_FUZZ=1,
+/// with -sanitize=fuzzer): never part of the normal build.
+let fuzzing = ProcessInfo.processInfo.environment["UMDEV_FUZZ"] != nil
+let fuzzTargets: [Target] = fuzzing ? [
+    .executableTarget(name: "fuzz-codec", dependencies: ["VFIOUser"], path: "Fuzz/Codec", swiftSettings: strict),
+    .executableTarget(name: "fuzz-endpoint",
+                      dependencies: ["VFIOUserServer", "PCI", "CShim", "TestDevice", "MTTY", "MDPY", "MBochs",
+                                     .product(name: "Logging", package: "swift-log")],
+                      path: "Fuzz/Endpoint", swiftSettings: strict),
+    .executableTarget(name: "fuzz-devices", dependencies: ["PCI", "TestDevice", "MTTY", "MDPY", "MBochs"],
+                      path: "Fuzz/Devices", swiftSettings: strict),
+] : []
+
 let package = Package(
     name: "umdev",
     products: [
@@ -105,7 +118,7 @@ let package = Package(
             ],
             path: "Sources/umdev", swiftSettings: strict),
 
-    ] + vncTargets + [
+    ] + vncTargets + fuzzTargets + [
         // Independent C conformance suite (shares no code with the Swift server).
         .systemLibrary(name: "CCmocka", path: "Tests/Conformance/CCmocka", pkgConfig: "cmocka",
                        providers: [.apt(["libcmocka-dev"])]),

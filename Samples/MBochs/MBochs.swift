@@ -100,6 +100,7 @@ public final class MBochs: DisplayDevice {
     // MARK: Region access
 
     public func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        guard accessible(region: region, offset: offset, count: buffer.count) else { return EINVAL }
         switch region {
         case Self.mmioRegion:
             readMMIO(Int(offset), into: buffer)
@@ -118,6 +119,7 @@ public final class MBochs: DisplayDevice {
     }
 
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
+        guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         switch region {
         case Self.mmioRegion:
             writeMMIO(Int(offset), data)

@@ -81,6 +81,7 @@ public final class MDPY: DisplayDevice {
     // MARK: Region access
 
     public func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        guard accessible(region: region, offset: offset, count: buffer.count) else { return EINVAL }
         switch region {
         case RegionIndex.config:
             config.read(offset: Int(offset), into: buffer)
@@ -95,6 +96,7 @@ public final class MDPY: DisplayDevice {
     }
 
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
+        guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         switch region {
         case RegionIndex.config:
             config.write(offset: Int(offset), data: data)

@@ -89,6 +89,7 @@ public final class TestDevice: VFIODevice {
     }
 
     public func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        guard accessible(region: region, offset: offset, count: buffer.count) else { return EINVAL }
         let o = Int(offset)
         switch region {
         case 0:
@@ -106,6 +107,7 @@ public final class TestDevice: VFIODevice {
     }
 
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
+        guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         let o = Int(offset)
         switch region {
         case 0:

@@ -9,6 +9,12 @@ import Glibc
 
 /// One region as DEVICE_GET_REGION_INFO describes it.
 public struct Region: Sendable {
+    /// Whether `count` bytes at `offset` lie inside the region (overflow safe).
+    @inline(__always)
+    public func contains(offset: UInt64, count: Int) -> Bool {
+        offset <= size && UInt64(count) <= size - offset
+    }
+
     /// An mmap-able window inside the region, relative to its start.
     public struct Area: Sendable, Equatable {
         public var offset: UInt64
@@ -138,9 +144,11 @@ public protocol VFIODevice: AnyObject {
     var supportsReset: Bool { get }
 
     /// Reads `buffer.count` bytes at `offset` of `region`. The server has
-    /// checked that the access lies inside a readable region. Returns 0 or an errno.
+    /// checked that the access lies inside a readable region; a model still
+    /// refuses one outside its regions (EINVAL), the second line of defence
+    /// (`accessible(region:offset:count:)`). Returns 0 or an errno.
     func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32
-    /// Writes `data` at `offset` of `region` (range checked). Returns 0 or an errno.
+    /// Writes `data` at `offset` of `region` (range checked, by the server and again by the model). Returns 0 or an errno.
     func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32
     /// Returns every register to its power-on state (DEVICE_RESET).
     func reset()
@@ -196,4 +204,14 @@ public func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+extension VFIODevice {
+    /// Whether `count` bytes at `offset` of region `index` exist: what a
+    /// model checks before it trusts an offset (the server checks first).
+    @inline(__always)
+    public func accessible(region index: Int, offset: UInt64, count: Int) -> Bool {
+        let all = regions
+        return index >= 0 && index < all.count && all[index].contains(offset: offset, count: count)
+    }
 }
