@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' seed corpora (Fuzz/corpus/*) from the recorded
+sessions: QEMU's own messages to a vfio-user server
+(Tests/Fixtures/qemu-transcripts/*.jsonl) for the codec and the endpoint,
+and the Linux bochs driver's register accesses
+(Tests/Fixtures/bochs-display/*.trace.txt) for the device models.
+Run it again when the recordings change; the seeds are kept small."""
+import glob
+import hashlib
+import json
+import os
+import struct
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "Fuzz", "corpus")
+
+
+def write(target, data):
+    d = os.path.join(OUT, target)
+    os.makedirs(d, exist_ok=True)
+    name = hashlib.sha1(data).hexdigest()[:16]
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def messages(path):
+    """Client-to-server messages of a transcript: (header+payload bytes, descriptor count)."""
+    for line in open(path):
+        d = json.loads(line)
+        if d.get("dir") != "c2s" or "payload_hex" not in d:
+            continue
+        payload = bytes.fromhex(d["payload_hex"])
+        flags = (d["flags"] if isinstance(d.get("flags"), int) else 0)
+        header = struct.pack("<HHIII", d["msg_id"], d["command"], 16 + len(payload), flags, d.get("error", 0))
+        yield header + payload, d.get("nfds", 0)
+
+
+def codec_and_endpoint():
+    device_for = {"gpio": 0, "gpio-reboot": 0, "irq": 0, "irq-nommap": 1}
+    for path in sorted(glob.glob(os.path.join(ROOT, "Tests/Fixtures/qemu-transcripts/*.jsonl"))):
+        name = os.path.basename(path)[:-6]
+        msgs = list(messages(path))
+        # codec: one of each command (the first few of each kind), VERSION also as JSON.
+        seen = {}
+        for m, nfds in msgs:
+            cmd = struct.unpack_from("<H", m, 2)[0]
+            if seen.get(cmd, 0) >= 3 or len(m) > 4096:
+                continue
+            seen[cmd] = seen.get(cmd, 0) + 1
+            write("codec", bytes([(nfds & 0x1f) | (0x80 if cmd == 1 else 0)]) + m)
+        # endpoint: the session's opening, and a later stretch, as records; for every device.
+        for start, count in ((0, 60), (len(msgs) // 2, 40)):
+            body = b""
+            for m, nfds in msgs[start:start + count]:
+                if len(m) > 8192:
+                    continue
+                body += bytes([min(nfds, 15) | (0x80 if struct.unpack_from("<H", m, 2)[0] == 2 and nfds else 0)])
+                body += struct.pack("<H", len(m)) + m
+            for device in (device_for.get(name, 0), 2, 3, 4):
+                write("endpoint", bytes([device]) + body[:60000])
+
+
+def devices():
+    """bochs-display traces as mbochs accesses: [kind][region][width][step][offset][value]."""
+    regions = {"cfg": 7, "edid": 2, "dispi": 2, "qext": 2, "vga": 2, "mmio": 2}
+    widths = {1: 0, 2: 1, 4: 2, 8: 3}
+    for path in sorted(glob.glob(os.path.join(ROOT, "Tests/Fixtures/bochs-display/*.trace.txt"))):
+        ops = b""
+        for line in open(path):
+            if line.startswith("#") or not line.strip():
+                continue
+            f = line.split()
+            if len(f) < 7 or f[2] not in ("R", "W") or f[3] not in regions:
+                continue
+            try:
+                offset = int(f[4], 16) if f[4].startswith("0x") else int(f[4])
+                size = int(f[5])
+                value = int(f[6], 16) if f[6].startswith("0x") else int(f[6])
+            except ValueError:
+                continue
+            kind = 1 if f[2] == "W" else 0
+            ops += struct.pack("<BBBBII", kind, regions[f[3]], widths.get(size, 0), 0, offset & 0xffffffff, value & 0xffffffff)
+        for device in (4, 5):     # mbochs-small, mbochs-large (fuzz-devices' table)
+            write("devices", bytes([device]) + ops[:12 * 300])
+    # mtty: a loopback exchange with the FIFO on (FCR, IER, THR writes, RBR/IIR/LSR reads).
+    ops = b""
+    for kind, off, val in [(1, 2, 0xc1), (1, 1, 0x0f), (1, 4, 0x0b)] + [(1, 0, 0x41 + i) for i in range(20)] + \
+                          [(0, 2, 0), (0, 5, 0)] + [(2, 0, 0), (0, 0, 0)] * 10:
+        ops += struct.pack("<BBBBII", kind, 0, 0, 40 if kind & 2 else 0, off, val)
+    write("devices", bytes([1]) + ops)
+
+
+if __name__ == "__main__":
+    codec_and_endpoint()
+    devices()
+    for t in ("codec", "endpoint", "devices"):
+        d = os.path.join(OUT, t)
+        print(t, len(os.listdir(d)), "seeds,", sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)), "bytes")
