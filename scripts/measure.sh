@@ -1,56 +1,79 @@
 #!/usr/bin/env bash
 # The performance figures quoted in release notes, measured on this machine.
-#   1. umdev bench: ops/s, p50/p99, allocations per op (in-process server).
-#   2. strace -c on a separate server: syscalls per REGION_READ.
+#   1. umdev bench: ops/s, p50/p99, heap allocations per op (in-process server),
+#      on the test device's scratch register and on mtty-2's.
+#   2. strace -c on a separate server: syscalls per 1-byte REGION_READ.
 #   3. callgrind on a separate server: user-space instructions per request,
 #      as the difference between a long and a short run.
-#   4. mtty loopback throughput and interrupt latency.
+#   4. mtty: loopback throughput, interrupt latency against a write round trip.
+#   5. Opt-in polling beside libvfio-user's gpio sample, when GPIO=/path/to/
+#      gpio-pci-idio-16 names a build of it (build it from its public sources).
+# Run it on an otherwise idle machine: 3 and the allocation counts do not
+# depend on load; the timings do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product umdev >/dev/null
 bin=.build/release/umdev
 sock=/tmp/umdev-measure-$$.sock
+# Each device with the register its 1-byte REGION_READ reads.
+devices=("test|0|0x10" "mtty-2|0|7")
 
-echo "== umdev bench (release)"
-$bin bench --iterations 100000
+echo "== umdev bench (release, in-process server)"
+for d in "${devices[@]}"; do
+    IFS='|' read -r type region offset <<< "$d"
+    echo "-- $type, region $region offset $offset"
+    $bin bench --iterations 100000 --type "$type" --region "$region" --offset "$offset" --widths 1
+done
 
-serve_under() { # $1.. = wrapper command; starts the server, waits for its socket
-    "$@" ${served:-$bin} serve --type test --socket "$sock" --log-level error 2>>/tmp/umdev-measure-server.log &
+serve_under() { # $1 = type; the rest = wrapper command; starts the server, waits for its socket
+    local type=$1; shift
+    "$@" ${served:-$bin} serve --type "$type" --socket "$sock" --log-level error 2>>/tmp/umdev-measure-server.log &
     pid=$!
     for _ in $(seq 600); do [ -S "$sock" ] && return; sleep 0.1; done
     echo "server did not start" >&2; exit 1
 }
 
 stop_server() { # SIGTERM the server itself (background jobs ignore SIGINT); the wrapper then exits
-    pkill -TERM -f "serve --type test --socket $sock" || true
+    pkill -TERM -f "serve --type .* --socket $sock" || true
     wait $pid 2>/dev/null || true
 }
 
 echo "== syscalls per 1-byte REGION_READ (strace -c -f, 20000 requests)"
-serve_under strace -f -c -o /tmp/umdev-strace.$$ 
-$bin bench --socket "$sock" --only read-1 --iterations 20000 >/dev/null
-stop_server
-grep -E "calls|recvmsg|sendmsg|poll|total" /tmp/umdev-strace.$$ || true
-rm -f /tmp/umdev-strace.$$
+for d in "${devices[@]}"; do
+    IFS='|' read -r type region offset <<< "$d"
+    serve_under "$type" strace -f -c -o /tmp/umdev-strace.$$
+    $bin bench --socket "$sock" --only read-1 --iterations 20000 --region "$region" --offset "$offset" --widths 1 >/dev/null
+    stop_server
+    echo "-- $type (21000 requests incl. warm-up)"
+    grep -E "calls|recvmsg|sendmsg|poll|write|total" /tmp/umdev-strace.$$ || true
+    rm -f /tmp/umdev-strace.$$
+done
 
 echo "== instructions per 1-byte REGION_READ (callgrind, server only)"
 # valgrind 3.19 cannot read the DWARF 5 Swift emits: measure a copy without debug info.
 strip --strip-debug -o /tmp/umdev-nodebug.$$ $bin
-count() { # $1 = requests; prints the server's total instructions
-    serve_under valgrind --tool=callgrind --callgrind-out-file=/tmp/umdev-cg.$$ -q
-    $bin bench --socket "$sock" --only read-1 --iterations "$1" >/dev/null
+count() { # $1 = type, $2 = requests, $3 = region, $4 = offset; prints the server's total instructions
+    served=/tmp/umdev-nodebug.$$ serve_under "$1" valgrind --tool=callgrind --callgrind-out-file=/tmp/umdev-cg.$$ -q
+    $bin bench --socket "$sock" --only read-1 --iterations "$2" --region "$3" --offset "$4" --widths 1 >/dev/null
     stop_server
     sleep 0.5
     callgrind_annotate /tmp/umdev-cg.$$ 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
     rm -f /tmp/umdev-cg.$$
 }
-served=/tmp/umdev-nodebug.$$
-short=$(count 2000); long=$(count 22000)
-unset served
+for d in "${devices[@]}"; do
+    IFS='|' read -r type region offset <<< "$d"
+    short=$(count "$type" 2000 "$region" "$offset"); long=$(count "$type" 22000 "$region" "$offset")
+    echo "$type: $(( (long - short) / 20000 )) instructions per request ($short Ir for 3000 requests, $long Ir for 23000, warm-up included)"
+done
 rm -f /tmp/umdev-nodebug.$$
-echo "short run (3000 requests incl. warm-up): $short Ir"
-echo "long run (23000 requests incl. warm-up): $long Ir"
-echo "per request: $(( (long - short) / 20000 )) instructions"
 
-echo "== mtty"
+echo "== mtty: loopback and interrupt latency"
 $bin bench --mtty --iterations 20000
+
+echo "== opt-in polling"
+if [ -n "${GPIO:-}" ]; then
+    $bin bench --polling --gpio "$GPIO" --iterations 100000
+else
+    $bin bench --polling --iterations 100000
+    echo "(set GPIO=/path/to/gpio-pci-idio-16 to measure libvfio-user's sample beside it)"
+fi

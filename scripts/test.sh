@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the Swift suites, the C conformance suite against each
 # device type umdev serves and against deliberately broken servers, then the viewers end to end with real clients
-# (a VNC client, headless Chromium).
+# (a VNC client, headless Chromium), then each fuzz target for a minute
+# (UMDEV_FUZZ_SECONDS to change it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,5 @@ swift test
 bash scripts/conformance.sh
 CONFORMANCE="$(swift build --show-bin-path)/vfio-user-conformance" python3 -m pytest -q Tests/Conformance/selftest
 UMDEV="$(swift build --show-bin-path)/umdev" python3 -m pytest -q Tests/e2e
+# Each libFuzzer target for a bounded time from the committed seeds; a crash fails the run.
+bash scripts/fuzz.sh all "${UMDEV_FUZZ_SECONDS:-60}"

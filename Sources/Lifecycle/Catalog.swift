@@ -147,6 +147,12 @@ public enum Catalog {
                                              help: "where viewers attach: a path, or none (default: RUN-DIR/UUID.display)", defaultValue: nil) {
         $0 == "none" || ($0.hasPrefix("/") && $0.utf8.count < 100) ? nil : "an absolute path (under 100 bytes) or none"
     }
+    static let pollUs = AttributeSpec(name: "poll_us", kind: .creation,
+                                      help: "spin on the connection up to N µs for the next request before blocking (0: off)",
+                                      defaultValue: "0") {
+        guard let n = Int($0), (0...1_000_000).contains(n) else { return "0 to 1000000 microseconds" }
+        return nil
+    }
     static let plane = AttributeSpec(name: "plane", kind: .status, help: "what the guest shows now", defaultValue: nil) { _ in nil }
 
     static func portHost(_ n: Int) -> AttributeSpec {
@@ -173,7 +179,7 @@ public enum Catalog {
                    description: mappable ? "Protocol test device (BAR0 trapped MMIO, BAR1 mmap-able memfd, BAR2 I/O, INTx/MSI/MSI-X)"
                                          : "Protocol test device with every BAR trapped (QEMU posts MMIO writes to it)",
                    sample: false, pool: .test, cost: 1, model: "umdev.test", stateVersions: 1...1, display: .none,
-                   attributes: [label] + status,
+                   attributes: [pollUs, label] + status,
                    factory: { (_) throws(DeviceError) in try TestDevice(mappable: mappable) },
                    parameters: { _ in ["bar1": mappable ? "mmap" : "trapped"] })
     }
@@ -181,7 +187,7 @@ public enum Catalog {
     static let mttyTypes: [DeviceType] = [1, 2].map { ports in
         DeviceType(id: "mtty-\(ports)", name: ports == 1 ? "Single port serial" : "Dual port serial", description: nil,
                    sample: true, pool: .mtty, cost: ports, model: MTTY.model, stateVersions: 1...MTTY.stateVersion, display: .none,
-                   attributes: (0..<ports).map(port) + [label] + status + (0..<ports).map(portHost),
+                   attributes: (0..<ports).map(port) + [pollUs, label] + status + (0..<ports).map(portHost),
                    factory: { (attrs) throws(DeviceError) in
                        let backends = (0..<ports).map { SerialBackend(argument: attrs["port\($0)"] ?? "loopback") ?? .loopback }
                        return try MTTY(ports: ports, backends: backends)
@@ -192,7 +198,7 @@ public enum Catalog {
     static let mdpyTypes: [DeviceType] = MDPYType.all.map { t in
         DeviceType(id: t.name, name: t.name, description: t.description, sample: true, pool: .mdpy, cost: 1,
                    model: MDPY.model, stateVersions: 1...MDPY.stateVersion, display: DisplayInfo(kind: "region", edid: false),
-                   attributes: [displaySocket, label] + status + [plane],
+                   attributes: [displaySocket, pollUs, label] + status + [plane],
                    factory: { (_) throws(DeviceError) in try MDPY(type: t) },
                    parameters: { _ in ["width": "\(t.width)", "height": "\(t.height)"] })
     }
@@ -212,7 +218,7 @@ public enum Catalog {
         return DeviceType(id: t.name, name: t.name, description: t.description, sample: true, pool: .mbochs, cost: t.vramMiB,
                           model: MBochs.model, stateVersions: 1...MBochs.stateVersion,
                           display: DisplayInfo(kind: "dmabuf", edid: true, maxWidth: Int(t.maxWidth), maxHeight: Int(t.maxHeight)),
-                          attributes: [displaySocket, edidMax, preferred, label] + status + [plane],
+                          attributes: [displaySocket, edidMax, preferred, pollUs, label] + status + [plane],
                           factory: { (attrs) throws(DeviceError) in try MBochs(type: t, edidMax: limit(attrs)) },
                           parameters: { attrs in
                               let l = limit(attrs)

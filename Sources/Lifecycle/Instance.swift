@@ -53,7 +53,8 @@ final class Instance: @unchecked Sendable {
         var deviceLogger = logger
         deviceLogger[metadataKey: "uuid"] = "\(uuid)"
         let host = DeviceHost(device: device, typeName: type.id)
-        do { server = try DeviceServer(host: host, path: socket, logger: deviceLogger) } catch {
+        let poll = Int(attributes["poll_us"] ?? "0") ?? 0
+        do { server = try DeviceServer(host: host, path: socket, logger: deviceLogger, pollMicroseconds: poll) } catch {
             throw LifecycleError(.system, "cannot listen on \(socket): \(error.message)")
         }
         if let displayPath {

@@ -148,10 +148,15 @@ public final class Endpoint {
     @exclusivity(unchecked) private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
     /// Reused by every wait, so polling (a KVM resample fd, a pty) allocates nothing per message.
     @exclusivity(unchecked) private var pollSet: [pollfd] = []
+    /// Opt-in busy polling (`umdev serve --poll-us`): a core traded for latency.
+    private let pollNanoseconds: UInt64
 
     /// `stallTimeout`: how long a client may leave replies unread (its
     /// socket buffer full) before the connection is dropped.
-    public init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5) {
+    /// `pollMicroseconds`: how long to spin on the socket for the next
+    /// request before blocking (0: block at once, the default).
+    public init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+        self.pollNanoseconds = UInt64(max(0, pollMicroseconds)) * 1000
         self.host = host
         self.transport = Transport(socket: socket)
         transport.stallLimit = UInt64(max(0.01, stallTimeout) * 1e9)
@@ -190,7 +195,7 @@ public final class Endpoint {
                     try waitForEvents()
                     continue
                 }
-                guard let message = try transport.receive() else { continue }
+                guard let message = try nextMessage() else { continue }
                 try handle(message)
             }
         } catch {
@@ -201,6 +206,19 @@ public final class Endpoint {
             case .io(let e): logger.notice("closing connection: socket error \(e)")
             }
         }
+    }
+
+    /// The next request: blocking for it, or, with polling on, asking the
+    /// socket without blocking until one comes or the spin time is up.
+    @inline(__always)
+    private func nextMessage() throws(TransportEnd) -> InboundMessage? {
+        if pollNanoseconds > 0 && !transport.hasBufferedMessage && !transport.hasDeferred {
+            let deadline = monotonicNanoseconds() + pollNanoseconds
+            repeat {
+                if let m = try transport.receive(nonBlocking: true) { return m }
+            } while monotonicNanoseconds() < deadline
+        }
+        return try transport.receive()
     }
 
     // MARK: Polling for host-side events

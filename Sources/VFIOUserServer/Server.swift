@@ -28,6 +28,8 @@ public final class DeviceServer: @unchecked Sendable {
     let logger: Logger
     /// How long a client may leave replies unread before it is dropped.
     public let stallTimeout: Double
+    /// Spin on the connection this long before blocking for a request (0: never).
+    public let pollMicroseconds: Int
     /// How long a second client's arrival waits for a first that is leaving.
     static let handoverGrace: Double = 0.25
 
@@ -45,11 +47,13 @@ public final class DeviceServer: @unchecked Sendable {
     private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var acceptThread: pthread_t?
 
-    public init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5) throws(DeviceError) {
+    public init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5,
+                pollMicroseconds: Int = 0) throws(DeviceError) {
         self.host = host
         self.path = path
         self.logger = logger
         self.stallTimeout = stallTimeout
+        self.pollMicroseconds = max(0, min(pollMicroseconds, 1_000_000))
         let fd: Int32
         do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
         state = State(listen: fd)
@@ -169,7 +173,7 @@ public final class DeviceServer: @unchecked Sendable {
     }
 
     private func runSession(_ c: Int32) {
-        let endpoint = Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout)
+        let endpoint = Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
         endpoint.run()
         release(c)
         logger.info("client disconnected", metadata: ["socket": "\(path)"])

@@ -322,13 +322,14 @@ struct StalledClient {
 /// `umdev ARGS` in a child process.
 final class ChildProcess {
     let pid: pid_t
-    init(_ arguments: [String]) throws {
-        let argv = ["/proc/self/exe"] + arguments
+    /// `executable` with `arguments` (umdev itself by default).
+    init(_ arguments: [String], executable: String = "/proc/self/exe") throws {
+        let argv = [executable] + arguments
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, "/proc/self/exe", nil, nil, &cArgs, environ)
-        guard rc == 0 else { throw CommandFailure("cannot start umdev \(arguments.first ?? "")") }
+        let rc = posix_spawn(&child, executable, nil, nil, &cArgs, environ)
+        guard rc == 0 else { throw CommandFailure("cannot start \(executable == "/proc/self/exe" ? "umdev " + (arguments.first ?? "") : executable): \(String(cString: strerror(rc)))") }
         pid = child
     }
 

@@ -39,6 +39,11 @@ struct Serve: ParsableCommand {
     @Flag(name: .long, help: "Do not open a display socket.")
     var noDisplaySocket = false
 
+    @Option(name: .customLong("poll-us"), help: ArgumentHelp(
+        "Spin on the connection for up to N µs for the next request before blocking: lower latency for a busy core (default 0, off).",
+        valueName: "N"))
+    var pollMicroseconds: Int = 0
+
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
@@ -61,7 +66,8 @@ struct Serve: ParsableCommand {
         guard displaySocket == nil || !noDisplaySocket else { throw ValidationError("--display-socket and --no-display-socket conflict") }
         guard displaySocket == nil || device is DisplayDevice else { throw ValidationError("\(kind.id) has no display; --display-socket applies to display types") }
         let host = DeviceHost(device: device, typeName: kind.id)
-        let server = try DeviceServer(host: host, path: socket, logger: logger)
+        guard (0...1_000_000).contains(pollMicroseconds) else { throw ValidationError("--poll-us is 0 to 1000000") }
+        let server = try DeviceServer(host: host, path: socket, logger: logger, pollMicroseconds: pollMicroseconds)
         var paths = [socket]
         signal(SIGPIPE, SIG_IGN)
         if let display = device as? DisplayDevice {

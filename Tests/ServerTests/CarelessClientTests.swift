@@ -185,3 +185,28 @@ func residentKiB() -> Int {
 func openDescriptors() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
 }
+
+@Suite("opt-in polling")
+struct PollingTests {
+    @Test("a server that spins for requests answers them like one that blocks, and still sees the client leave")
+    func pollingServes() throws {
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let path = socketPath("poll")
+        let server = try DeviceServer(host: DeviceHost(device: try MTTY(ports: 2), typeName: "mtty-2"), path: path,
+                                      logger: quiet, pollMicroseconds: 200)
+        server.start()
+        defer { server.stop() }
+        #expect(server.pollMicroseconds == 200)
+        let c = try VFIOUserClient(path: path)
+        try c.negotiate()
+        for i in 0..<2000 {
+            try c.write8(region: 0, offset: 7, UInt8(truncatingIfNeeded: i))
+            #expect(try c.read8(region: 0, offset: 7) == UInt8(truncatingIfNeeded: i))
+        }
+        usleep(5000)   // idle longer than the spin: the server blocks, then wakes for the next
+        #expect(try c.read8(region: 0, offset: 7) == UInt8(truncatingIfNeeded: 1999))
+        c.disconnect()
+        #expect(server.waitUntilDetached(seconds: 2))
+    }
+}
