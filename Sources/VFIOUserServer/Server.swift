@@ -147,6 +147,9 @@ public final class DeviceServer: @unchecked Sendable {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         let grace = monotonicNanoseconds() + UInt64(Self.handoverGrace * 1e9)
+        // Bounded even for a holder that half-closed and then stopped
+        // reading: its session gives up after the stall timeout.
+        let leaving = grace + UInt64((stallTimeout + 1) * 1e9)
         while true {
             if state.stopped { return .stopped }
             switch state.owner {
@@ -166,8 +169,18 @@ public final class DeviceServer: @unchecked Sendable {
             case .management:
                 wait(until: nil)
             case .client:
-                if monotonicNanoseconds() >= grace { return .busy(state.clientPID) }
-                wait(until: grace)
+                let now = monotonicNanoseconds()
+                if now < grace {
+                    wait(until: grace)
+                } else if now < leaving, Self.peerHasHungUp(state.connection) {
+                    // The holder has closed its end: its session reaches the
+                    // end of the stream and releases the device, however
+                    // loaded the machine. Wait for that rather than refuse
+                    // a client that merely came back quickly.
+                    wait(until: min(leaving, now + 10_000_000))
+                } else {
+                    return .busy(state.clientPID)
+                }
             }
         }
     }
@@ -214,6 +227,14 @@ public final class DeviceServer: @unchecked Sendable {
     }
 
     /// The peer's process id (SO_PEERCRED), if the kernel gives it.
+    /// Whether the other end of a connected socket has shut down or closed.
+    static func peerHasHungUp(_ socket: Int32) -> Bool {
+        guard socket >= 0 else { return false }
+        let rdhup: Int16 = 0x2000 // POLLRDHUP, which Glibc hides behind _GNU_SOURCE
+        var p = pollfd(fd: socket, events: rdhup, revents: 0)
+        return poll(&p, 1, 0) == 1 && p.revents & (rdhup | Int16(POLLHUP)) != 0
+    }
+
     static func peerPID(_ socket: Int32) -> pid_t? {
         let pid = umdev_peer_pid(socket)
         return pid > 0 ? pid : nil

@@ -101,7 +101,8 @@ final class ServerProcess {
     let pid: pid_t
     let path: String
 
-    init(type: String, extraArguments: [String] = []) throws {
+    /// `environment` adds to (or overrides) this process's variables.
+    init(type: String, extraArguments: [String] = [], environment: [String: String] = [:]) throws {
         path = socketPath(type)
         let argv = [umdevExecutable(), "serve", "--type", type, "--socket", path, "--log-level", "critical"] + extraArguments
         var actions = posix_spawn_file_actions_t()
@@ -112,7 +113,11 @@ final class ServerProcess {
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, argv[0], &actions, nil, &cArgs, environ)
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cEnv.forEach { free($0) } }
+        let rc = posix_spawn(&child, argv[0], &actions, nil, &cArgs, &cEnv)
         guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(argv[0])") }
         pid = child
         for _ in 0..<500 where access(path, F_OK) != 0 { usleep(10_000) }
