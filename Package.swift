@@ -51,7 +51,7 @@ let package = Package(
         // memfd_create, CMSG_* macros), as static inline wrappers.
         .target(name: "CShim", path: "Sources/CShim"),
         // UNIX stream sockets by path (server, client, mtty socket backend).
-        .target(name: "UnixSocket", path: "Sources/UnixSocket", swiftSettings: strict),
+        .target(name: "UnixSocket", dependencies: ["CShim"], path: "Sources/UnixSocket", swiftSettings: strict),
         // A value behind a pthread mutex (ThreadSanitizer sees it; Synchronization.Mutex it does not).
         .target(name: "Locking", path: "Sources/Locking", swiftSettings: strict),
         // Heap-allocation counter used by `umdev bench` only (malloc interposer).

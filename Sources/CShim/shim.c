@@ -15,6 +15,14 @@
 #include <time.h>
 #include <unistd.h>
 
+_Static_assert(UMDEV_POLLRDHUP == POLLRDHUP, "POLLRDHUP differs on this system");
+
+/// accept4(2) with SOCK_CLOEXEC: no window in which a process spawned by
+/// another thread could inherit the connection.
+int umdev_accept_cloexec(int listener) {
+    return accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+}
+
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.
 int umdev_eventfd(unsigned int initval) {
     return eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK);

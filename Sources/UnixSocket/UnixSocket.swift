@@ -1,3 +1,4 @@
+import CShim
 import Glibc
 
 /// A socket call that failed: errno and what was being done.
@@ -35,11 +36,10 @@ public enum UnixSocket {
     /// when interrupted or when a peer gave up before it was accepted.
     public static func accept(_ listener: Int32) throws(SocketError) -> Int32 {
         while true {
-            let c = Glibc.accept(listener, nil, nil)
-            if c >= 0 {
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                return c
-            }
+            // Close-on-exec from the start: a process another thread spawns
+            // meanwhile must not inherit (and so hold open) the connection.
+            let c = umdev_accept_cloexec(listener)
+            if c >= 0 { return c }
             if errno == EINTR || errno == ECONNABORTED { continue }
             throw SocketError(errno: errno, message: "accept")
         }

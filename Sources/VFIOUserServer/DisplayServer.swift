@@ -72,7 +72,7 @@ public final class DisplayServer: @unchecked Sendable {
             }
             logger.info("viewer connected", metadata: ["socket": "\(path)", "viewers": "\(count)"])
             let viewer = Viewer(socket: c, description: description, logger: logger)
-            _ = spawn(self, detached: true) { server in
+            let started = spawnDetached(self) { server in
                 viewer.run()
                 let left = server.state.withLock { s -> Int in
                     s.viewers.remove(c)
@@ -80,6 +80,12 @@ public final class DisplayServer: @unchecked Sendable {
                 }
                 close(c)
                 server.logger.info("viewer disconnected", metadata: ["socket": "\(server.path)", "viewers": "\(left)"])
+            }
+            if !started {
+                let e = errno
+                logger.error("display socket: cannot start a viewer thread: \(String(cString: strerror(e)))")
+                state.withLock { _ = $0.viewers.remove(c) }
+                close(c)
             }
         }
     }
@@ -115,9 +121,14 @@ private func spawn(_ server: DisplayServer, detached: Bool = false, _ body: @esc
         box.body(box.server)
         return nil
     }, box.toOpaque())
-    guard rc == 0 else { box.release(); return nil }
-    if detached { pthread_detach(t); return nil }
+    guard rc == 0 else { box.release(); errno = rc; return nil }
+    if detached { pthread_detach(t) }
     return t
+}
+
+/// Starts `body` on a detached thread; false (errno set) if none could be made.
+private func spawnDetached(_ server: DisplayServer, _ body: @escaping @Sendable (DisplayServer) -> Void) -> Bool {
+    spawn(server, detached: true, body) != nil
 }
 
 /// One viewer's connection.

@@ -100,7 +100,7 @@ public final class DeviceServer: @unchecked Sendable {
             job.body(job.server)
             return nil
         }, job.toOpaque())
-        guard rc == 0 else { job.release(); return nil }
+        guard rc == 0 else { job.release(); errno = rc; return nil }
         return t
     }
 
@@ -126,11 +126,23 @@ public final class DeviceServer: @unchecked Sendable {
                 if let session {
                     locked { $0.session = session }
                 } else {
-                    logger.error("cannot start a session thread")
-                    release(c)
+                    // Out of threads or memory: say so to the client rather
+                    // than close on it without a word.
+                    let e = errno
+                    logger.error("cannot start a session thread: \(String(cString: strerror(e)))")
+                    locked { s in
+                        s.owner = .nobody
+                        s.connection = -1
+                        s.clientPID = nil
+                    }
+                    pthread_cond_broadcast(changed)
+                    refuse(c, errno: EAGAIN)
                 }
             case .busy(let holder):
-                refuse(c, peer: peer, holder: holder)
+                logger.notice("refusing a second client: the device is attached",
+                              metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")",
+                                         "holder": "\(holder.map(String.init) ?? "?")"])
+                refuse(c, errno: EBUSY)
             case .stopped:
                 close(c)
                 return
@@ -202,12 +214,9 @@ public final class DeviceServer: @unchecked Sendable {
         close(c)
     }
 
-    /// A second client: answer its VERSION with EBUSY (the spec's first
-    /// message; waited for briefly) and close.
-    private func refuse(_ c: Int32, peer: pid_t?, holder: pid_t?) {
-        logger.notice("refusing a second client: the device is attached",
-                      metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")",
-                                 "holder": "\(holder.map(String.init) ?? "?")"])
+    /// A client that cannot be served: answer its VERSION (the spec's first
+    /// message; waited for briefly) with `errno` and close.
+    private func refuse(_ c: Int32, errno e: Int32) {
         var tv = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -218,7 +227,7 @@ public final class DeviceServer: @unchecked Sendable {
             if h.command == Command.version.rawValue && h.flags & Header.typeMask == Header.typeCommand {
                 raw.withUnsafeMutableBytes {
                     Header(messageID: h.messageID, command: h.command, messageSize: UInt32(Header.size),
-                           flags: Header.typeReply | Header.errorFlag, error: UInt32(EBUSY)).store(to: $0.baseAddress!)
+                           flags: Header.typeReply | Header.errorFlag, error: UInt32(e)).store(to: $0.baseAddress!)
                 }
                 _ = raw.withUnsafeBytes { send(c, $0.baseAddress, Header.size, Int32(MSG_NOSIGNAL)) }
             }
@@ -226,15 +235,15 @@ public final class DeviceServer: @unchecked Sendable {
         close(c)
     }
 
-    /// The peer's process id (SO_PEERCRED), if the kernel gives it.
     /// Whether the other end of a connected socket has shut down or closed.
     static func peerHasHungUp(_ socket: Int32) -> Bool {
         guard socket >= 0 else { return false }
-        let rdhup: Int16 = 0x2000 // POLLRDHUP, which Glibc hides behind _GNU_SOURCE
+        let rdhup = Int16(UMDEV_POLLRDHUP)
         var p = pollfd(fd: socket, events: rdhup, revents: 0)
         return poll(&p, 1, 0) == 1 && p.revents & (rdhup | Int16(POLLHUP)) != 0
     }
 
+    /// The peer's process id (SO_PEERCRED), if the kernel gives it.
     static func peerPID(_ socket: Int32) -> pid_t? {
         let pid = umdev_peer_pid(socket)
         return pid > 0 ? pid : nil

@@ -12,6 +12,13 @@
 /// Largest number of fds one message may carry in either direction.
 #define UMDEV_MAX_FDS 16
 
+/// accept4(2) with SOCK_CLOEXEC.
+int umdev_accept_cloexec(int listener);
+
+/// poll(2)'s POLLRDHUP (peer closed or shut down writing), hidden from Swift
+/// by _GNU_SOURCE.
+#define UMDEV_POLLRDHUP 0x2000
+
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.
 int umdev_eventfd(unsigned int initval);
 
