@@ -1,6 +1,7 @@
 import CShim
 import Foundation
 import Glibc
+import Locking
 import Logging
 import MTTY
 import PCI
@@ -71,6 +72,23 @@ struct CarelessClientTests {
             expectAlive(c)
             c.disconnect()
         }
+    }
+
+    @Test("a client that closed while the server was still busy with its request leaves the device to the next")
+    func slowLeaverHandsOver() throws {
+        // The first client's last read takes a second, four times the
+        // handover grace; the next client must wait for it, not get EBUSY.
+        let slow = SlowReads(try TestDevice(mappable: true), delay: 1)
+        let s = try LiveServer(slow)
+        let first = try s.connect()
+        try first.sendRaw(rawMessage(id: 9, command: Command.regionRead.rawValue, payload: le64(0x10) + le32(0) + le32(1)))
+        for _ in 0..<200 where !slow.reading.withLock({ $0 }) { usleep(5_000) }
+        #expect(slow.reading.withLock { $0 })
+        first.disconnect()
+        let start = Date()
+        let next = try s.connect()
+        #expect(Date().timeIntervalSince(start) > 0.5)
+        expectAlive(next)
     }
 
     @Test("device DMA into pages the client truncated away fails with EFAULT; the server lives")
@@ -211,4 +229,28 @@ struct PollingTests {
         c.disconnect()
         #expect(server.waitUntilDetached(seconds: 2))
     }
+}
+
+/// A device whose first region read takes `delay` seconds.
+final class SlowReads: VFIODevice {
+    let inner: VFIODevice
+    let delay: Double
+    let reading = Locked(false)
+    private var done = false
+    init(_ inner: VFIODevice, delay: Double) { self.inner = inner; self.delay = delay }
+    var regions: [Region] { inner.regions }
+    var irqs: [IRQ] { inner.irqs }
+    var supportsReset: Bool { inner.supportsReset }
+    var interrupts: InterruptSink? { get { inner.interrupts } set { inner.interrupts = newValue } }
+    var dma: DMAAccess? { get { inner.dma } set { inner.dma = newValue } }
+    func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        if !done {
+            done = true
+            reading.withLock { $0 = true }
+            usleep(UInt32(delay * 1e6))
+        }
+        return inner.read(region: region, offset: offset, into: buffer)
+    }
+    func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 { inner.write(region: region, offset: offset, data: data) }
+    func reset() { inner.reset() }
 }
