@@ -10,7 +10,7 @@ import Glibc
 /// One region as DEVICE_GET_REGION_INFO describes it.
 public struct Region: Sendable {
     /// Whether `count` bytes at `offset` lie inside the region (overflow safe).
-    @inline(__always)
+    @inlinable
     public func contains(offset: UInt64, count: Int) -> Bool {
         offset <= size && UInt64(count) <= size - offset
     }
@@ -209,7 +209,9 @@ public func monotonicNanoseconds() -> UInt64 {
 extension VFIODevice {
     /// Whether `count` bytes at `offset` of region `index` exist: what a
     /// model checks before it trusts an offset (the server checks first).
-    @inline(__always)
+    /// Inlinable, so that a model's own stored `regions` is read in place:
+    /// it runs on every register access.
+    @inlinable
     public func accessible(region index: Int, offset: UInt64, count: Int) -> Bool {
         let all = regions
         return index >= 0 && index < all.count && all[index].contains(offset: offset, count: count)

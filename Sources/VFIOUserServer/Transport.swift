@@ -53,7 +53,7 @@ public final class Transport {
     /// Bytes of an oversized message still to be discarded.
     @exclusivity(unchecked) private var discard = 0
     /// How long the peer may keep its receive buffer full before sends give up (ns).
-    public var stallLimit: UInt64 = 5_000_000_000
+    @exclusivity(unchecked) public var stallLimit: UInt64 = 5_000_000_000
     /// Most descriptors one message may carry.
     public let maxFDs: Int
     /// Largest message accepted whole.
