@@ -109,8 +109,9 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// mkdir -p, the last component owner-only; an existing directory of
-    /// ours is tightened to 0700, one of another user refused.
+    /// mkdir -p, the last component owner-only. An existing directory must
+    /// already be ours and owner-only: it is never chmodded, since a
+    /// mistyped `--run-dir /run` must not lock everyone else out of /run.
     static func makePrivateDirectory(_ path: String) throws(LifecycleError) {
         guard path.hasPrefix("/") else { throw LifecycleError(.invalid, "\(path): give an absolute path") }
         var st = stat()
@@ -126,7 +127,10 @@ public final class Daemon: @unchecked Sendable {
         }
         guard (st.st_mode & S_IFMT) == S_IFDIR else { throw LifecycleError(.system, "\(path) is not a directory") }
         guard st.st_uid == geteuid() else { throw LifecycleError(.system, "\(path) belongs to uid \(st.st_uid), not to this user") }
-        if st.st_mode & 0o077 != 0 { chmod(path, 0o700) }
+        if st.st_mode & 0o077 != 0 {
+            let mode = String(st.st_mode & 0o7777, radix: 8)
+            throw LifecycleError(.system, "\(path) is open to other users (mode \(mode)); umdev keeps its sockets and definitions in a directory of its own: name a new one (it is created 0700) or chmod 700 this one")
+        }
     }
 
     // MARK: Running

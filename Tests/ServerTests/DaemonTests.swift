@@ -101,6 +101,24 @@ final class TestDaemon: @unchecked Sendable {
 
 @Suite("lifecycle daemon: budgets", .serialized)
 struct DaemonBudgetTests {
+    @Test("an existing directory open to others is refused and left as it was, never chmodded")
+    func sharedDirectoryRefused() throws {
+        let shared = "/tmp/umdev-shared-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        #expect(mkdir(shared, 0o755) == 0 && chmod(shared, 0o755) == 0)
+        defer { rmdir(shared + "/config"); rmdir(shared) }
+        let config = DaemonConfiguration(runDirectory: shared, configDirectory: shared + "/config")
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        do {
+            _ = try Daemon(config, logger: logger)
+            Issue.record("a 0755 run directory was accepted")
+        } catch {
+            #expect(error.message.contains("open to other users (mode 755)"))
+        }
+        var st = stat()
+        #expect(stat(shared, &st) == 0 && st.st_mode & 0o777 == 0o755)
+    }
+
     @Test("mtty: 24 ports shared by mtty-1 (1 each) and mtty-2 (2 each); a stopped instance returns its share")
     func mixedMTTY() throws {
         let d = try TestDaemon()
