@@ -52,7 +52,8 @@ let package = Package(
         .target(name: "CShim", path: "Sources/CShim"),
         // UNIX stream sockets by path (server, client, mtty socket backend).
         .target(name: "UnixSocket", dependencies: ["CShim"], path: "Sources/UnixSocket", swiftSettings: strict),
-        // A value behind a pthread mutex (ThreadSanitizer sees it; Synchronization.Mutex it does not).
+        // POSIX threading: a value behind a pthread mutex (ThreadSanitizer sees it;
+        // Synchronization.Mutex it does not) and starting a thread.
         .target(name: "Locking", path: "Sources/Locking", swiftSettings: strict),
         // Heap-allocation counter used by `umdev bench` only (malloc interposer).
         .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),

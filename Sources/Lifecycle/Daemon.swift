@@ -137,13 +137,7 @@ public final class Daemon: @unchecked Sendable {
 
     /// Serves the control socket on a thread of its own.
     public func start() {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            Unmanaged<Daemon>.fromOpaque(arg!).takeRetainedValue().acceptLoop()
-            return nil
-        }, box.toOpaque())
-        precondition(rc == 0, "pthread_create failed")
+        guard let t = Threads.start({ self.acceptLoop() }) else { preconditionFailure("cannot start the control socket's thread") }
         acceptThread = t
     }
 
@@ -195,18 +189,11 @@ public final class Daemon: @unchecked Sendable {
                 continue
             }
             let connection = ControlConnection(socket: c, daemon: self)
-            var t = pthread_t()
-            let box = Unmanaged.passRetained(connection)
-            let rc = pthread_create(&t, nil, { arg in
-                let connection = Unmanaged<ControlConnection>.fromOpaque(arg!).takeRetainedValue()
+            let thread = Threads.start(detached: true) {
                 connection.serve()
                 connection.daemon.control.withLock { $0.clients -= 1 }
-                return nil
-            }, box.toOpaque())
-            if rc == 0 {
-                pthread_detach(t)
-            } else {
-                box.release()
+            }
+            if thread == nil {
                 control.withLock { $0.clients -= 1 }
                 close(c)
             }

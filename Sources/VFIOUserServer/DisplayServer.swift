@@ -48,7 +48,7 @@ public final class DisplayServer: @unchecked Sendable {
 
     /// Starts accepting viewers on a thread of its own.
     public func start() {
-        acceptThread = spawn(self) { $0.acceptLoop() }
+        acceptThread = Threads.start { self.acceptLoop() }
     }
 
     private func acceptLoop() {
@@ -72,16 +72,16 @@ public final class DisplayServer: @unchecked Sendable {
             }
             logger.info("viewer connected", metadata: ["socket": "\(path)", "viewers": "\(count)"])
             let viewer = Viewer(socket: c, description: description, logger: logger)
-            let started = spawnDetached(self) { server in
+            let thread = Threads.start(detached: true) { [self] in
                 viewer.run()
-                let left = server.state.withLock { s -> Int in
+                let left = state.withLock { s -> Int in
                     s.viewers.remove(c)
                     return s.viewers.count
                 }
                 close(c)
-                server.logger.info("viewer disconnected", metadata: ["socket": "\(server.path)", "viewers": "\(left)"])
+                logger.info("viewer disconnected", metadata: ["socket": "\(path)", "viewers": "\(left)"])
             }
-            if !started {
+            if thread == nil {
                 let e = errno
                 logger.error("display socket: cannot start a viewer thread: \(String(cString: strerror(e)))")
                 state.withLock { _ = $0.viewers.remove(c) }
@@ -104,31 +104,6 @@ public final class DisplayServer: @unchecked Sendable {
         for _ in 0..<200 where viewerCount > 0 { usleep(5_000) }
         if fds.0 >= 0 { close(fds.0); unlink(path) }
     }
-}
-
-/// Runs `body(server)` on a new thread; joinable unless `detached`.
-private func spawn(_ server: DisplayServer, detached: Bool = false, _ body: @escaping @Sendable (DisplayServer) -> Void) -> pthread_t? {
-    final class Box: @unchecked Sendable {
-        // @unchecked: handed whole to the new thread and used only there.
-        let server: DisplayServer
-        let body: @Sendable (DisplayServer) -> Void
-        init(_ server: DisplayServer, _ body: @escaping @Sendable (DisplayServer) -> Void) { self.server = server; self.body = body }
-    }
-    let box = Unmanaged.passRetained(Box(server, body))
-    var t = pthread_t()
-    let rc = pthread_create(&t, nil, { arg in
-        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-        box.body(box.server)
-        return nil
-    }, box.toOpaque())
-    guard rc == 0 else { box.release(); errno = rc; return nil }
-    if detached { pthread_detach(t) }
-    return t
-}
-
-/// Starts `body` on a detached thread; false (errno set) if none could be made.
-private func spawnDetached(_ server: DisplayServer, _ body: @escaping @Sendable (DisplayServer) -> Void) -> Bool {
-    spawn(server, detached: true, body) != nil
 }
 
 /// One viewer's connection.

@@ -1,5 +1,6 @@
 import CShim
 import Glibc
+import Locking
 import Logging
 import PCI
 import UnixSocket
@@ -87,21 +88,7 @@ public final class DeviceServer: @unchecked Sendable {
 
     /// Starts the acceptor on a thread of its own.
     public func start() {
-        acceptThread = Self.spawn(self) { $0.serve() }
-    }
-
-    private static func spawn(_ server: DeviceServer, _ body: @escaping (DeviceServer) -> Void) -> pthread_t? {
-        final class Job { let server: DeviceServer; let body: (DeviceServer) -> Void
-            init(_ s: DeviceServer, _ b: @escaping (DeviceServer) -> Void) { server = s; body = b } }
-        let job = Unmanaged.passRetained(Job(server, body))
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            let job = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
-            job.body(job.server)
-            return nil
-        }, job.toOpaque())
-        guard rc == 0 else { job.release(); errno = rc; return nil }
-        return t
+        acceptThread = Threads.start { self.serve() }
     }
 
     /// Accepts connections on the calling thread until `stop`.
@@ -122,7 +109,7 @@ public final class DeviceServer: @unchecked Sendable {
                 var tv = timeval(tv_sec: 0, tv_usec: 200_000)
                 setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
                 logger.info("client connected", metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")"])
-                let session = Self.spawn(self) { $0.runSession(c) }
+                let session = Threads.start { self.runSession(c) }
                 if let session {
                     locked { $0.session = session }
                 } else {

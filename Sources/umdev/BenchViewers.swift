@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Locking
 import VFIOUser
 import VFIOUserClient
 import Viewer
@@ -71,8 +72,7 @@ final class BenchGuest: @unchecked Sendable {
     let vramSize: Int
     let width: Int, height: Int
     private var pattern = [[UInt8]]()
-    private var stop = false
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let stop = Locked(false)
 
     init(socket: String, width: Int, height: Int) throws {
         client = try VFIOUserClient(path: socket)
@@ -95,34 +95,26 @@ final class BenchGuest: @unchecked Sendable {
             pattern.append(frame)
         }
         pattern[0].withUnsafeBytes { vram.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        pthread_mutex_init(lock, nil)
     }
 
     deinit { munmap(vram, vramSize) }
 
     /// Runs `body` while a thread changes the picture every 16 ms.
     func whileChanging<T>(_ change: Change, _ body: () throws -> T) throws -> T {
-        setStop(false)
-        var t = pthread_t()
-        let box = Unmanaged.passRetained(ChangeJob(guest: self, change: change))
-        pthread_create(&t, nil, { arg in
-            let job = Unmanaged<ChangeJob>.fromOpaque(arg!).takeRetainedValue()
+        stop.withLock { $0 = false }
+        guard let t = Threads.start({ [self] in
             var n = 0
-            while !job.guest.stopped {
-                job.guest.draw(job.change, n)
+            while !stop.withLock({ $0 }) {
+                draw(change, n)
                 n += 1
                 usleep(16_000)
             }
-            return nil
-        }, box.toOpaque())
-        defer { setStop(true); pthread_join(t, nil) }
+        }) else { throw CommandFailure("cannot start the drawing thread") }
+        defer { stop.withLock { $0 = true }; pthread_join(t, nil) }
         return try body()
     }
 
-    private func setStop(_ v: Bool) { pthread_mutex_lock(lock); stop = v; pthread_mutex_unlock(lock) }
-    var stopped: Bool { pthread_mutex_lock(lock); defer { pthread_mutex_unlock(lock) }; return stop }
-
-    fileprivate func draw(_ change: Change, _ n: Int) {
+    private func draw(_ change: Change, _ n: Int) {
         switch change {
         case .fullScreen:
             pattern[n % 3].withUnsafeBytes { vram.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -146,12 +138,6 @@ final class BenchGuest: @unchecked Sendable {
         samples.sort()
         return (samples[2500], samples[4950])
     }
-}
-
-private final class ChangeJob {
-    let guest: BenchGuest
-    let change: BenchGuest.Change
-    init(guest: BenchGuest, change: BenchGuest.Change) { self.guest = guest; self.change = change }
 }
 
 /// A TCP connection to 127.0.0.1:`port`.

@@ -1,4 +1,5 @@
 import Glibc
+import Locking
 import Logging
 import PCI
 
@@ -18,13 +19,7 @@ final class PlaneLog: Sendable {
 
     /// Starts watching; the thread lives as long as the process.
     func start() {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            Unmanaged<PlaneLog>.fromOpaque(arg!).takeRetainedValue().watch()
-            return nil
-        }, box.toOpaque())
-        if rc == 0 { pthread_detach(t) } else { box.release() }
+        Threads.start(detached: true) { self.watch() }
     }
 
     private func watch() {

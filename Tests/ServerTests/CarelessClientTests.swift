@@ -12,37 +12,11 @@ import VFIOUser
 import VFIOUserClient
 import VFIOUserServer
 
-/// Log lines with their metadata, for the refusal's pids.
-final class MetadataLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: [String] = []
-    var lines: [String] { lock.lock(); defer { lock.unlock() }; return stored }
-
-    struct Handler: LogHandler {
-        let log: MetadataLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .info
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            let meta = (event.metadata ?? [:]).merging(metadata) { a, _ in a }
-            let text = "\(event.message) " + meta.keys.sorted().map { "\($0)=\(meta[$0]!)" }.joined(separator: " ")
-            log.lock.lock()
-            log.stored.append(text)
-            log.lock.unlock()
-        }
-    }
-
-    var logger: Logger { Logger(label: "test") { _ in Handler(log: self) } }
-}
-
 @Suite("hostile and careless clients", .serialized)
 struct CarelessClientTests {
     @Test("a second client gets EBUSY in reply to its VERSION at once, and the server logs both pids")
     func secondClientRefused() throws {
-        let log = MetadataLog()
+        let log = LogCapture()
         let path = socketPath("busy")
         let server = try DeviceServer(host: DeviceHost(device: try MTTY(ports: 2), typeName: "mtty-2"), path: path, logger: log.logger)
         server.start()
@@ -55,7 +29,7 @@ struct CarelessClientTests {
         #expect(Date().timeIntervalSince(start) < 1.0)
         #expect(throws: ClientError.self) { try second.deviceInfo() }   // closed
         expectAlive(first)
-        let line = try #require(log.lines.first { $0.hasPrefix("refusing a second client") })
+        let line = try #require(log.all.first { $0.hasPrefix("notice refusing a second client") })
         #expect(line.contains("holder=\(getpid())") && line.contains("pid=\(getpid())"))
         // Once the first leaves, the next is served.
         first.disconnect()

@@ -10,16 +10,9 @@ import VFIOUserClient
 @Suite("umdev command line")
 struct CommandLineTests {
     func run(_ arguments: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: umdevExecutable())
-        p.arguments = arguments
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
-        return String(decoding: data, as: UTF8.self)
+        let r = try runUmdev(arguments)
+        #expect(r.status == 0)
+        return r.out
     }
 
     @Test func infoDescribesWhatServeOffers() throws {

@@ -5,25 +5,7 @@ import Testing
 /// `umdev daemon` as a process, and the lifecycle commands as a user runs them.
 @Suite("umdev daemon and its commands", .serialized)
 struct DaemonCLITests {
-    struct Outcome {
-        var status: Int32
-        var out: String
-        var err: String
-    }
-
-    func umdev(_ arguments: [String]) throws -> Outcome {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: umdevExecutable())
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Outcome(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
-    }
+    func umdev(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(arguments) }
 
     @Test("start, list, attribute, compat, stop and errors, against a daemon process; SIGTERM cleans up")
     func walkthrough() throws {

@@ -10,27 +10,6 @@ import VFIOUser
 import VFIOUserClient
 import VFIOUserServer
 
-/// Log lines, kept for assertions.
-final class LogCapture: Sendable {
-    let lines = Mutex<[String]>([])
-    var all: [String] { lines.withLock { $0 } }
-
-    struct Handler: LogHandler {
-        let capture: LogCapture
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .info
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            capture.lines.withLock { $0.append("\(event.level) \(event.message)") }
-        }
-    }
-
-    var logger: Logger { Logger(label: "test") { _ in Handler(capture: self) } }
-}
-
 /// A daemon in temporary run and config directories, answering over its
 /// real control socket.
 final class TestDaemon: @unchecked Sendable {

@@ -1,6 +1,7 @@
 import CShim
 import Foundation
 import Glibc
+import Locking
 import Logging
 import PCI
 import TestDevice
@@ -139,4 +140,48 @@ final class ServerProcess {
         waitpid(pid, &status, 0)
         unlink(path)
     }
+}
+
+/// What a `umdev` command printed and how it exited.
+struct CommandOutcome {
+    var status: Int32
+    var out: String
+    var err: String
+}
+
+/// Runs the `umdev` executable with `arguments` and waits for it.
+func runUmdev(_ arguments: [String]) throws -> CommandOutcome {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: umdevExecutable())
+    p.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return CommandOutcome(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+}
+
+/// Log lines ("level message key=value ..."), kept for assertions.
+final class LogCapture: Sendable {
+    let lines = Locked<[String]>([])
+    var all: [String] { lines.withLock { $0 } }
+
+    struct Handler: LogHandler {
+        let capture: LogCapture
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .info
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            let meta = (event.metadata ?? [:]).merging(metadata) { a, _ in a }
+            let text = (["\(event.level) \(event.message)"] + meta.keys.sorted().map { "\($0)=\(meta[$0]!)" }).joined(separator: " ")
+            capture.lines.withLock { $0.append(text) }
+        }
+    }
+
+    var logger: Logger { Logger(label: "test") { _ in Handler(capture: self) } }
 }

@@ -6,24 +6,7 @@ import Viewer
 /// `umdev view --png` against `umdev serve`, with `umdev play-guest` as the guest.
 @Suite("umdev view --png")
 struct ViewCommandTests {
-    struct Run {
-        var status: Int32
-        var out: String
-        var err: String
-    }
-
-    static func umdev(_ arguments: [String]) throws -> Run {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: umdevExecutable())
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
-    }
+    static func umdev(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(arguments) }
 
     /// A served display device, once its display socket is there too.
     static func serve(_ type: String) throws -> ServerProcess {
