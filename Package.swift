@@ -22,12 +22,13 @@ let vncSettings: [SwiftSetting] = hasVNC ? [.define("UMDEV_VNC")] : []
 /// with -sanitize=fuzzer): never part of the normal build.
 let fuzzing = ProcessInfo.processInfo.environment["UMDEV_FUZZ"] != nil
 let fuzzTargets: [Target] = fuzzing ? [
-    .executableTarget(name: "fuzz-codec", dependencies: ["VFIOUser"], path: "Fuzz/Codec", swiftSettings: strict),
+    .target(name: "FuzzDriver", path: "Fuzz/Driver", swiftSettings: strict),
+    .executableTarget(name: "fuzz-codec", dependencies: ["VFIOUser", "FuzzDriver"], path: "Fuzz/Codec", swiftSettings: strict),
     .executableTarget(name: "fuzz-endpoint",
-                      dependencies: ["VFIOUserServer", "PCI", "CShim", "TestDevice", "MTTY", "MDPY", "MBochs",
+                      dependencies: ["VFIOUserServer", "PCI", "CShim", "TestDevice", "MTTY", "MDPY", "MBochs", "FuzzDriver",
                                      .product(name: "Logging", package: "swift-log")],
                       path: "Fuzz/Endpoint", swiftSettings: strict),
-    .executableTarget(name: "fuzz-devices", dependencies: ["PCI", "TestDevice", "MTTY", "MDPY", "MBochs"],
+    .executableTarget(name: "fuzz-devices", dependencies: ["PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "FuzzDriver"],
                       path: "Fuzz/Devices", swiftSettings: strict),
 ] : []
 

@@ -3,6 +3,7 @@
 //
 // Input: byte 0 = descriptor count (mod 17) and, in its top bit, "also parse
 // the payload as VERSION JSON"; then a 16-byte header and the payload.
+import FuzzDriver
 import VFIOUser
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -20,15 +21,7 @@ public func fuzzCodec(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     return 0
 }
 
-// SwiftPM links an executable with `main` pointing at `fuzz_codec_main`; that
-// hands control to libFuzzer's driver (what its own main would do).
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
-
 @_cdecl("fuzz_codec_main")
 public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var count = argc
-    var vector = argv
-    return LLVMFuzzerRunDriver(&count, &vector, { data, size in fuzzCodec(data, size) })
+    runLibFuzzer(argc, argv) { data, size in fuzzCodec(data, size) }
 }

@@ -8,6 +8,7 @@
 // Input: byte 0 picks the device; then 12-byte accesses
 //   [kind][region][width][time step] [offset u32] [value u32]
 // where kind bit 0 = write, bit 1 = let mtty's clock run (receive timeouts).
+import FuzzDriver
 import Glibc
 import MBochs
 import MDPY
@@ -83,15 +84,7 @@ public func fuzzDevices(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     return 0
 }
 
-// SwiftPM links an executable with `main` pointing at `fuzz_devices_main`; that
-// hands control to libFuzzer's driver (what its own main would do).
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
-
 @_cdecl("fuzz_devices_main")
 public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var count = argc
-    var vector = argv
-    return LLVMFuzzerRunDriver(&count, &vector, { data, size in fuzzDevices(data, size) })
+    runLibFuzzer(argc, argv) { data, size in fuzzDevices(data, size) }
 }

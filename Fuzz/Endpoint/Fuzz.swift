@@ -9,6 +9,7 @@
 // sent with one sendmsg each; descriptors (eventfds, or a 64 KiB memfd
 // when bit 7 is set) are attached to the record's first byte.
 import CShim
+import FuzzDriver
 import Glibc
 import Logging
 import MBochs
@@ -94,15 +95,7 @@ public func fuzzEndpoint(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     return 0
 }
 
-// SwiftPM links an executable with `main` pointing at `fuzz_endpoint_main`; that
-// hands control to libFuzzer's driver (what its own main would do).
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
-
 @_cdecl("fuzz_endpoint_main")
 public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var count = argc
-    var vector = argv
-    return LLVMFuzzerRunDriver(&count, &vector, { data, size in fuzzEndpoint(data, size) })
+    runLibFuzzer(argc, argv) { data, size in fuzzEndpoint(data, size) }
 }
