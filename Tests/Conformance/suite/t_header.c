@@ -10,6 +10,19 @@
 
 static const struct vu_device_info info_req = { .argsz = 16 };
 
+/* Sends `n` (at most 8) DEVICE_GET_INFO requests in a single write, with ids
+   first_id, first_id + id_step, ... */
+static void send_info_batch(struct conn *c, int n, uint16_t first_id, uint16_t id_step) {
+    uint8_t batch[8 * 32];
+    assert_true(n <= 8);
+    for (int i = 0; i < n; i++) {
+        struct vu_header h = { .msg_id = (uint16_t)(first_id + i * id_step), .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
+        memcpy(batch + 32 * i, &h, 16);
+        memcpy(batch + 32 * i + 16, &info_req, 16);
+    }
+    assert_int_equal(send_bytes(c, batch, (size_t)n * 32, NULL, 0), 0);
+}
+
 /* §2: an unknown command number is EINVAL. */
 static void unknown_command(void **state) {
     CONN;
@@ -162,13 +175,7 @@ static void partial_message_reassembled(void **state) {
 /* §1: pipelined requests are answered in order. */
 static void pipelined_requests_in_order(void **state) {
     CONN;
-    uint8_t batch[8 * 32];
-    for (int i = 0; i < 8; i++) {
-        struct vu_header h = { .msg_id = (uint16_t)(1000 + i), .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
-        memcpy(batch + 32 * i, &h, 16);
-        memcpy(batch + 32 * i + 16, &info_req, 16);
-    }
-    assert_int_equal(send_bytes(c, batch, sizeof(batch), NULL, 0), 0);
+    send_info_batch(c, 8, 1000, 1);
     for (int i = 0; i < 8; i++) {
         struct reply r;
         assert_int_equal(recv_msg(c, &r, 5000), 0);
@@ -216,13 +223,7 @@ static void reply_echoes_extreme_ids(void **state) {
    not make any assumptions about their uniqueness." */
 static void reused_ids_all_answered(void **state) {
     CONN;
-    uint8_t batch[4 * 32];
-    for (int i = 0; i < 4; i++) {
-        struct vu_header h = { .msg_id = 9, .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
-        memcpy(batch + 32 * i, &h, 16);
-        memcpy(batch + 32 * i + 16, &info_req, 16);
-    }
-    assert_int_equal(send_bytes(c, batch, sizeof(batch), NULL, 0), 0);
+    send_info_batch(c, 4, 9, 0);
     for (int i = 0; i < 4; i++) {
         struct reply r;
         assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
@@ -352,13 +353,7 @@ static void header_then_payload_later(void **state) {
 /* Two messages in one write are two messages. */
 static void two_messages_in_one_write(void **state) {
     CONN;
-    uint8_t m[64];
-    for (int i = 0; i < 2; i++) {
-        struct vu_header h = { .msg_id = (uint16_t)(60 + i), .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
-        memcpy(m + 32 * i, &h, 16);
-        memcpy(m + 32 * i + 16, &info_req, 16);
-    }
-    assert_int_equal(send_bytes(c, m, sizeof(m), NULL, 0), 0);
+    send_info_batch(c, 2, 60, 1);
     for (int i = 0; i < 2; i++) {
         struct reply r;
         assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
