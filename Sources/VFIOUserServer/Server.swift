@@ -117,12 +117,7 @@ public final class DeviceServer: @unchecked Sendable {
                     // than close on it without a word.
                     let e = errno
                     logger.error("cannot start a session thread: \(String(cString: strerror(e)))")
-                    locked { s in
-                        s.owner = .nobody
-                        s.connection = -1
-                        s.clientPID = nil
-                    }
-                    pthread_cond_broadcast(changed)
+                    vacate()
                     refuse(c, errno: EAGAIN)
                 }
             case .busy(let holder):
@@ -191,13 +186,18 @@ public final class DeviceServer: @unchecked Sendable {
         logger.info("client disconnected", metadata: ["socket": "\(path)"])
     }
 
-    private func release(_ c: Int32) {
+    /// The device is nobody's again; a client waiting in `claim` may take it.
+    private func vacate() {
         locked { s in
             s.owner = .nobody
             s.connection = -1
             s.clientPID = nil
         }
         pthread_cond_broadcast(changed)
+    }
+
+    private func release(_ c: Int32) {
+        vacate()
         close(c)
     }
 
@@ -255,10 +255,7 @@ public final class DeviceServer: @unchecked Sendable {
             return true
         }
         guard borrowed else { return nil }
-        defer {
-            locked { $0.owner = .nobody }
-            pthread_cond_broadcast(changed)
-        }
+        defer { vacate() }
         return try body(host)
     }
 
