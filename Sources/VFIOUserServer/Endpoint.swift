@@ -32,6 +32,11 @@ public final class DeviceHost {
     /// DEVICE_RESET, as a client would ask it.
     public func resetDevice() {
         device.reset()
+        backToRunning()
+    }
+
+    /// Abandons any migration: the state machine and the device are RUNNING.
+    func backToRunning() {
         migration.reset()
         device.setRunning(true)
     }
@@ -45,8 +50,7 @@ public final class DeviceHost {
             try migration.transition(to: .running, device: device)
             return stream
         } catch {
-            migration.reset()
-            device.setRunning(true)
+            backToRunning()
             throw DeviceError(error.errno, "\(error.reason)")
         }
     }
@@ -67,8 +71,7 @@ public final class DeviceHost {
             try migration.transition(to: .running, device: device)
         } catch {
             let why = migration.lastRefusal ?? "\(error.reason)"
-            migration.reset()
-            device.setRunning(true)
+            backToRunning()
             throw DeviceError(error.errno, why)
         }
     }
@@ -158,8 +161,7 @@ public final class Endpoint {
     public init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
         self.pollNanoseconds = UInt64(max(0, pollMicroseconds)) * 1000
         self.host = host
-        self.transport = Transport(socket: socket)
-        transport.stallLimit = UInt64(max(0.01, stallTimeout) * 1e9)
+        self.transport = Transport(socket: socket, stallLimit: UInt64(max(0.01, stallTimeout) * 1e9))
         self.logger = logger
         dma = DMATable(maxWindows: Limits.maxDMAMaps)
         interrupts = InterruptState(irqs: host.irqs, requestLine: host.requestLine)
@@ -182,10 +184,7 @@ public final class Endpoint {
             dma.removeAll()
             interrupts.closeAll()
             transport.closeFDs()
-            if host.migration.state != .running {
-                host.migration.reset()
-                device.setRunning(true)
-            }
+            if host.migration.state != .running { host.backToRunning() }
         }
         pollIRQ = interrupts.watched
         do {
@@ -390,9 +389,7 @@ public final class Endpoint {
 
         case .deviceReset:
             guard host.device.supportsReset else { throw ProtocolError(ENOTTY, "device does not support reset") }
-            host.device.reset()
-            host.migration.reset()
-            host.device.setRunning(true)
+            host.resetDevice()
             try reply(w, to: h)
 
         case .dirtyPages:

@@ -53,7 +53,7 @@ public final class Transport {
     /// Bytes of an oversized message still to be discarded.
     @exclusivity(unchecked) private var discard = 0
     /// How long the peer may keep its receive buffer full before sends give up (ns).
-    @exclusivity(unchecked) public var stallLimit: UInt64 = 5_000_000_000
+    public let stallLimit: UInt64
     /// Most descriptors one message may carry.
     public let maxFDs: Int
     /// Largest message accepted whole.
@@ -62,8 +62,10 @@ public final class Transport {
     public let sendBuffer: UnsafeMutableRawBufferPointer
     let deferred = DeferredQueue()
 
-    public init(socket: Int32, maxMessageSize: Int = Limits.maxMessageSize, maxFDs: Int = Limits.maxMessageFDs) {
+    public init(socket: Int32, maxMessageSize: Int = Limits.maxMessageSize, maxFDs: Int = Limits.maxMessageFDs,
+                stallLimit: UInt64 = 5_000_000_000) {
         self.socket = socket
+        self.stallLimit = stallLimit
         self.maxMessageSize = maxMessageSize
         self.maxFDs = maxFDs
         buffer = .allocate(byteCount: maxMessageSize + 4096, alignment: 16)
