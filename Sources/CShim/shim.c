@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -41,6 +42,11 @@ _Static_assert(UMDEV_POLLRDHUP == POLLRDHUP, "POLLRDHUP differs on this system")
 /// another thread could inherit the connection.
 int umdev_accept_cloexec(int listener) {
     return accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+}
+
+/// rename(2) that fails with EEXIST instead of replacing `to`.
+int umdev_rename_noreplace(const char *from, const char *to) {
+    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
 }
 
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.

@@ -14,18 +14,32 @@ public enum UnixSocket {
     /// Binds and listens at `path`, the socket file owner-only (`mode`,
     /// 0600 by default) from the moment it exists. A stale socket left there
     /// by an earlier run is replaced; any other kind of file is left alone
-    /// (EADDRINUSE).
+    /// (EEXIST). The file appears only once the socket accepts connections.
     public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false, mode: mode_t = 0o600) throws(SocketError) -> Int32 {
         let fd = try open(nonBlocking: nonBlocking)
         var st = stat()
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        // The socket appears at `path` only once it listens: bound under a
+        // name beside it, then renamed into place. Whoever waits for the
+        // file (a script, QEMU started next) never finds it refusing
+        // connections between bind and listen. A path too long for the
+        // staging name is bound directly.
+        let staged = path + ".\(getpid()).new"
+        let direct = staged.utf8.count >= MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+        let bound = direct ? path : staged
+        if !direct { unlink(staged) }
         // Linux creates the file with the unbound socket's mode (less the
         // umask), so set it before bind; chmod after, for other kernels.
         _ = fchmod(fd, mode)
-        let rc = try withAddress(path) { Glibc.bind(fd, $0, $1) }
-        if rc == 0 { _ = chmod(path, mode) }
-        guard rc == 0, Glibc.listen(fd, backlog) == 0 else {
+        var rc = try withAddress(bound) { Glibc.bind(fd, $0, $1) }
+        if rc == 0 { _ = chmod(bound, mode) }
+        if rc == 0 { rc = Glibc.listen(fd, backlog) }
+        // Never over anything: a stale socket at `path` is gone by now, and
+        // whatever else is there stays.
+        if rc == 0 && !direct { rc = umdev_rename_noreplace(staged, path) }
+        guard rc == 0 else {
             let e = errno
+            if !direct { unlink(staged) }
             close(fd)
             throw SocketError(errno: e, message: "cannot listen on \(path)")
         }

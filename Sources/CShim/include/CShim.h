@@ -19,6 +19,9 @@ int umdev_accept_cloexec(int listener);
 /// by _GNU_SOURCE.
 #define UMDEV_POLLRDHUP 0x2000
 
+/// rename(2) that fails with EEXIST instead of replacing `to`.
+int umdev_rename_noreplace(const char *from, const char *to);
+
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK.
 int umdev_eventfd(unsigned int initval);
 
