@@ -207,10 +207,7 @@ static void install_sigbus(void) {
 int umdev_guarded_copy(void *dst, const void *src, size_t len) {
     pthread_once(&sigbus_once, install_sigbus);
     sigjmp_buf env;
-    /* The mask need not be saved (that is a sigprocmask call per copy): the
-       handler runs with SA_NODEFER and an empty sa_mask, so jumping out of
-       it leaves the thread's mask as it was. */
-    if (sigsetjmp(env, 0) != 0) {
+    if (sigsetjmp(env, 1) != 0) {
         guarded_copy_env = NULL;
         return EFAULT;
     }
