@@ -207,6 +207,9 @@ static void install_sigbus(void) {
 int umdev_guarded_copy(void *dst, const void *src, size_t len) {
     pthread_once(&sigbus_once, install_sigbus);
     sigjmp_buf env;
+    /* Save the mask (a sigprocmask per copy): a runtime that wraps signal
+       handlers, ThreadSanitizer's for one, blocks signals around ours, and
+       jumping out must not leave SIGBUS blocked. */
     if (sigsetjmp(env, 1) != 0) {
         guarded_copy_env = NULL;
         return EFAULT;
