@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Swift test suites under AddressSanitizer and ThreadSanitizer, each in
-# a build directory of its own (.build-asan, .build-tsan; both ignored by git).
+# a build directory of its own (.build-asan, .build-tsan; both ignored by git),
+# the run's log inside it (sanitize.log).
 #   scripts/sanitize.sh [address|thread ...]     default: both
 # Exits non-zero when a suite fails or a sanitizer reports anything.
 # Too slow for CI's time budget (each is a full instrumented rebuild); run it
@@ -16,7 +17,8 @@ for kind in "${kinds[@]}"; do
         thread) dir=.build-tsan ;;
         *) echo "sanitize.sh: address or thread, not $kind" >&2; exit 2 ;;
     esac
-    log=$dir.log
+    mkdir -p "$dir"
+    log=$dir/sanitize.log
     echo "== swift test --sanitize=$kind (log: $log)"
     start=$(date +%s)
     # halt_on_error=0 lets TSan report every race of the run, not only the first.
