@@ -166,7 +166,7 @@ public enum Request {
             guard n >= 4 else { throw .invalid("VERSION payload shorter than 4 bytes") }
             let major = p.u16(0), minor = p.u16(2)
             guard major == 0 else { throw ProtocolError(ENOTSUP, "unsupported major version") }
-            var caps = Capabilities()
+            var caps = Capabilities.unstated
             if n > 4 {
                 guard n - 4 <= Limits.maxVersionJSON else { throw ProtocolError(E2BIG, "VERSION JSON too large") }
                 guard p[n - 1] == 0 else { throw .invalid("VERSION JSON not NUL-terminated") }

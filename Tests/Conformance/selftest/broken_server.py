@@ -11,6 +11,8 @@ Modes:
                    as plain, but exits with status 3 on a VERSION it cannot parse
   silent           accepts connections and reads, but never answers
   wrong-id         as plain, but every reply carries the wrong message id
+  all-capabilities as plain, but every VERSION reply names all of its capabilities,
+                   whatever the client proposed (as libvfio-user's samples do)
 """
 import json
 import os
@@ -58,7 +60,11 @@ def answer(conn, mode, msg_id, command, payload):
             if mode == "exit-on-bad-version":
                 sys.exit(3)
             return reply(conn, mode, msg_id, command, error=EINVAL)
-        return reply(conn, mode, msg_id, command, struct.pack("<HH", 0, 0) + b'{"capabilities":{}}\0')
+        caps = b'{"capabilities":{}}'
+        if mode == "all-capabilities":
+            caps = (b'{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,"pgsizes":4096,'
+                    b'"max_dma_maps":65535,"migration":{"pgsize":4096}}}')
+        return reply(conn, mode, msg_id, command, struct.pack("<HH", 0, 0) + caps + b"\0")
     if command == GET_INFO and len(payload) == 16:
         return reply(conn, mode, msg_id, command, struct.pack("<IIII", 16, 1 << 1, 9, 5))
     if command == REGION_INFO and len(payload) == 32:
@@ -93,7 +99,7 @@ def serve(conn, mode):
 
 def main():
     mode, path = sys.argv[1], sys.argv[2]
-    if mode not in ("plain", "exit-on-bad-version", "silent", "wrong-id"):
+    if mode not in ("plain", "exit-on-bad-version", "silent", "wrong-id", "all-capabilities"):
         sys.exit(f"unknown mode {mode}")
     if os.path.exists(path):
         os.unlink(path)

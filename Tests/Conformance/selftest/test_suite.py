@@ -135,6 +135,26 @@ def test_server_that_answers_with_wrong_ids_fails_and_the_run_completes(sock):
     assert failed > 0
 
 
+def test_capabilities_beyond_the_proposal_fail_the_subset_checks(sock):
+    code, out, err = run_suite("--server-cmd", f"{sys.executable} {BROKEN} all-capabilities {{socket}}", "--socket", sock,
+                               "--only", "version_reply_subset_*", "--only", "version_capabilities_limited")
+    r = results(out)
+    assert code == 1
+    # QEMU proposes every key this server names (migration included), so that check passes;
+    # each smaller proposal gets keys it never named back.
+    assert r["version_reply_subset_of_qemu"][0] == "PASS"
+    for name in ("version_reply_subset_minimal", "version_reply_subset_two_limits", "version_reply_subset_empty",
+                 "version_reply_subset_no_json", "version_capabilities_limited"):
+        assert r[name][0] == "FAIL", name
+    assert any("the reply names \"max_data_xfer_size\", which the client did not propose" in l
+               for l in r["version_reply_subset_minimal"][1]), r["version_reply_subset_minimal"]
+    # The same checks pass against a server that names nothing.
+    code, out, err = run_suite("--server-cmd", f"{sys.executable} {BROKEN} plain {{socket}}", "--socket", sock,
+                               "--only", "version_reply_subset_*")
+    assert code == 0, out
+    assert summary(out) == (5, 0, 0)
+
+
 def test_junit_report_is_xml_and_lists_every_check_with_its_class(sock):
     junit = sock + ".xml"
     code, out, err = run_suite("--server-cmd", f"{sys.executable} {BROKEN} plain {{socket}}", "--socket", sock,

@@ -314,25 +314,61 @@ static void version_reply_capability_types(void **state) {
     reply_free(&r);
 }
 
-/* "The capability list must be a subset of those proposed": to QEMU's
-   proposal, the reply names no capability QEMU did not. */
-static void version_reply_subset_of_qemu(void **state) {
-    CONN;
+/* "The capability list must be a subset of those proposed": the reply to
+   `proposal` (NULL: a VERSION without JSON) names no capability the
+   proposal did not. The proposed keys are read from the proposal itself. */
+static void expect_reply_subset(struct conn *c, const char *proposal) {
     struct reply r;
-    assert_int_equal(version_with(c, 0, 0, qemu_json, &r), 0);
-    json_object *doc = json_tokener_parse((const char *)r.payload + 4), *caps;
+    assert_int_equal(version_with(c, 0, 0, proposal, &r), 0);
+    json_object *asked = proposal ? json_tokener_parse(proposal) : NULL, *asked_caps = NULL;
+    if (proposal) assert_non_null(asked);
+    if (asked) json_object_object_get_ex(asked, "capabilities", &asked_caps);
+    /* The spec makes the JSON optional: a bare 0.0 names nothing. */
+    json_object *doc = r.len > 4 ? json_tokener_parse((const char *)r.payload + 4) : json_object_new_object(), *caps;
     assert_non_null(doc);
-    if (json_object_object_get_ex(doc, "capabilities", &caps)) {
-        static const char *proposed[] = { "pgsizes", "max_msg_fds", "max_dma_maps", "max_data_xfer_size", "migration", "write_multiple" };
+    if (json_object_object_get_ex(doc, "capabilities", &caps) && json_object_is_type(caps, json_type_object)) {
         json_object_object_foreach(caps, key, val) {
             (void)val;
-            int found = 0;
-            for (size_t i = 0; i < COUNT_OF(proposed); i++) found |= !strcmp(key, proposed[i]);
-            if (!found) fail_msg("the reply names \"%s\", which QEMU did not propose", key);
+            json_object *v;
+            if (!asked_caps || !json_object_object_get_ex(asked_caps, key, &v))
+                fail_msg("the reply names \"%s\", which the client did not propose (proposal: %s)", key,
+                         proposal ? proposal : "no JSON");
         }
     }
     json_object_put(doc);
+    if (asked) json_object_put(asked);
     reply_free(&r);
+    assert_alive(c);
+}
+
+/* To QEMU's proposal (every key it sends). */
+static void version_reply_subset_of_qemu(void **state) {
+    CONN;
+    expect_reply_subset(c, qemu_json);
+}
+
+/* To a minimal proposal: max_msg_fds alone gets no pgsizes, max_dma_maps,
+   migration or write_multiple back. */
+static void version_reply_subset_minimal(void **state) {
+    CONN;
+    expect_reply_subset(c, "{\"capabilities\":{\"max_msg_fds\":16}}");
+}
+
+/* To the two limits libvfio-user's own client proposes. */
+static void version_reply_subset_two_limits(void **state) {
+    CONN;
+    expect_reply_subset(c, "{\"capabilities\":{\"max_msg_fds\":8,\"max_data_xfer_size\":1048576}}");
+}
+
+/* To an empty capabilities object and to no JSON at all: nothing. */
+static void version_reply_subset_empty(void **state) {
+    CONN;
+    expect_reply_subset(c, "{\"capabilities\":{}}");
+}
+
+static void version_reply_subset_no_json(void **state) {
+    CONN;
+    expect_reply_subset(c, NULL);
 }
 
 /* Without write_multiple proposed, the reply does not offer it. */
@@ -419,6 +455,10 @@ const struct check version_checks[] = {
     SPEC_RAW(version_reply_major_same, "§3"),
     SPEC_RAW(version_reply_capability_types, "§3"),
     SPEC_RAW(version_reply_subset_of_qemu, "§3"),
+    SPEC_RAW(version_reply_subset_minimal, "§3"),
+    SPEC_RAW(version_reply_subset_two_limits, "§3"),
+    SPEC_RAW(version_reply_subset_empty, "§3"),
+    SPEC_RAW(version_reply_subset_no_json, "§3"),
     SPEC_RAW(version_no_write_multiple_unless_proposed, "§3"),
     SPEC_RAW(version_max_msg_fds_one, "§3"),
     SPEC_RAW(version_huge_minor, "§3"),
