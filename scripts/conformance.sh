@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Builds the C conformance suite and runs it against `umdev serve` for each
-# device type, each with its device profile.
+# device type, each with its device profile. CONFORMANCE=PATH runs that build
+# of the suite instead (scripts/test.sh passes the meson-built one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 swift build --product umdev
-swift build --product vfio-user-conformance
 bin=$(swift build --show-bin-path)
+if [ -n "${CONFORMANCE:-}" ]; then
+    suite=$CONFORMANCE
+else
+    swift build --product vfio-user-conformance
+    suite=$bin/vfio-user-conformance
+fi
 status=0
 for type in $("$bin/umdev" types --names); do
     sock=$(mktemp -u /tmp/umdev-conformance-XXXXXX.sock)
@@ -24,7 +30,7 @@ for type in $("$bin/umdev" types --names); do
     echo "== vfio-user-conformance: $type"
     junit=()
     [ -n "${CONFORMANCE_JUNIT_DIR:-}" ] && junit=(--junit "$CONFORMANCE_JUNIT_DIR/$type.xml")
-    "$bin/vfio-user-conformance" "${args[@]}" "${junit[@]}" --quiet || status=1
+    "$suite" "${args[@]}" "${junit[@]}" --quiet || status=1
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 done
