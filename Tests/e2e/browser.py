@@ -22,13 +22,13 @@ def chromium_binary():
 
 
 class Browser:
-    def __init__(self, url):
+    def __init__(self, url, window=(2400, 1400)):
         self.profile = tempfile.mkdtemp(prefix="umdev-chromium-")
         port = free_port()
         self.process = subprocess.Popen(
             [chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-dev-shm-usage", f"--remote-debugging-port={port}", f"--user-data-dir={self.profile}",
-             "--window-size=2400,1400", url],
+             f"--window-size={window[0]},{window[1]}", url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.page = None
 

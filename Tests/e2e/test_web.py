@@ -71,3 +71,36 @@ def test_page_late_browser_gets_a_full_frame(umdev):
         assert (w, h) == (640, 480) and mismatches(rows, pattern_rows(640, 480, 5)) == 0
     finally:
         browser.close()
+
+
+def test_page_shows_a_screen_1_to_1_when_it_fits_and_scaled_otherwise(umdev):
+    mbochs = umdev.serve("mbochs-large")
+    umdev.play(mbochs, "--mode", "1920x1080", "--seed", "9")
+    port = free_port()
+    umdev.view("--socket", mbochs + ".display", "--http", f"127.0.0.1:{port}")
+    width = "document.querySelector('canvas').getBoundingClientRect().width"
+    for window, fits in (((2400, 1400), True), ((1280, 800), False)):
+        browser = Browser(f"http://127.0.0.1:{port}/", window=window)
+        try:
+            wait_for(lambda: browser.evaluate("document.querySelector('canvas') && document.querySelector('canvas').width === 1920"),
+                     timeout=30, step=0.1, what="the 1920x1080 screen")
+            shown = browser.evaluate(width)
+            scale = browser.evaluate("document.querySelector('.scale').textContent")
+            if fits:
+                # A 1920-wide screen in a 2400-wide window: every guest pixel is one page pixel.
+                assert shown == 1920, shown
+                assert scale == "shown 1:1"
+            else:
+                assert shown < 1280, shown
+                assert scale.startswith("shown at ") and scale.endswith(" %"), scale
+                # The toggle shows it at its own size, and back.
+                browser.evaluate("document.getElementById('size').click()")
+                assert browser.evaluate(width) == 1920
+                assert browser.evaluate("document.querySelector('.scale').textContent") == "shown 1:1"
+                browser.evaluate("document.getElementById('size').click()")
+                assert browser.evaluate(width) == shown
+            # The picture is the guest's either way, pixel for pixel.
+            w, h, rows = png_rows(browser.canvas_png(0))
+            assert (w, h) == (1920, 1080) and mismatches(rows, pattern_rows(1920, 1080, 9)) == 0
+        finally:
+            browser.close()
