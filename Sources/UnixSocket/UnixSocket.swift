@@ -5,7 +5,15 @@ import Glibc
 public struct SocketError: Error, Sendable, CustomStringConvertible {
     public let errno: Int32
     public let message: String
-    public var description: String { "\(message): \(String(cString: strerror(errno)))" }
+    /// The message says it all; strerror would only repeat it.
+    public var explained = false
+    public var description: String { explained ? message : "\(message): \(String(cString: strerror(errno)))" }
+
+    public init(errno: Int32, message: String, explained: Bool = false) {
+        self.errno = errno
+        self.message = message
+        self.explained = explained
+    }
 }
 
 /// UNIX stream sockets by path: the vfio-user server, its client, and
@@ -16,9 +24,17 @@ public enum UnixSocket {
     /// by an earlier run is replaced; any other kind of file is left alone
     /// (EEXIST). The file appears only once the socket accepts connections.
     public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false, mode: mode_t = 0o600) throws(SocketError) -> Int32 {
-        let fd = try open(nonBlocking: nonBlocking)
         var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        if lstat(path, &st) == 0 {
+            let kind = st.st_mode & S_IFMT
+            guard kind == S_IFSOCK else {
+                let what = kind == S_IFDIR ? "a directory" : kind == S_IFLNK ? "a symbolic link" : kind == S_IFREG ? "a regular file" : "a special file"
+                throw SocketError(errno: EEXIST, message: "cannot listen on \(path): it is \(what), not a socket (umdev replaces only a stale socket there)",
+                                  explained: true)
+            }
+            unlink(path)
+        }
+        let fd = try open(nonBlocking: nonBlocking)
         // The socket appears at `path` only once it listens: bound under a
         // name beside it, then renamed into place. Whoever waits for the
         // file (a script, QEMU started next) never finds it refusing
