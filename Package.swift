@@ -56,6 +56,8 @@ let package = Package(
         // POSIX threading: a value behind a pthread mutex (ThreadSanitizer sees it;
         // Synchronization.Mutex it does not) and starting a thread.
         .target(name: "Locking", path: "Sources/Locking", swiftSettings: strict),
+        // systemd's notification and socket-activation protocol, from the service's side.
+        .target(name: "ServiceManager", dependencies: ["CShim"], path: "Sources/ServiceManager", swiftSettings: strict),
         // Heap-allocation counter used by `umdev bench` only (malloc interposer).
         .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
 
@@ -113,7 +115,7 @@ let package = Package(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "Viewer", "Lifecycle", "CShim", "CMallocCounter",
+                "Viewer", "Lifecycle", "CShim", "CMallocCounter", "ServiceManager", "UnixSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -29,11 +29,11 @@ if [ ${#need[@]} -gt 0 ]; then
     "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# Python packages for the viewers' end-to-end tests: a real VNC client, a
-# DevTools client, a PNG decoder.
+# Python packages for the end-to-end tests: a real VNC client, a DevTools
+# client, a PNG decoder, a JSON Schema validator.
 missing=$(python3 - <<'PY'
 import importlib.util
-mods = {"pytest": "pytest", "vncdotool": "vncdotool", "websocket": "websocket-client", "png": "pypng"}
+mods = {"pytest": "pytest", "vncdotool": "vncdotool", "websocket": "websocket-client", "png": "pypng", "jsonschema": "jsonschema"}
 print(" ".join(p for m, p in mods.items() if importlib.util.find_spec(m) is None))
 PY
 )

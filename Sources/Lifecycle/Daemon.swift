@@ -19,6 +19,9 @@ public struct DaemonConfiguration: Sendable {
     public var stopTimeout: Double = 10
     /// Control connections served at once; more are refused.
     public var maxControlClients = 16
+    /// A listening control socket handed in (socket activation), used
+    /// instead of creating one at `controlSocket`; its file is left alone.
+    public var inheritedControlSocket: Int32?
 
     public init(runDirectory: String, configDirectory: String) {
         self.runDirectory = runDirectory
@@ -84,13 +87,17 @@ public final class Daemon: @unchecked Sendable {
         for dir in [configuration.runDirectory, configuration.configDirectory] { try Self.makePrivateDirectory(dir) }
         store = DefinitionStore(directory: configuration.configDirectory)
         let path = configuration.controlSocket
-        if let fd = try? UnixSocket.connect(path: path) {
-            close(fd)
-            throw LifecycleError(.exists, "a umdev daemon already answers on \(path)")
-        }
         let fd: Int32
-        do { fd = try UnixSocket.listen(path: path, backlog: 32) } catch {
-            throw LifecycleError(.system, "cannot listen on \(path): \(String(cString: strerror(error.errno)))")
+        if let inherited = configuration.inheritedControlSocket {
+            fd = inherited
+        } else {
+            if let fd = try? UnixSocket.connect(path: path) {
+                close(fd)
+                throw LifecycleError(.exists, "a umdev daemon already answers on \(path)")
+            }
+            do { fd = try UnixSocket.listen(path: path, backlog: 32) } catch {
+                throw LifecycleError(.system, "cannot listen on \(path): \(String(cString: strerror(error.errno)))")
+            }
         }
         control = Locked(Control(listen: fd))
         let (definitions, skipped) = store.load()
@@ -153,7 +160,7 @@ public final class Daemon: @unchecked Sendable {
         Glibc.shutdown(fd, Int32(SHUT_RDWR))
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         close(fd)
-        unlink(configuration.controlSocket)
+        if configuration.inheritedControlSocket == nil { unlink(configuration.controlSocket) }
         let all = state.withLock { s -> [Instance] in
             let all = s.order.compactMap { s.instances[$0] }
             s.instances = [:]

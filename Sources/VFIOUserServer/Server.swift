@@ -25,7 +25,10 @@ public final class DeviceServer: @unchecked Sendable {
     // client is attached, and by `withIdleDevice` otherwise, never both
     // (`owner` decides, under `lock`); everything else mutable is behind `lock`.
     public let host: DeviceHost
+    /// The socket's path: where it listens, or what an inherited socket is bound to ("" if unnamed).
     public let path: String
+    /// Whether this server created the socket file (and so removes it on stop).
+    private let ownsSocketFile: Bool
     let logger: Logger
     /// How long a client may leave replies unread before it is dropped.
     public let stallTimeout: Double
@@ -48,15 +51,38 @@ public final class DeviceServer: @unchecked Sendable {
     private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var acceptThread: pthread_t?
 
-    public init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5,
-                pollMicroseconds: Int = 0) throws(DeviceError) {
+    public convenience init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5,
+                            pollMicroseconds: Int = 0) throws(DeviceError) {
+        let fd: Int32
+        do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
+        self.init(host: host, listening: fd, path: path, ownsSocketFile: true, logger: logger,
+                  stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+    }
+
+    /// Serves on a socket this process was given already listening (`--fd`,
+    /// socket activation): its file, if any, is left in place on stop.
+    /// `connected` sockets are served with `serve(connection:)` instead.
+    public convenience init(host: DeviceHost, inheritedListener fd: Int32, logger: Logger, stallTimeout: Double = 5,
+                            pollMicroseconds: Int = 0) {
+        self.init(host: host, listening: fd, path: InheritedSocket.boundPath(fd) ?? "", ownsSocketFile: false, logger: logger,
+                  stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+    }
+
+    /// Serves no listener: only the connection handed to `serve(connection:)`
+    /// (`--fd` given a socket already connected to the client).
+    public convenience init(host: DeviceHost, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+        self.init(host: host, listening: -1, path: "", ownsSocketFile: false, logger: logger,
+                  stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+    }
+
+    private init(host: DeviceHost, listening fd: Int32, path: String, ownsSocketFile: Bool, logger: Logger,
+                 stallTimeout: Double, pollMicroseconds: Int) {
         self.host = host
         self.path = path
+        self.ownsSocketFile = ownsSocketFile
         self.logger = logger
         self.stallTimeout = stallTimeout
         self.pollMicroseconds = max(0, min(pollMicroseconds, 1_000_000))
-        let fd: Int32
-        do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
         state = State(listen: fd)
         pthread_mutex_init(lock, nil)
         var attr = pthread_condattr_t()
@@ -130,6 +156,18 @@ public final class DeviceServer: @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Serves one client already connected on `c` (`--fd` given a
+    /// connected socket) on the calling thread, and returns when it leaves.
+    /// Takes `c` (it is closed here).
+    public func serve(connection c: Int32) {
+        let peer = Self.peerPID(c)
+        guard case .granted = claim(c, peer: peer) else { close(c); return }
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        logger.info("serving the connected client", metadata: ["pid": "\(peer.map(String.init) ?? "?")"])
+        runSession(c)
     }
 
     private enum Claim { case granted, busy(pid_t?), stopped }
@@ -297,6 +335,6 @@ public final class DeviceServer: @unchecked Sendable {
         if connection >= 0 { shutdown(connection, Int32(SHUT_RDWR)) }
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         if let t = locked({ s -> pthread_t? in defer { s.session = nil }; return s.session }) { pthread_join(t, nil) }
-        if listen >= 0 { close(listen); unlink(path) }
+        if listen >= 0 { close(listen); if ownsSocketFile { unlink(path) } }
     }
 }

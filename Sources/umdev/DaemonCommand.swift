@@ -2,6 +2,8 @@ import ArgumentParser
 import Glibc
 import Lifecycle
 import Logging
+import ServiceManager
+import UnixSocket
 
 struct DaemonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -56,6 +58,25 @@ struct DaemonCommand: ParsableCommand {
         return out
     }
 
+    /// The control socket socket activation passed (`umdev.socket`): the
+    /// one named "control", or the only one.
+    func activatedControlSocket() throws -> Int32? {
+        let passed = ServiceManager.listenFDs()
+        guard !passed.isEmpty else { return nil }
+        guard let chosen = passed.count == 1 ? passed[0] : passed.first(where: { $0.name == "control" }) else {
+            throw CommandFailure("socket activation passed \(passed.count) descriptors (\(passed.map(\.name).joined(separator: ", "))) and none is named \"control\"")
+        }
+        for other in passed where other.fd != chosen.fd { close(other.fd) }
+        do {
+            guard case .listening(let fd) = try InheritedSocket.check(chosen.fd) else {
+                throw CommandFailure("the control socket passed by socket activation is connected, not listening (the unit needs Accept=no)")
+            }
+            return fd
+        } catch let e as SocketError {
+            throw CommandFailure("the control socket passed by socket activation: \(e)")
+        }
+    }
+
     func run() throws {
         logging.bootstrap()
         let logger = Logger(label: "umdev")
@@ -63,6 +84,7 @@ struct DaemonCommand: ParsableCommand {
                                          configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
         config.budgets = try budgets()
         config.stopTimeout = stopTimeout
+        config.inheritedControlSocket = try activatedControlSocket()
         // Every thread the daemon starts inherits this mask, so SIGINT and
         // SIGTERM arrive here, in sigwait, and nowhere else.
         signal(SIGPIPE, SIG_IGN)
@@ -74,7 +96,10 @@ struct DaemonCommand: ParsableCommand {
         let daemon: Daemon
         do { daemon = try Daemon(config, logger: logger) } catch { throw CommandFailure(error.message) }
         daemon.start()
-        logger.notice("control socket \(config.controlSocket)")
+        let control = config.inheritedControlSocket.map { "inherited descriptor \($0)" + (InheritedSocket.boundPath($0).map { " (\($0))" } ?? "") }
+            ?? config.controlSocket
+        logger.notice("control socket \(control)")
+        ServiceManager.notify("READY=1\nSTATUS=control socket \(control); \(daemon.instanceCount) instance(s) running")
         var received: Int32 = 0
         sigwait(&set, &received)
         logger.notice("signal \(received): stopping")

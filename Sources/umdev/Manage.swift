@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Lifecycle
 import PCI
+import VFIOUser
 
 // The lifecycle commands: each sends one request to the daemon's control
 // socket (Protocol/CONTROL.md) and prints the answer, as text or, with
@@ -67,8 +68,15 @@ func printTable(_ rows: [[String]]) {
 /// mdevctl names a parent device.
 let parentName = "umdev"
 
+/// The QEMU option that attaches the device on `socket`, ready to paste
+/// into a shell: the path JSON-escaped inside the option, the option
+/// single-quoted for the shell.
 func qemuOption(_ socket: String) -> String {
-    "-device '{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"\(socket)\"}}'"
+    let json = JSONValue.object([
+        ("driver", .string("vfio-user-pci")),
+        ("socket", .object([("type", .string("unix")), ("path", .string(socket))])),
+    ]).serialized
+    return "-device '" + json.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }
 
 func describe(display: DisplayInfo) -> String {

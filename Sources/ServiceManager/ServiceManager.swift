@@ -1,0 +1,80 @@
+import CShim
+import Glibc
+
+/// systemd's service-manager protocol, from the service's side and without
+/// libsystemd: readiness and status (sd_notify(3), `$NOTIFY_SOCKET`) and
+/// descriptors handed over by socket activation (sd_listen_fds(3),
+/// `$LISTEN_PID`, `$LISTEN_FDS`, `$LISTEN_FDNAMES`). Any manager that speaks
+/// the same protocol (a test, a supervisor) works the same way.
+public enum ServiceManager {
+    /// The first descriptor socket activation passes (SD_LISTEN_FDS_START).
+    public static let firstListenFD: Int32 = 3
+
+    /// Whether a manager listens for notifications.
+    public static var notifies: Bool { notifySocket != nil }
+
+    private static var notifySocket: String? {
+        guard let p = getenv("NOTIFY_SOCKET") else { return nil }
+        let s = String(cString: p)
+        return s.hasPrefix("/") || s.hasPrefix("@") ? s : nil
+    }
+
+    /// Sends `state` (newline-separated assignments: `READY=1`,
+    /// `STATUS=…`, `STOPPING=1`, `FDSTORE=1` …) in one datagram, with `fds`
+    /// attached. Returns false when no manager listens or the send failed:
+    /// a service runs the same without one.
+    @discardableResult
+    public static func notify(_ state: String, fds: [Int32] = []) -> Bool {
+        guard let path = notifySocket else { return false }
+        let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { return false }
+        defer { close(s) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 } // abstract namespace
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard bytes.count < capacity else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            p.copyBytes(from: bytes)
+        }
+        // An abstract address's length counts its bytes exactly; a path's includes its NUL.
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (bytes[0] == 0 ? 0 : 1))
+        let connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, length) }
+        }
+        guard connected == 0 else { return false }
+        let text = Array(state.utf8)
+        let sent = text.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { f in
+                umdev_sendmsg(s, b.baseAddress, b.count, f.isEmpty ? nil : f.baseAddress, Int32(f.count))
+            }
+        }
+        return sent == text.count
+    }
+
+    /// A descriptor handed over by socket activation (or the fd store).
+    public struct ListenedFD: Equatable, Sendable {
+        public var fd: Int32
+        /// Its `FileDescriptorName=` (or FDNAME=), "unknown" when unnamed.
+        public var name: String
+    }
+
+    /// The descriptors passed to this process, in order from fd 3, marked
+    /// close-on-exec. Empty unless `$LISTEN_PID` is this process. The
+    /// variables are removed so a child does not take them for its own.
+    public static func listenFDs() -> [ListenedFD] {
+        defer { unsetenv("LISTEN_PID"); unsetenv("LISTEN_FDS"); unsetenv("LISTEN_FDNAMES") }
+        guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }), let pid = pid_t(pidText), pid == getpid(),
+              let countText = getenv("LISTEN_FDS").map({ String(cString: $0) }), let count = Int32(countText),
+              count > 0, count <= 4096
+        else { return [] }
+        let names = getenv("LISTEN_FDNAMES").map { String(cString: $0).split(separator: ":", omittingEmptySubsequences: false).map(String.init) } ?? []
+        return (0..<count).compactMap { i in
+            let fd = firstListenFD + i
+            guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { return nil }
+            let name = Int(i) < names.count && !names[Int(i)].isEmpty ? names[Int(i)] : "unknown"
+            return ListenedFD(fd: fd, name: name)
+        }
+    }
+}
