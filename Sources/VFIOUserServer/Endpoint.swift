@@ -148,6 +148,9 @@ public final class Endpoint {
     private let regionSize: [UInt64]
     private let regionAccess: [UInt8] // bit0 read, bit1 write
     @exclusivity(unchecked) private var nextRequestID: UInt16 = 0
+    /// Most descriptors a message may carry: what the VERSION reply named,
+    /// or the spec's default of 1 when the client's proposal left it out.
+    @exclusivity(unchecked) private var fdLimit = Limits.maxMessageFDs
     @exclusivity(unchecked) private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
     /// Reused by every wait, so polling (a KVM resample fd, a pty) allocates nothing per message.
     @exclusivity(unchecked) private var pollSet: [pollfd] = []
@@ -265,7 +268,8 @@ public final class Endpoint {
             if h.wantsReply { try transport.sendError(to: h, errno: E2BIG) }
             return
         }
-        if m.fdOverflow {
+        if m.fdOverflow || m.fdCount > fdLimit {
+            transport.closeFDs()
             if h.wantsReply { try transport.sendError(to: h, errno: EINVAL) }
             return
         }
@@ -342,6 +346,7 @@ public final class Endpoint {
             answer.encodeVersionReply(&w)
             client = caps
             dma.maxWindows = answer.maxDMAMaps
+            fdLimit = answer.maxMessageFDs
             try reply(w, to: h)
 
         case .dmaMap(let m):
