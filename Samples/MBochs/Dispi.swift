@@ -127,3 +127,47 @@ public struct DispiRegisters: Sendable, Equatable {
     /// The stored registers, for saving and comparing.
     public var storedValues: [UInt16] { stored }
 }
+
+// MARK: What a driver writes
+
+extension DispiRegisters {
+    /// One 16-bit DISPI register write, at its offset in BAR2.
+    public struct Write: Equatable, Sendable {
+        public let offset: UInt64
+        public let value: UInt16
+        public init(_ index: Int, _ value: UInt16) {
+            offset = UInt64(MBochs.MMIO.dispi.lowerBound + 2 * index)
+            self.value = value
+        }
+    }
+
+    /// A 32-bpp width×height mode as Linux's bochs-drm sets it
+    /// (bochs_hw_setmode: disable, geometry, the virtual height that all of
+    /// `vramSize` gives at the stride, enable with the linear framebuffer).
+    /// What every scripted guest in umdev writes: play-guest, the
+    /// benchmarks, the tests; `pan` follows it to move the origin.
+    public static func modeSet(width: Int, height: Int, vramSize: UInt64) -> [Write] {
+        let stride = max(1, width * 4)
+        func u16(_ v: Int) -> UInt16 { UInt16(truncatingIfNeeded: v) }
+        return [
+            Write(Index.enable, 0),
+            Write(Index.bpp, 32),
+            Write(Index.xres, u16(width)),
+            Write(Index.yres, u16(height)),
+            Write(Index.bank, 0),
+            Write(Index.virtWidth, u16(width)),
+            Write(Index.virtHeight, u16(Int(min(vramSize / UInt64(stride), 0xffff)))),
+            Write(Index.xOffset, 0),
+            Write(Index.yOffset, 0),
+            Write(Index.enable, Enable.enabled | Enable.linearFramebuffer),
+        ]
+    }
+
+    /// Panning: the framebuffer's origin in the virtual screen (bochs_hw_setbase).
+    public static func pan(x: Int, y: Int) -> [Write] {
+        [Write(Index.xOffset, UInt16(truncatingIfNeeded: x)), Write(Index.yOffset, UInt16(truncatingIfNeeded: y))]
+    }
+
+    /// Turns the display off (ENABLE = 0).
+    public static let disable = Write(Index.enable, 0)
+}

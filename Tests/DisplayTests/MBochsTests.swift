@@ -3,21 +3,18 @@ import MBochs
 import PCI
 import Testing
 
-/// What bochs-drm's bochs_hw_setmode() writes, in its order (BAR2 offsets).
+/// What bochs-drm's bochs_hw_setmode() writes, in its order.
 func setMode(_ d: MBochs, width: UInt16, height: UInt16) {
-    let stride = Int(width) * 4
-    let writes: [(Int, UInt16)] = [
-        (0x508, 0), (0x506, 32), (0x502, width), (0x504, height), (0x50a, 0),
-        (0x50c, width), (0x50e, UInt16(d.type.vramSize / UInt64(stride))), (0x510, 0), (0x512, 0), (0x508, 0x41),
-    ]
-    for (offset, value) in writes { d.put(MBochs.mmioRegion, offset, width: 2, UInt64(value)) }
+    for w in DispiRegisters.modeSet(width: Int(width), height: Int(height), vramSize: d.type.vramSize) {
+        d.put(MBochs.mmioRegion, Int(w.offset), width: 2, UInt64(w.value))
+    }
 }
 
 /// What bochs_hw_setbase() writes for a buffer at VRAM `offset` with `pitch`.
 func setBase(_ d: MBochs, pitch: Int, offset: Int) {
-    d.put(MBochs.mmioRegion, 0x50c, width: 2, UInt64(pitch / 4))
-    d.put(MBochs.mmioRegion, 0x510, width: 2, UInt64(offset % pitch / 4))
-    d.put(MBochs.mmioRegion, 0x512, width: 2, UInt64(offset / pitch))
+    let writes = [DispiRegisters.Write(DispiRegisters.Index.virtWidth, UInt16(pitch / 4))]
+        + DispiRegisters.pan(x: offset % pitch / 4, y: offset / pitch)
+    for w in writes { d.put(MBochs.mmioRegion, Int(w.offset), width: 2, UInt64(w.value)) }
 }
 
 @Suite("mbochs device model")

@@ -84,8 +84,8 @@ struct DisplayServerTests {
         let s = try LiveServer(device, type: "mbochs-large")
         let c = try s.connect()
         let bar2 = UInt32(MBochs.mmioRegion)
-        for (offset, value) in [(0x508, 0), (0x506, 32), (0x502, 640), (0x504, 480), (0x50c, 640), (0x508, 0x41)] as [(UInt64, UInt16)] {
-            try c.write16(region: bar2, offset: offset, value)
+        for w in DispiRegisters.modeSet(width: 640, height: 480, vramSize: device.type.vramSize) {
+            try c.write16(region: bar2, offset: w.offset, w.value)
         }
         let shown = device.planes.current()
         #expect(shown.width == 640 && shown.height == 480 && shown.isEnabled)

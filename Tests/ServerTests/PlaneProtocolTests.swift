@@ -33,9 +33,9 @@ final class LiveDisplay {
 
 /// bochs-drm's mode set and pan over a client, as a guest does through QEMU.
 func setBochsMode(_ c: VFIOUserClient, width: Int, height: Int, x: Int = 0, y: Int = 0, vram: Int = 16 << 20) throws {
-    let writes: [(UInt64, Int)] = [(0x508, 0), (0x506, 32), (0x502, width), (0x504, height), (0x50a, 0), (0x50c, width),
-                                   (0x50e, vram / (width * 4)), (0x510, 0), (0x512, 0), (0x508, 0x41), (0x510, x), (0x512, y)]
-    for (register, value) in writes { try c.write16(region: 2, offset: register, UInt16(truncatingIfNeeded: value)) }
+    for w in DispiRegisters.modeSet(width: width, height: height, vramSize: UInt64(vram)) + DispiRegisters.pan(x: x, y: y) {
+        try c.write16(region: UInt32(MBochs.mmioRegion), offset: w.offset, w.value)
+    }
 }
 
 func planeClient(_ s: LiveServer) throws -> VFIOUserClient {

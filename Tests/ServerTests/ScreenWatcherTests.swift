@@ -40,7 +40,7 @@ struct ScreenWatcherTests {
         #expect(mode.layoutChanged && mode.width == 800 && mode.changed.count == 13 * 10)
         #expect(mode.changed.last == Tile(x: 768, y: 576, width: 32, height: 24))
         // Disabled.
-        try vmm.write16(region: 2, offset: 0x508, 0)
+        try vmm.write16(region: UInt32(MBochs.mmioRegion), offset: DispiRegisters.disable.offset, DispiRegisters.disable.value)
         let off = try watcher.poll()
         #expect(off.frame == nil && off.layoutChanged)
     }
