@@ -36,6 +36,7 @@ let package = Package(
     name: "umdev",
     products: [
         .executable(name: "umdev", targets: ["umdev"]),
+        .executable(name: "umdev-bench", targets: ["umdev-bench"]),
         .executable(name: "vfio-user-conformance", targets: ["vfio-user-conformance"]),
         .library(name: "VFIOUser", targets: ["VFIOUser"]),
         .library(name: "VFIOUserServer", targets: ["VFIOUserServer"]),
@@ -58,8 +59,14 @@ let package = Package(
         .target(name: "Locking", path: "Sources/Locking", swiftSettings: strict),
         // systemd's notification and socket-activation protocol, from the service's side.
         .target(name: "ServiceManager", dependencies: ["CShim"], path: "Sources/ServiceManager", swiftSettings: strict),
-        // Heap-allocation counter used by `umdev bench` only (malloc interposer).
+        // Heap-allocation counter for umdev-bench only (a malloc interposer:
+        // never linked into umdev, which runs on the system allocator untouched).
         .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
+        // What umdev and umdev-bench share on the command line: log options, errors.
+        .target(name: "CommandSupport",
+                dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/CommandSupport", swiftSettings: strict),
 
         // Wire types and codec: bytes in, typed values out. No I/O.
         .target(name: "VFIOUser", path: "Sources/VFIOUser", swiftSettings: strict),
@@ -115,12 +122,23 @@ let package = Package(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "Viewer", "Lifecycle", "CShim", "CMallocCounter", "ServiceManager", "UnixSocket",
+                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Sources/umdev", swiftSettings: strict),
+
+        // Benchmarks and the scripted guest (play-guest): measuring tools,
+        // kept out of the product. Spawns the umdev beside it for servers.
+        .executableTarget(
+            name: "umdev-bench",
+            dependencies: [
+                "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MBochs",
+                "Viewer", "Lifecycle", "CShim", "CMallocCounter", "CommandSupport", "Locking",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/umdev-bench", swiftSettings: strict),
 
     ] + vncTargets + fuzzTargets + [
         // Independent C conformance suite (shares no code with the Swift server).

@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build --product umdev >/dev/null
+swift build --product umdev-bench >/dev/null
 umdev=$(swift build --show-bin-path)/umdev
+guest=$(swift build --show-bin-path)/umdev-bench   # its play-guest is the scripted guest
 dir=$(mktemp -d /tmp/umdev-demo.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT
 
@@ -17,8 +19,8 @@ for type in mdpy-xga mbochs-medium; do
 done
 
 # The guests hold their device sockets, as QEMU would, while the viewer looks.
-"$umdev" play-guest --socket "$dir/mdpy-xga.sock" --seed 1 --hold 60 >"$dir/mdpy-xga.guest" &
-"$umdev" play-guest --socket "$dir/mbochs-medium.sock" --mode 1024x768 --pan 0,256 --seed 2 --hold 60 >"$dir/mbochs-medium.guest" &
+"$guest" play-guest --socket "$dir/mdpy-xga.sock" --seed 1 --hold 60 >"$dir/mdpy-xga.guest" &
+"$guest" play-guest --socket "$dir/mbochs-medium.sock" --mode 1024x768 --pan 0,256 --seed 2 --hold 60 >"$dir/mbochs-medium.guest" &
 for type in mdpy-xga mbochs-medium; do
     until grep -q '^ready' "$dir/$type.guest" 2>/dev/null; do sleep 0.05; done
     echo "$type guest drew: $(cat "$dir/$type.guest")"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds a release and installs umdev: the programs, man pages (made by
+# Builds a release and installs umdev: the programs (umdev, the benchmark
+# tool umdev-bench, vfio-user-conformance), man pages (made by
 # swift-argument-parser's generate-manual plugin), the vfio-user backend
 # descriptions (share/vfio-user), the systemd units, the conformance suite's
 # profiles and the documentation.
@@ -54,7 +55,7 @@ if [ "$uninstall" = 1 ]; then
     exit 0
 fi
 
-programs=(umdev vfio-user-conformance)
+programs=(umdev umdev-bench vfio-user-conformance)
 if [ "$build" = 1 ]; then
     for p in "${programs[@]}"; do swift build -c "$configuration" --product "$p"; done
     # Every ArgumentParser program's manual, one page per subcommand (umdev.serve.1, …).

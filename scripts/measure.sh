@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The performance figures quoted in release notes, measured on this machine.
-#   1. umdev bench: ops/s, p50/p99, heap allocations per op (in-process server),
+#   1. umdev-bench: ops/s, p50/p99, heap allocations per op (in-process server),
 #      on the test device's scratch register and on mtty-2's.
 #   2. strace -c on a separate server: syscalls per 1-byte REGION_READ.
 #   3. callgrind on a separate server: user-space instructions per request,
@@ -13,16 +13,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product umdev >/dev/null
+swift build -c release --product umdev-bench >/dev/null
 bin=.build/release/umdev
+bench=.build/release/umdev-bench
 sock=/tmp/umdev-measure-$$.sock
 # Each device with the register its 1-byte REGION_READ reads.
 devices=("test|0|0x10" "mtty-2|0|7")
 
-echo "== umdev bench (release, in-process server)"
+echo "== umdev-bench (release, in-process server)"
 for d in "${devices[@]}"; do
     IFS='|' read -r type region offset <<< "$d"
     echo "-- $type, region $region offset $offset"
-    $bin bench --iterations 100000 --type "$type" --region "$region" --offset "$offset" --widths 1
+    $bench --iterations 100000 --type "$type" --region "$region" --offset "$offset" --widths 1
 done
 
 serve_under() { # $1 = type; the rest = wrapper command; starts the server, waits for its socket
@@ -42,7 +44,7 @@ echo "== syscalls per 1-byte REGION_READ (strace -c -f, 20000 requests)"
 for d in "${devices[@]}"; do
     IFS='|' read -r type region offset <<< "$d"
     serve_under "$type" strace -f -c -o /tmp/umdev-strace.$$
-    $bin bench --socket "$sock" --only read-1 --iterations 20000 --region "$region" --offset "$offset" --widths 1 >/dev/null
+    $bench --socket "$sock" --only read-1 --iterations 20000 --region "$region" --offset "$offset" --widths 1 >/dev/null
     stop_server
     echo "-- $type (21000 requests incl. warm-up)"
     grep -E "calls|recvmsg|sendmsg|poll|write|total" /tmp/umdev-strace.$$ || true
@@ -54,7 +56,7 @@ echo "== instructions per 1-byte REGION_READ (callgrind, server only)"
 strip --strip-debug -o /tmp/umdev-nodebug.$$ $bin
 count() { # $1 = type, $2 = requests, $3 = region, $4 = offset; prints the server's total instructions
     served=/tmp/umdev-nodebug.$$ serve_under "$1" valgrind --tool=callgrind --callgrind-out-file=/tmp/umdev-cg.$$ -q
-    $bin bench --socket "$sock" --only read-1 --iterations "$2" --region "$3" --offset "$4" --widths 1 >/dev/null
+    $bench --socket "$sock" --only read-1 --iterations "$2" --region "$3" --offset "$4" --widths 1 >/dev/null
     stop_server
     sleep 0.5
     callgrind_annotate /tmp/umdev-cg.$$ 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
@@ -68,12 +70,12 @@ done
 rm -f /tmp/umdev-nodebug.$$
 
 echo "== mtty: loopback and interrupt latency"
-$bin bench --mtty --iterations 20000
+$bench --mtty --iterations 20000
 
 echo "== opt-in polling"
 if [ -n "${GPIO:-}" ]; then
-    $bin bench --polling --gpio "$GPIO" --iterations 100000
+    $bench --polling --gpio "$GPIO" --iterations 100000
 else
-    $bin bench --polling --iterations 100000
+    $bench --polling --iterations 100000
     echo "(set GPIO=/path/to/gpio-pci-idio-16 to measure libvfio-user's sample beside it)"
 fi

@@ -10,11 +10,12 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
 swift build --product umdev
+swift build --product umdev-bench
 swift test
 bash scripts/conformance.sh
 # The suite as a C project builds it, without Swift: the same checks, the same results.
 bash scripts/conformance-meson.sh
 CONFORMANCE="$(swift build --show-bin-path)/vfio-user-conformance" python3 -m pytest -q Tests/Conformance/selftest
-UMDEV="$(swift build --show-bin-path)/umdev" python3 -m pytest -q Tests/e2e
+UMDEV="$(swift build --show-bin-path)/umdev" UMDEV_BENCH="$(swift build --show-bin-path)/umdev-bench" python3 -m pytest -q Tests/e2e
 # Each libFuzzer target for a bounded time from the committed seeds; a crash fails the run.
 bash scripts/fuzz.sh all "${UMDEV_FUZZ_SECONDS:-60}"

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandSupport
 import Glibc
 import Logging
 
@@ -16,37 +17,7 @@ struct UMDev: ParsableCommand {
         subcommands: [
             Serve.self, DaemonCommand.self, Types.self, List.self, Start.self, Stop.self, Define.self, Undefine.self,
             Modify.self, Attribute.self, Reset.self, MigrateSave.self, MigrateLoad.self, Compat.self,
-            Info.self, View.self, BackendJSON.self, PlayGuest.self, Bench.self,
+            Info.self, View.self, BackendJSON.self,
         ],
         defaultSubcommand: nil)
-}
-
-/// Log level option shared by the commands.
-struct LoggingOptions: ParsableArguments {
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
-
-    func bootstrap() {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-    }
-}
-
-extension Logger.Level: @retroactive ExpressibleByArgument {}
-
-/// Writes one line to standard error.
-func printError(_ message: String) {
-    let line = message + "\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
-}
-
-/// A command that could not do its job (not a usage error): the message is
-/// printed as "Error: ..." and the exit status is 1.
-struct CommandFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

@@ -1,7 +1,9 @@
 import ArgumentParser
+import CommandSupport
 import Foundation
 import Glibc
 import Logging
+import PCI
 import VFIOUser
 import VFIOUserClient
 import Viewer
@@ -227,7 +229,7 @@ final class DeviceWatch: @unchecked Sendable {
     private func watch(_ watcher: ScreenWatcher) throws {
         var wasShowing: Bool?
         let period = UInt64(interval) * 1_000_000
-        var next = now()
+        var next = monotonicNanoseconds()
         while true {
             let update = try watcher.poll()
             let showing = update.frame != nil
@@ -241,7 +243,7 @@ final class DeviceWatch: @unchecked Sendable {
             }
             deliver(update)
             next += period
-            let t = now()
+            let t = monotonicNanoseconds()
             if next > t { usleep(UInt32((next - t) / 1000)) } else { next = t }   // behind: skip, do not catch up
         }
     }
@@ -277,7 +279,7 @@ func blockTerminationSignals() -> sigset_t {
     return set
 }
 
-func monotonicSeconds() -> Double { Double(now()) / 1e9 }
+func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }
 
 /// A fourcc's four characters ("XR24").
 func fourccName(_ fourcc: UInt32) -> String {

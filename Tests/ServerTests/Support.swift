@@ -84,16 +84,17 @@ func waitSignal(_ fd: Int32, ms: Int32 = 2000) -> UInt64 {
 }
 
 /// The umdev executable next to the test bundle.
-func umdevExecutable() -> String {
+/// A product built beside the tests: `umdev` by default, or `umdev-bench`.
+func umdevExecutable(_ name: String = "umdev") -> String {
     var buf = [CChar](repeating: 0, count: 4096)
     let n = readlink("/proc/self/exe", &buf, buf.count - 1)
     let exe = String(decoding: buf[0..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     var dir = (exe as NSString).deletingLastPathComponent
     // swift-testing runs inside X.xctest; the products are beside it.
-    while !FileManager.default.isExecutableFile(atPath: dir + "/umdev"), dir != "/" {
+    while !FileManager.default.isExecutableFile(atPath: dir + "/" + name), dir != "/" {
         dir = (dir as NSString).deletingLastPathComponent
     }
-    return dir + "/umdev"
+    return dir + "/" + name
 }
 
 /// `umdev serve` in a child process, its output sent to /dev/null so it
@@ -150,9 +151,9 @@ struct CommandOutcome {
 }
 
 /// Runs the `umdev` executable with `arguments` and waits for it.
-func runUmdev(_ arguments: [String]) throws -> CommandOutcome {
+func runUmdev(_ arguments: [String], program: String = "umdev") throws -> CommandOutcome {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: umdevExecutable())
+    p.executableURL = URL(fileURLWithPath: umdevExecutable(program))
     p.arguments = arguments
     let out = Pipe(), err = Pipe()
     p.standardOutput = out

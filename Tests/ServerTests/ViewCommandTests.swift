@@ -3,10 +3,12 @@ import Glibc
 import Testing
 import Viewer
 
-/// `umdev view --png` against `umdev serve`, with `umdev play-guest` as the guest.
+/// `umdev view --png` against `umdev serve`, with `umdev-bench play-guest` as the guest.
 @Suite("umdev view --png")
 struct ViewCommandTests {
     static func umdev(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(arguments) }
+    /// The scripted guest, from the benchmark tool.
+    static func playGuest(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(["play-guest"] + arguments, program: "umdev-bench") }
 
     /// A served display device, once its display socket is there too.
     static func serve(_ type: String) throws -> ServerProcess {
@@ -20,7 +22,7 @@ struct ViewCommandTests {
     @Test("mdpy: the PNG is the pattern the guest drew, pixel for pixel")
     func mdpySnapshot() throws {
         let server = try Self.serve("mdpy-xga")
-        let guest = try Self.umdev(["play-guest", "--socket", server.path, "--seed", "33"])
+        let guest = try Self.playGuest(["--socket", server.path, "--seed", "33"])
         #expect(guest.status == 0 && guest.out.hasPrefix("ready: 1024x768 stride 4096 offset 0x0"))
         let png = Self.temporaryPNG()
         defer { unlink(png) }
@@ -35,7 +37,7 @@ struct ViewCommandTests {
         let server = try Self.serve("mbochs-medium")
         // The guest stays connected (as QEMU would) while the viewer looks.
         let guest = Process()
-        guest.executableURL = URL(fileURLWithPath: umdevExecutable())
+        guest.executableURL = URL(fileURLWithPath: umdevExecutable("umdev-bench"))
         guest.arguments = ["play-guest", "--socket", server.path, "--mode", "800x600", "--pan", "0,640", "--seed", "44", "--hold", "20"]
         let out = Pipe()
         guest.standardOutput = out
@@ -54,7 +56,7 @@ struct ViewCommandTests {
     @Test("a plane panned off a page boundary cannot be exported: a clear error")
     func unalignedPlane() throws {
         let server = try Self.serve("mbochs-small")
-        #expect(try Self.umdev(["play-guest", "--socket", server.path, "--mode", "640x480", "--pan", "1,0"]).status == 0)
+        #expect(try Self.playGuest(["--socket", server.path, "--mode", "640x480", "--pan", "1,0"]).status == 0)
         let view = try Self.umdev(["view", "--socket", server.path + ".display", "--png", Self.temporaryPNG()])
         #expect(view.status == 1 && view.err.contains("does not start on a page boundary"))
     }
@@ -90,7 +92,7 @@ struct ViewCommandTests {
         try view.run()
         usleep(400_000)
         #expect(view.isRunning)   // still looking at the gray ramp
-        #expect(try Self.umdev(["play-guest", "--socket", server.path, "--seed", "5"]).status == 0)
+        #expect(try Self.playGuest(["--socket", server.path, "--seed", "5"]).status == 0)
         view.waitUntilExit()
         #expect(view.terminationStatus == 0)
         #expect(try PNG.read(png) == TestPattern.image(width: 640, height: 480, seed: 5))

@@ -1,5 +1,5 @@
-"""Fixtures for the viewer end-to-end tests: umdev's own binary serving
-devices, `umdev play-guest` drawing on them, and `umdev view` watching."""
+"""Fixtures for the end-to-end tests: umdev's own binary serving devices,
+`umdev-bench play-guest` drawing on them, and `umdev view` watching."""
 import os
 import shutil
 import socket
@@ -12,12 +12,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def umdev_path():
-    if os.environ.get("UMDEV"):
-        return os.environ["UMDEV"]
+def umdev_path(program="umdev"):
+    """$UMDEV (or $UMDEV_BENCH), else the debug build's."""
+    variable = {"umdev": "UMDEV", "umdev-bench": "UMDEV_BENCH"}[program]
+    if os.environ.get(variable):
+        return os.environ[variable]
+    if program == "umdev-bench" and os.environ.get("UMDEV"):
+        return os.path.join(os.path.dirname(os.environ["UMDEV"]), "umdev-bench")
     bin_dir = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout.strip()
-    return os.path.join(bin_dir, "umdev")
+    return os.path.join(bin_dir, program)
 
 
 def free_port():
@@ -38,6 +42,7 @@ def wait_for(predicate, timeout=15.0, step=0.05, what="condition"):
 class Umdev:
     def __init__(self):
         self.binary = umdev_path()
+        self.bench = umdev_path("umdev-bench")
         self.dir = tempfile.mkdtemp(prefix="umdev-e2e-")
         self.processes = []
 
@@ -49,7 +54,7 @@ class Umdev:
         return path
 
     def play(self, socket_path, *args):
-        out = subprocess.run([self.binary, "play-guest", "--socket", socket_path, *args],
+        out = subprocess.run([self.bench, "play-guest", "--socket", socket_path, *args],
                              check=True, capture_output=True, text=True).stdout
         assert out.startswith("ready:"), out
         return out

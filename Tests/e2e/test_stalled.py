@@ -51,7 +51,7 @@ def test_stalled_clients_do_not_hold_up_others_or_the_device(umdev):
         for seed, (w, h) in zip(range(10, 16), [(800, 600), (1024, 768)] * 3):
             umdev.play(device, "--mode", f"{w}x{h}", "--seed", str(seed))
             # The device socket still answers at once: a register round trip per write.
-            bench = subprocess.run([umdev.binary, "bench", "--socket", device, "--region", "2", "--offset", "0x50a",
+            bench = subprocess.run([umdev.bench, "--socket", device, "--region", "2", "--offset", "0x50a",
                                     "--widths", "2", "--only", "write-2", "--iterations", "2000"],
                                    capture_output=True, text=True, timeout=60)
             assert bench.returncode == 0, bench.stderr

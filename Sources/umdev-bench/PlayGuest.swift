@@ -1,5 +1,7 @@
 import ArgumentParser
+import CommandSupport
 import Glibc
+import MBochs
 import VFIOUser
 import VFIOUserClient
 import Viewer
@@ -74,12 +76,9 @@ struct PlayGuest: ParsableCommand {
         guard w >= 64, h >= 64, stride > 0, UInt64((y + h) * stride + x * 4) <= vram.size else {
             throw ValidationError("mode \(mode) panned to \(pan) does not fit \(vram.size) bytes of VRAM")
         }
-        let dispi: [(UInt64, Int)] = [
-            (0x508, 0), (0x506, 32), (0x502, w), (0x504, h), (0x50a, 0), (0x50c, w),
-            (0x50e, Int(vram.size) / stride), (0x510, 0), (0x512, 0), (0x508, 0x41),
-            (0x510, x), (0x512, y),
-        ]
-        for (register, value) in dispi { try c.write16(region: 2, offset: register, UInt16(truncatingIfNeeded: value)) }
+        for r in DispiRegisters.modeSet(width: w, height: h, vramSize: vram.size) + DispiRegisters.pan(x: x, y: y) {
+            try c.write16(region: UInt32(MBochs.mmioRegion), offset: r.offset, r.value)
+        }
         return (w, h, y * stride + x * 4)
     }
 }

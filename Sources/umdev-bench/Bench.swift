@@ -1,7 +1,9 @@
 import ArgumentParser
+import CommandSupport
 import CMallocCounter
 import Glibc
 import Lifecycle
+import MBochs
 import Logging
 import MTTY
 import CShim
@@ -14,6 +16,7 @@ import Viewer
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Measure REGION_READ/REGION_WRITE round trips (the test device's scratch register by default).",
         discussion: """
         Without --socket, a device of --type is served in this process on a private socket
@@ -145,15 +148,18 @@ extension Bench {
         try c.negotiate()
         let intx = umdev_eventfd(0)
         defer { close(intx) }
-        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
-        try c.write8(region: 0, offset: 2, 0x01) // FIFO on, trigger 1
-        try c.write8(region: 0, offset: 1, 0x01) // RX data interrupt
+        try c.setIRQs(index: VFIO.pciINTxIRQIndex, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        // Port 0's registers are BAR0 (I/O), at the UART's own offsets.
+        typealias UART = UART16550.Register
+        let port0 = UInt32(RegionIndex.bar0)
+        try c.write8(region: port0, offset: UInt64(UART.interruptIdentification), UART16550.fcrEnable) // FCR: FIFO on, trigger 1
+        try c.write8(region: port0, offset: UInt64(UART.interruptEnable), UART16550.ierReceivedData)
         let rounds = min(iterations, 50_000)
         // The baseline: a plain 1-byte REGION_WRITE round trip (the scratch register).
         var plain = [UInt64](repeating: 0, count: rounds)
         for i in 0..<rounds {
             let t0 = now()
-            try c.write8(region: 0, offset: 7, UInt8(truncatingIfNeeded: i))
+            try c.write8(region: port0, offset: UInt64(UART.scratch), UInt8(truncatingIfNeeded: i))
             plain[i] = now() - t0
         }
         var latency = [UInt64](repeating: 0, count: rounds)
@@ -165,15 +171,15 @@ extension Bench {
             // Posted, as QEMU sends MMIO writes: the time is the device's,
             // from the THR write leaving to the interrupt's eventfd firing.
             let t0 = now()
-            try withUnsafeBytes(of: &one) { try c.write(region: 0, offset: 0, from: $0, posted: true) }
+            try withUnsafeBytes(of: &one) { try c.write(region: port0, offset: UInt64(UART.data), from: $0, posted: true) }
             var p = pollfd(fd: intx, events: Int16(POLLIN), revents: 0)
             guard poll(&p, 1, 1000) == 1 else { throw ValidationError("no interrupt for byte \(i)") }
             latency[i] = now() - t0
             _ = read(intx, &counter, 8)
             var got: UInt8 = 0
-            try withUnsafeMutableBytes(of: &got) { try c.read(region: 0, offset: 0, into: $0) }
+            try withUnsafeMutableBytes(of: &got) { try c.read(region: port0, offset: UInt64(UART.data), into: $0) }
             guard got == one else { throw ValidationError("byte \(i) came back as \(got)") }
-            try c.setIRQs(index: 0, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+            try c.setIRQs(index: VFIO.pciINTxIRQIndex, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
         }
         let elapsed = now() - start
         latency.sort()
@@ -199,10 +205,10 @@ extension Bench {
         let guest = try VFIOUserClient(path: path)
         try guest.negotiate()
         let (w, h) = (1920, 1080)
-        let dispi: [(UInt64, Int)] = [(0x508, 0), (0x506, 32), (0x502, w), (0x504, h), (0x50a, 0), (0x50c, w),
-                                      (0x50e, (64 << 20) / (w * 4)), (0x510, 0), (0x512, 0), (0x508, 0x41)]
-        for (register, value) in dispi { try guest.write16(region: 2, offset: register, UInt16(value)) }
-        let vram = try guest.regionInfo(0)
+        let vram = try guest.regionInfo(UInt32(MBochs.vramRegion))
+        for r in DispiRegisters.modeSet(width: w, height: h, vramSize: vram.size) {
+            try guest.write16(region: UInt32(MBochs.mmioRegion), offset: r.offset, r.value)
+        }
         guard let p = mmap(nil, Int(vram.size), PROT_READ | PROT_WRITE, MAP_SHARED, vram.fd, 0), p != MAP_FAILED else {
             throw CommandFailure("cannot map VRAM")
         }
@@ -264,18 +270,14 @@ extension Bench {
 
 /// `umdev serve` in a child process, for figures that must not mix with the client's.
 final class ChildServer {
-    let pid: pid_t
+    let process: ChildProcess
     let socket: String
+    var pid: pid_t { process.pid }
 
+    /// Waits for the display socket too: display types are what it serves.
     init(type: String, socket: String) throws {
         self.socket = socket
-        let argv = ["/proc/self/exe", "serve", "--type", type, "--socket", socket, "--log-level", "error"]
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, "/proc/self/exe", nil, nil, &cArgs, environ)
-        guard rc == 0 else { throw CommandFailure("cannot start umdev serve: \(String(cString: strerror(rc)))") }
-        pid = child
+        process = try ChildProcess(["serve", "--type", type, "--socket", socket, "--log-level", "error"])
         for _ in 0..<500 where access(socket + ".display", F_OK) != 0 { usleep(10_000) }
     }
 
@@ -294,9 +296,5 @@ final class ChildServer {
         return (total, shmem)
     }
 
-    func stop() {
-        kill(pid, SIGTERM)
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-    }
+    func stop() { process.stop() }
 }

@@ -1,4 +1,6 @@
 import Glibc
+import MTTY
+import PCI
 import VFIOUser
 import VFIOUserClient
 
@@ -14,11 +16,11 @@ extension Bench {
         defer { rmdir(dir) }
         struct Case { var name: String; var argv: [String]; var region: UInt32; var offset: UInt64 }
         var cases = [
-            Case(name: "umdev mtty-2", argv: ["/proc/self/exe", "serve", "--type", "mtty-2", "--log-level", "error", "--socket"],
-                 region: 0, offset: 7),
+            Case(name: "umdev mtty-2", argv: [umdevExecutable, "serve", "--type", "mtty-2", "--log-level", "error", "--socket"],
+                 region: UInt32(RegionIndex.bar0), offset: UInt64(UART16550.Register.scratch)),
             Case(name: "umdev mtty-2 --poll-us \(pollMicroseconds)",
-                 argv: ["/proc/self/exe", "serve", "--type", "mtty-2", "--log-level", "error", "--poll-us", "\(pollMicroseconds)", "--socket"],
-                 region: 0, offset: 7),
+                 argv: [umdevExecutable, "serve", "--type", "mtty-2", "--log-level", "error", "--poll-us", "\(pollMicroseconds)", "--socket"],
+                 region: UInt32(RegionIndex.bar0), offset: UInt64(UART16550.Register.scratch)),
         ]
         if let gpio {
             cases.append(Case(name: "libvfio-user gpio-pci-idio-16", argv: [gpio], region: 2, offset: 1))

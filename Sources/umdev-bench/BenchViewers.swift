@@ -1,5 +1,7 @@
 import ArgumentParser
+import CommandSupport
 import Glibc
+import MBochs
 import Locking
 import VFIOUser
 import VFIOUserClient
@@ -78,10 +80,10 @@ final class BenchGuest: @unchecked Sendable {
         client = try VFIOUserClient(path: socket)
         try client.negotiate()
         self.width = width; self.height = height
-        let dispi: [(UInt64, Int)] = [(0x508, 0), (0x506, 32), (0x502, width), (0x504, height), (0x50a, 0), (0x50c, width),
-                                      (0x50e, (64 << 20) / (width * 4)), (0x510, 0), (0x512, 0), (0x508, 0x41)]
-        for (register, value) in dispi { try client.write16(region: 2, offset: register, UInt16(value)) }
-        let info = try client.regionInfo(0)
+        let info = try client.regionInfo(UInt32(MBochs.vramRegion))
+        for r in DispiRegisters.modeSet(width: width, height: height, vramSize: info.size) {
+            try client.write16(region: UInt32(MBochs.mmioRegion), offset: r.offset, r.value)
+        }
         defer { close(info.fd) }
         vramSize = Int(info.size)
         guard let p = mmap(nil, vramSize, PROT_READ | PROT_WRITE, MAP_SHARED, info.fd, 0), p != MAP_FAILED else {
@@ -132,7 +134,8 @@ final class BenchGuest: @unchecked Sendable {
         for _ in 0..<5000 {
             v &+= 1
             let t0 = now()
-            try withUnsafeBytes(of: v) { try client.write(region: 2, offset: 0x50a, from: $0) }
+            let bank = DispiRegisters.Write(DispiRegisters.Index.bank, v)
+            try client.write16(region: UInt32(MBochs.mmioRegion), offset: bank.offset, bank.value)
             samples.append(now() - t0)
         }
         samples.sort()
@@ -305,17 +308,26 @@ struct StalledClient {
     }
 }
 
-/// `umdev ARGS` in a child process.
+/// The umdev whose servers and viewers the benchmarks measure: $UMDEV, or
+/// the umdev beside this executable (both are built into the same directory).
+let umdevExecutable: String = {
+    if let p = getenv("UMDEV"), p.pointee != 0 { return String(cString: p) }
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink("/proc/self/exe", &buffer, Int(PATH_MAX))
+    let me = n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "umdev-bench"
+    return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/umdev"
+}()
+
+/// A program in a child process: `umdev ARGS` by default.
 final class ChildProcess {
     let pid: pid_t
-    /// `executable` with `arguments` (umdev itself by default).
-    init(_ arguments: [String], executable: String = "/proc/self/exe") throws {
+    init(_ arguments: [String], executable: String = umdevExecutable) throws {
         let argv = [executable] + arguments
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var child: pid_t = 0
         let rc = posix_spawn(&child, executable, nil, nil, &cArgs, environ)
-        guard rc == 0 else { throw CommandFailure("cannot start \(executable == "/proc/self/exe" ? "umdev " + (arguments.first ?? "") : executable): \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { throw CommandFailure("cannot start \(executable) \(arguments.first ?? ""): \(String(cString: strerror(rc)))") }
         pid = child
     }
 
