@@ -256,10 +256,18 @@ public final class MBochs: DisplayDevice {
 
     public static let model = "umdev.mbochs"
     public static let stateVersion = 1
-    public var migrationIdentity: MigrationIdentity? {
-        MigrationIdentity(model: Self.model, version: Self.stateVersion, type: type.name,
+    public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(type: type, edidMax: edidMax) }
+    public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
+
+    /// What an mbochs of `type` whose EDID offers at most `edidMax` puts in
+    /// its migration streams: the one place the catalog and a resume both
+    /// read it from.
+    public static func migrationIdentity(type: MBochsType, edidMax: (width: UInt32, height: UInt32)) -> MigrationIdentity {
+        MigrationIdentity(model: model, version: stateVersion, type: type.name,
                           parameters: ["vram_mib": "\(type.vramMiB)", "edid_max": "\(edidMax.width)x\(edidMax.height)"])
     }
+    /// The state versions this build reads.
+    public static let readableStateVersions = stateVersion...stateVersion
 
     /// "MBOC", u16 version, config space, the ten DISPI registers, the byte
     /// order, the EDID (size, link, 1 KiB blob), then VRAM's pages that hold

@@ -123,10 +123,17 @@ public final class MDPY: DisplayDevice {
 
     public static let model = "umdev.mdpy"
     public static let stateVersion = 1
-    public var migrationIdentity: MigrationIdentity? {
-        MigrationIdentity(model: Self.model, version: Self.stateVersion, type: type.name,
+    public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(type: type) }
+    public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
+
+    /// What an mdpy of `type` puts in its migration streams: the one place
+    /// the catalog and a resume both read it from.
+    public static func migrationIdentity(type: MDPYType) -> MigrationIdentity {
+        MigrationIdentity(model: model, version: stateVersion, type: type.name,
                           parameters: ["width": "\(type.width)", "height": "\(type.height)"])
     }
+    /// The state versions this build reads.
+    public static let readableStateVersions = stateVersion...stateVersion
 
     /// "MDPY", u16 version, config space, then the framebuffer's pages.
     public func saveState() -> [UInt8] {

@@ -49,10 +49,16 @@ public final class MTTY: VFIODevice {
     }
     public weak var dma: DMAAccess?
     public let hasHostEvents: Bool
-    public var migrationIdentity: MigrationIdentity? {
-        MigrationIdentity(model: Self.model, version: Self.stateVersion, type: "mtty-\(portCount)", parameters: ["ports": "\(portCount)"])
+    public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(ports: portCount) }
+    public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
+
+    /// What an mtty with `ports` ports puts in its migration streams: the
+    /// one place the catalog and a resume both read it from.
+    public static func migrationIdentity(ports: Int) -> MigrationIdentity {
+        MigrationIdentity(model: model, version: stateVersion, type: "mtty-\(ports)", parameters: ["ports": "\(ports)"])
     }
-    public var readableStateVersions: ClosedRange<Int> { 1...Self.stateVersion }
+    /// The state versions this build reads (v1 streams predate the idle time).
+    public static let readableStateVersions = 1...stateVersion
 
     /// `ports`: 1 (mtty-1) or 2 (mtty-2). `backends`: per port; missing ones are loopback.
     public init(ports: Int, backends: [SerialBackend] = [], clock: @escaping () -> UInt64 = monotonicNanoseconds) throws(DeviceError) {

@@ -59,10 +59,17 @@ public final class TestDevice: VFIODevice {
         didSet { interrupts?.setINTxLevel(u32(Register.status) & 1 != 0) }
     }
     public weak var dma: DMAAccess?
-    public var migrationIdentity: MigrationIdentity? {
-        MigrationIdentity(model: "umdev.test", version: Int(Self.stateVersion), type: mappable ? "test" : "test-nommap",
+    public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(mappable: mappable) }
+    public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
+
+    /// What a test device created `mappable` or not puts in its migration
+    /// streams: the one place the catalog and a resume both read it from.
+    public static func migrationIdentity(mappable: Bool) -> MigrationIdentity {
+        MigrationIdentity(model: "umdev.test", version: Int(stateVersion), type: mappable ? "test" : "test-nommap",
                           parameters: ["bar1": mappable ? "mmap" : "trapped"])
     }
+    /// The state versions this build reads.
+    public static let readableStateVersions = Int(stateVersion)...Int(stateVersion)
     private let mappable: Bool
 
     /// `mappable: false` traps BAR1 too (the transcripts' "irq-nommap" server).

@@ -108,21 +108,24 @@ public struct DeviceType: Sendable {
     public let pool: Pool
     /// How much of its pool one instance takes.
     public let cost: Int
-    /// The migration model and the state version this umdev writes and reads.
-    public let model: String
+    /// The state versions this umdev reads, the newest being what it writes:
+    /// the model's own.
     public let stateVersions: ClosedRange<Int>
     public let display: DisplayInfo
     public let attributes: [AttributeSpec]
     let factory: @Sendable (Attributes) throws(DeviceError) -> VFIODevice
-    let parameters: @Sendable (Attributes) -> [String: String]
+    /// The model's identity for an instance with these attributes: asked of
+    /// the model, never restated here, so compat and a resume cannot disagree.
+    let modelIdentity: @Sendable (Attributes) -> MigrationIdentity
 
     /// A device of this type with `attributes` (defaults for those absent).
     public func make(_ attributes: Attributes) throws(DeviceError) -> VFIODevice { try factory(attributes) }
 
     /// The migration identity an instance created with `attributes` has.
-    public func identity(_ attributes: Attributes) -> MigrationIdentity {
-        MigrationIdentity(model: model, version: stateVersions.upperBound, type: id, parameters: parameters(attributes))
-    }
+    public func identity(_ attributes: Attributes) -> MigrationIdentity { modelIdentity(attributes) }
+
+    /// The migration model, e.g. "umdev.mtty".
+    public var model: String { modelIdentity(Attributes()).model }
 
     public func attribute(_ name: String) -> AttributeSpec? { attributes.first { $0.name == name } }
 }
@@ -178,29 +181,29 @@ public enum Catalog {
         DeviceType(id: mappable ? "test" : "test-nommap", name: mappable ? "test" : "test-nommap",
                    description: mappable ? "Protocol test device (BAR0 trapped MMIO, BAR1 mmap-able memfd, BAR2 I/O, INTx/MSI/MSI-X)"
                                          : "Protocol test device with every BAR trapped (QEMU posts MMIO writes to it)",
-                   sample: false, pool: .test, cost: 1, model: "umdev.test", stateVersions: 1...1, display: .none,
+                   sample: false, pool: .test, cost: 1, stateVersions: TestDevice.readableStateVersions, display: .none,
                    attributes: [pollUs, label] + status,
                    factory: { (_) throws(DeviceError) in try TestDevice(mappable: mappable) },
-                   parameters: { _ in ["bar1": mappable ? "mmap" : "trapped"] })
+                   modelIdentity: { _ in TestDevice.migrationIdentity(mappable: mappable) })
     }
 
     static let mttyTypes: [DeviceType] = [1, 2].map { ports in
         DeviceType(id: "mtty-\(ports)", name: ports == 1 ? "Single port serial" : "Dual port serial", description: nil,
-                   sample: true, pool: .mtty, cost: ports, model: MTTY.model, stateVersions: 1...MTTY.stateVersion, display: .none,
+                   sample: true, pool: .mtty, cost: ports, stateVersions: MTTY.readableStateVersions, display: .none,
                    attributes: (0..<ports).map(port) + [pollUs, label] + status + (0..<ports).map(portHost),
                    factory: { (attrs) throws(DeviceError) in
                        let backends = (0..<ports).map { SerialBackend(argument: attrs["port\($0)"] ?? "loopback") ?? .loopback }
                        return try MTTY(ports: ports, backends: backends)
                    },
-                   parameters: { _ in ["ports": "\(ports)"] })
+                   modelIdentity: { _ in MTTY.migrationIdentity(ports: ports) })
     }
 
     static let mdpyTypes: [DeviceType] = MDPYType.all.map { t in
         DeviceType(id: t.name, name: t.name, description: t.description, sample: true, pool: .mdpy, cost: 1,
-                   model: MDPY.model, stateVersions: 1...MDPY.stateVersion, display: DisplayInfo(kind: "region", edid: false),
+                   stateVersions: MDPY.readableStateVersions, display: DisplayInfo(kind: "region", edid: false),
                    attributes: [displaySocket, pollUs, label] + status + [plane],
                    factory: { (_) throws(DeviceError) in try MDPY(type: t) },
-                   parameters: { _ in ["width": "\(t.width)", "height": "\(t.height)"] })
+                   modelIdentity: { _ in MDPY.migrationIdentity(type: t) })
     }
 
     static let mbochsTypes: [DeviceType] = MBochsType.all.map { t in
@@ -216,13 +219,10 @@ public enum Catalog {
             attrs["edid_max"].flatMap(resolution).map { (width: $0.0, height: $0.1) } ?? (t.maxWidth, t.maxHeight)
         }
         return DeviceType(id: t.name, name: t.name, description: t.description, sample: true, pool: .mbochs, cost: t.vramMiB,
-                          model: MBochs.model, stateVersions: 1...MBochs.stateVersion,
+                          stateVersions: MBochs.readableStateVersions,
                           display: DisplayInfo(kind: "dmabuf", edid: true, maxWidth: Int(t.maxWidth), maxHeight: Int(t.maxHeight)),
                           attributes: [displaySocket, edidMax, preferred, pollUs, label] + status + [plane],
                           factory: { (attrs) throws(DeviceError) in try MBochs(type: t, edidMax: limit(attrs)) },
-                          parameters: { attrs in
-                              let l = limit(attrs)
-                              return ["vram_mib": "\(t.vramMiB)", "edid_max": "\(l.width)x\(l.height)"]
-                          })
+                          modelIdentity: { attrs in MBochs.migrationIdentity(type: t, edidMax: limit(attrs)) })
     }
 }
