@@ -325,8 +325,13 @@ final class ChildProcess {
         let argv = [executable] + arguments
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
+        // What the child prints (serve's -device line, say) would land among the figures.
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, nil, nil, &cArgs, environ)
+        let rc = posix_spawn(&child, executable, &actions, nil, &cArgs, environ)
         guard rc == 0 else { throw CommandFailure("cannot start \(executable) \(arguments.first ?? ""): \(String(cString: strerror(rc)))") }
         pid = child
     }
