@@ -71,7 +71,9 @@ let package = Package(
         // Wire types and codec: bytes in, typed values out. No I/O.
         .target(name: "VFIOUser", path: "Sources/VFIOUser", swiftSettings: strict),
         // PCI function: config space, regions, IRQ lines, device-model contract.
-        .target(name: "PCI", dependencies: ["CShim"], path: "Sources/PCI", swiftSettings: strict),
+        // (the wire's vocabulary, VFIOUser, is re-exported: region and IRQ
+        // indices, fourccs and plane kinds are defined there once)
+        .target(name: "PCI", dependencies: ["CShim", "VFIOUser"], path: "Sources/PCI", swiftSettings: strict),
         // Transport, endpoint, DMA table, migration state machine.
         .target(
             name: "VFIOUserServer",
@@ -164,7 +166,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI"], path: "Tests/MTTYTests",
                     swiftSettings: strict),
-        .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI", "Viewer"], path: "Tests/DisplayTests",
+        .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI", "Viewer", "VFIOUser"], path: "Tests/DisplayTests",
                     swiftSettings: strict),
     ]
 )

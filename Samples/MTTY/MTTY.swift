@@ -97,7 +97,7 @@ public final class MTTY: VFIODevice {
 
     public func read(region: Int, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int32 {
         guard accessible(region: region, offset: offset, count: buffer.count) else { return EINVAL }
-        if region == 7 {
+        if region == RegionIndex.config {
             config.read(offset: Int(offset), into: buffer)
             return 0
         }
@@ -111,7 +111,7 @@ public final class MTTY: VFIODevice {
 
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
         guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
-        if region == 7 {
+        if region == RegionIndex.config {
             config.write(offset: Int(offset), data: data)
             return 0
         }

@@ -26,7 +26,7 @@ public final class TestDevice: VFIODevice {
         public static let dmaAddress: UInt64 = 0x100
         /// u32 byte count (≤ 1 KiB).
         public static let dmaLength: UInt64 = 0x108
-        /// Write 1: copy guest memory into the DMA buffer; 2: copy the buffer to guest memory.
+        /// Write `DMACommand.fromGuest` or `.toGuest` to start a copy.
         public static let dmaCommand: UInt64 = 0x10c
         /// Read: 0 after a successful DMA, else the errno.
         public static let dmaStatus: UInt64 = 0x110
@@ -39,6 +39,14 @@ public final class TestDevice: VFIODevice {
         /// 0xc00: MSI-X table (4 × 16 bytes); 0xe00: PBA.
         public static let msixTable: UInt64 = 0xc00
         public static let msixPBA: UInt64 = 0xe00
+    }
+
+    /// What the DMA command register takes.
+    public enum DMACommand {
+        /// Copy guest memory into the DMA buffer.
+        public static let fromGuest: UInt32 = 1
+        /// Copy the DMA buffer to guest memory.
+        public static let toGuest: UInt32 = 2
     }
 
     public static let vendorID: UInt16 = 0x1af4
@@ -99,13 +107,13 @@ public final class TestDevice: VFIODevice {
         guard accessible(region: region, offset: offset, count: buffer.count) else { return EINVAL }
         let o = Int(offset)
         switch region {
-        case 0:
+        case RegionIndex.bar0:
             bar0.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + o, byteCount: buffer.count) }
-        case 1:
+        case RegionIndex.bar1:
             buffer.baseAddress!.copyMemory(from: bar1 + o, byteCount: buffer.count)
-        case 2:
+        case RegionIndex.bar2:
             bar2.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + o, byteCount: buffer.count) }
-        case 7:
+        case RegionIndex.config:
             config.read(offset: o, into: buffer)
         default:
             return EINVAL
@@ -117,13 +125,13 @@ public final class TestDevice: VFIODevice {
         guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         let o = Int(offset)
         switch region {
-        case 0:
+        case RegionIndex.bar0:
             return writeBAR0(offset: offset, data: data)
-        case 1:
+        case RegionIndex.bar1:
             (bar1 + o).copyMemory(from: data.baseAddress!, byteCount: data.count)
-        case 2:
+        case RegionIndex.bar2:
             for i in 0..<data.count { bar2[o + i] = data[i] }
-        case 7:
+        case RegionIndex.config:
             config.write(offset: o, data: data)
         default:
             return EINVAL
@@ -172,10 +180,10 @@ public final class TestDevice: VFIODevice {
         var staging = [UInt8](repeating: 0, count: length)
         do {
             switch command {
-            case 1:
+            case DMACommand.fromGuest:
                 try staging.withUnsafeMutableBytes { try dma.read(iova: address, into: $0) }
                 bar0.replaceSubrange(at..<(at + length), with: staging)
-            case 2:
+            case DMACommand.toGuest:
                 staging = Array(bar0[at..<(at + length)])
                 try staging.withUnsafeBytes { try dma.write(iova: address, from: $0) }
             default:

@@ -1,3 +1,4 @@
+@_exported import VFIOUser
 import Glibc
 
 /// The contract between a device model and the vfio-user server.
@@ -72,24 +73,6 @@ public struct IRQ: Sendable, Equatable {
     public static let request = IRQ(count: 1)
 }
 
-/// Region indices of a PCI device (VFIO_PCI_*_REGION_INDEX); indices from
-/// `firstDeviceSpecific` on are the device's own (EDID, display, ...).
-public enum RegionIndex {
-    public static let bar0 = 0
-    public static let bar1 = 1
-    public static let bar2 = 2
-    public static let bar3 = 3
-    public static let bar4 = 4
-    public static let bar5 = 5
-    public static let rom = 6
-    public static let config = 7
-    public static let vga = 8
-    /// The first index after the nine PCI ones.
-    public static let firstDeviceSpecific = 9
-    /// How many a device without device-specific regions reports.
-    public static let pciCount = 9
-}
-
 /// VFIO_REGION_INFO_CAP_TYPE values for device-specific regions.
 public enum RegionType {
     /// VFIO_REGION_TYPE_GFX.
@@ -100,11 +83,6 @@ public enum RegionType {
     /// ORed with its PCI vendor id; the subtype is the vendor's to define.
     public static let pciVendorType: UInt32 = 1 << 31
     public static func vendor(_ vendorID: UInt16) -> UInt32 { pciVendorType | UInt32(vendorID) }
-}
-
-/// IRQ indices of a PCI device.
-public enum IRQIndex: Int, Sendable, CaseIterable {
-    case intx = 0, msi = 1, msix = 2, err = 3, req = 4
 }
 
 /// How a device model raises interrupts. The server implements it with

@@ -1,40 +1,13 @@
 import Synchronization
 
-/// DRM fourcc codes (include/uapi/drm/drm_fourcc.h) that umdev's planes use.
-public enum DRMFormat {
-    /// 'XR24': 32-bit x:R:G:B, little-endian (blue in the first byte).
-    public static let xrgb8888: UInt32 = 0x3432_5258
-    /// 'BX24': 32-bit B:G:R:x, little-endian (bochs with a big-endian framebuffer).
-    public static let bgrx8888: UInt32 = 0x3432_5842
-    /// 'RG16': 16-bit R:G:B 5:6:5, little-endian.
-    public static let rgb565: UInt32 = 0x3631_4752
-
-    /// Bytes per pixel of the formats above; nil for any other code.
-    public static func bytesPerPixel(_ fourcc: UInt32) -> Int? {
-        switch fourcc {
-        case xrgb8888, bgrx8888: 4
-        case rgb565: 2
-        default: nil
-        }
-    }
-
-    /// The four characters of a fourcc ("XR24"), or "none" for 0.
-    public static func name(_ fourcc: UInt32) -> String {
-        guard fourcc != 0 else { return "none" }
-        let chars = (0..<4).map { UInt8(truncatingIfNeeded: fourcc >> (8 * UInt32($0))) }
-        guard chars.allSatisfy({ (0x20..<0x7f).contains($0) }) else { return "0x" + String(fourcc, radix: 16) }
-        return String(decoding: chars, as: UTF8.self)
-    }
-}
-
 /// What a display device shows now: the facts of the kernel's
 /// `vfio_device_gfx_plane_info` for the primary plane, as a value.
 ///
 /// A region plane (mdpy) lives in a region the client maps; a dmabuf plane
 /// (mbochs) is a buffer inside VRAM that the client asks for by `id`.
 public struct DisplayPlane: Sendable, Equatable, CustomStringConvertible {
-    /// How a client reaches the pixels (VFIO_GFX_PLANE_TYPE_REGION / _DMABUF).
-    public enum Kind: UInt8, Sendable { case region = 1, dmabuf = 2 }
+    /// How a client reaches the pixels (the wire's PlaneKind).
+    public typealias Kind = PlaneKind
 
     public var kind: Kind
     /// DRM fourcc; 0 means the plane is disabled (nothing on screen).

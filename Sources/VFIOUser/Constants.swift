@@ -16,26 +16,13 @@ public enum VFIO {
     public static let regionCapType: UInt16 = 2
     public static let regionCapMSIXMappable: UInt16 = 3
 
-    // PCI region indices
-    public static let pciBAR0RegionIndex: UInt32 = 0
-    public static let pciROMRegionIndex: UInt32 = 6
-    public static let pciConfigRegionIndex: UInt32 = 7
-    public static let pciVGARegionIndex: UInt32 = 8
-    public static let pciNumRegions: UInt32 = 9
+    // PCI region and IRQ indices: RegionIndex and IRQIndex (Vocabulary.swift).
 
     // IRQ info flags
     public static let irqInfoEventfd: UInt32 = 1 << 0
     public static let irqInfoMaskable: UInt32 = 1 << 1
     public static let irqInfoAutomasked: UInt32 = 1 << 2
     public static let irqInfoNoResize: UInt32 = 1 << 3
-
-    // PCI IRQ indices
-    public static let pciINTxIRQIndex: UInt32 = 0
-    public static let pciMSIIRQIndex: UInt32 = 1
-    public static let pciMSIXIRQIndex: UInt32 = 2
-    public static let pciErrIRQIndex: UInt32 = 3
-    public static let pciReqIRQIndex: UInt32 = 4
-    public static let pciNumIRQs: UInt32 = 5
 
     // SET_IRQS flags
     public static let irqSetDataNone: UInt32 = 1 << 0

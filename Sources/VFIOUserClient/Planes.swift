@@ -1,13 +1,6 @@
 import Glibc
 import VFIOUser
 
-/// How a device hands out its picture (VFIO_GFX_PLANE_TYPE_REGION / _DMABUF).
-public enum GfxPlaneKind: Sendable, Equatable {
-    case region, dmabuf
-
-    public var flag: UInt32 { self == .region ? VFIO.gfxPlaneRegion : VFIO.gfxPlaneDmabuf }
-}
-
 extension VFIOUserClient {
     /// QEMU's capabilities plus umdev's display-plane key (§22): what a viewer proposes.
     public static let planeCapabilitiesJSON =
@@ -29,8 +22,8 @@ extension VFIOUserClient {
 
     /// Which kind of plane the device offers, by the kernel's PROBE queries
     /// (dmabuf first, as QEMU probes); nil when it offers none.
-    public func probePlaneKind() throws(ClientError) -> GfxPlaneKind? {
-        for kind in [GfxPlaneKind.dmabuf, .region] {
+    public func probePlaneKind() throws(ClientError) -> PlaneKind? {
+        for kind in [PlaneKind.dmabuf, .region] {
             do {
                 _ = try queryPlane(flags: VFIO.gfxPlaneProbe | kind.flag)
                 return kind
@@ -79,17 +72,13 @@ public final class PlaneMapping {
         public var stride: Int
         /// The plane id (dmabuf id; the region index for a region plane).
         public var id: UInt32
-        public var kind: GfxPlaneKind
+        public var kind: PlaneKind
         /// Where the pixels start in their region or file.
         public var offset: UInt64
         /// Bytes from the first pixel to the end of the last line.
         public var byteCount: Int { stride * (height - 1) + width * (bytesPerPixel ?? 4) }
         public var bytesPerPixel: Int? {
-            switch fourcc {
-            case 0x3432_5258, 0x3432_5842: 4   // XR24, BX24
-            case 0x3631_4752: 2                // RG16
-            default: nil
-            }
+            DRMFormat.bytesPerPixel(fourcc)
         }
     }
 
@@ -97,7 +86,7 @@ public final class PlaneMapping {
     static let rememberedIDs = 16
 
     public let client: VFIOUserClient
-    public let kind: GfxPlaneKind
+    public let kind: PlaneKind
     /// A mapping of a whole region or file.
     private struct Mapped {
         var device: UInt64

@@ -1,4 +1,5 @@
 import VFIOUserClient
+import VFIOUser
 
 /// A picture as 8-bit RGB triples, row after row with no padding: what a
 /// PNG holds and what the viewers send.
@@ -21,13 +22,8 @@ public struct RGBImage: Equatable, Sendable {
 
 /// Conversion from the plane formats umdev's devices produce.
 public enum PixelFormat {
-    /// DRM fourcc codes (drm_fourcc.h).
-    public static let xrgb8888: UInt32 = 0x3432_5258
-    public static let bgrx8888: UInt32 = 0x3432_5842
-    public static let rgb565: UInt32 = 0x3631_4752
-
-    /// Whether `fourcc` can be converted.
-    public static func isSupported(_ fourcc: UInt32) -> Bool { [xrgb8888, bgrx8888, rgb565].contains(fourcc) }
+    /// Whether `fourcc` can be converted: every format DRMFormat names.
+    public static func isSupported(_ fourcc: UInt32) -> Bool { DRMFormat.bytesPerPixel(fourcc) != nil }
 
     /// The frame's visible pixels as RGB; nil for an unsupported format.
     public static func rgb(_ frame: PlaneMapping.Frame) -> RGBImage? {
@@ -42,11 +38,11 @@ public enum PixelFormat {
             for x in 0..<frame.width {
                 let rgb: UInt32
                 switch frame.fourcc {
-                case bgrx8888:
+                case DRMFormat.bgrx8888:
                     let p = line + 4 * x
                     rgb = UInt32(p.load(fromByteOffset: 1, as: UInt8.self)) << 16
                         | UInt32(p.load(fromByteOffset: 2, as: UInt8.self)) << 8 | UInt32(p.load(fromByteOffset: 3, as: UInt8.self))
-                case rgb565:
+                case DRMFormat.rgb565:
                     let v = UInt16(littleEndian: (line + 2 * x).loadUnaligned(as: UInt16.self))
                     let r = UInt32(v >> 11), g = UInt32(v >> 5 & 0x3f), b = UInt32(v & 0x1f)
                     rgb = (r << 3 | r >> 2) << 16 | (g << 2 | g >> 4) << 8 | (b << 3 | b >> 2)
@@ -67,7 +63,7 @@ public enum PixelFormat {
                 let line = pixels + y * stride
                 var o = y * width * 3
                 switch fourcc {
-                case xrgb8888:
+                case DRMFormat.xrgb8888:
                     // Little-endian x:R:G:B: memory holds B, G, R, x.
                     for x in 0..<width {
                         let p = line + 4 * x
@@ -76,7 +72,7 @@ public enum PixelFormat {
                         dst[o + 2] = p.load(as: UInt8.self)
                         o += 3
                     }
-                case bgrx8888:
+                case DRMFormat.bgrx8888:
                     // Little-endian B:G:R:x: memory holds x, R, G, B.
                     for x in 0..<width {
                         let p = line + 4 * x

@@ -1,4 +1,5 @@
 import Glibc
+import VFIOUser
 import VFIOUserClient
 
 /// Pixels a viewer owns (a converted frame), freed when the last holder
@@ -109,7 +110,7 @@ public final class ScreenWatcher {
     /// replaced (not reused) when the size changes, so a holder of the old
     /// one keeps valid memory.
     private func xrgb(_ frame: PlaneMapping.Frame) -> (UnsafeRawPointer, Int, PixelBuffer?) {
-        if frame.fourcc == PixelFormat.xrgb8888 { return (frame.pixels, frame.stride, nil) }
+        if frame.fourcc == DRMFormat.xrgb8888 { return (frame.pixels, frame.stride, nil) }
         let count = frame.width * frame.height * 4
         if converted?.bytes.count != count { converted = PixelBuffer(count: count) }
         let buffer = converted!

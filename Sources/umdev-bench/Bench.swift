@@ -148,7 +148,7 @@ extension Bench {
         try c.negotiate()
         let intx = umdev_eventfd(0)
         defer { close(intx) }
-        try c.setIRQs(index: VFIO.pciINTxIRQIndex, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        try c.setIRQs(index: IRQIndex.intx.wire, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
         // Port 0's registers are BAR0 (I/O), at the UART's own offsets.
         typealias UART = UART16550.Register
         let port0 = UInt32(RegionIndex.bar0)
@@ -179,7 +179,7 @@ extension Bench {
             var got: UInt8 = 0
             try withUnsafeMutableBytes(of: &got) { try c.read(region: port0, offset: UInt64(UART.data), into: $0) }
             guard got == one else { throw ValidationError("byte \(i) came back as \(got)") }
-            try c.setIRQs(index: VFIO.pciINTxIRQIndex, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+            try c.setIRQs(index: IRQIndex.intx.wire, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
         }
         let elapsed = now() - start
         latency.sort()

@@ -28,15 +28,15 @@ struct PlayGuest: ParsableCommand {
     func run() throws {
         let c = try VFIOUserClient(path: socket)
         try c.negotiate()
-        let id = try c.read(region: VFIO.pciConfigRegionIndex, offset: 0, count: 4)
+        let id = try c.read(region: UInt32(RegionIndex.config), offset: 0, count: 4)
         let vendor = UInt16(id[0]) | UInt16(id[1]) << 8, device = UInt16(id[2]) | UInt16(id[3]) << 8
         let width: Int, height: Int, offset: Int
         switch (vendor, device) {
         case (0x1234, 0x1111):
             (width, height, offset) = try setBochsMode(c)
         case (0x1b36, 0x000f):
-            width = Int(try c.read32(region: VFIO.pciConfigRegionIndex, offset: 0x48))
-            height = Int(try c.read32(region: VFIO.pciConfigRegionIndex, offset: 0x4c))
+            width = Int(try c.read32(region: UInt32(RegionIndex.config), offset: 0x48))
+            height = Int(try c.read32(region: UInt32(RegionIndex.config), offset: 0x4c))
             offset = 0
         default:
             throw CommandFailure("\(socket) is not an mdpy or mbochs device (PCI \(String(vendor, radix: 16)):\(String(device, radix: 16)))")

@@ -23,7 +23,7 @@ struct Info: ParsableCommand {
         if info.supportsReset { flags.append("RESET") }
         print("device: \(flags.joined(separator: "|")), \(info.regionCount) regions, \(info.irqCount) IRQ indices")
         if info.isPCI, info.regionCount > 7 {
-            let id = try client.read(region: VFIO.pciConfigRegionIndex, offset: 0, count: 16)
+            let id = try client.read(region: UInt32(RegionIndex.config), offset: 0, count: 16)
             func hex(_ v: Int, _ w: Int) -> String { let s = String(v, radix: 16); return String(repeating: "0", count: max(0, w - s.count)) + s }
             let vendor = Int(id[0]) | Int(id[1]) << 8, device = Int(id[2]) | Int(id[3]) << 8
             let cls = Int(id[11]) << 16 | Int(id[10]) << 8 | Int(id[9])

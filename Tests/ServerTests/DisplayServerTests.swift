@@ -103,7 +103,7 @@ struct DisplayServerTests {
         let c = try s.connect()
         let info = try c.deviceInfo()
         #expect(info.regionCount == 10 && info.irqCount == 5 && info.supportsReset)
-        let cfg = try c.read(region: VFIO.pciConfigRegionIndex, offset: 0x40, count: 16)
+        let cfg = try c.read(region: UInt32(RegionIndex.config), offset: 0x40, count: 16)
         #expect(cfg == [0x09, 0, 0x10, 0, 0x58, 0x52, 0x32, 0x34, 0x80, 0x02, 0, 0, 0xe0, 0x01, 0, 0])
         let display = try c.regionInfo(UInt32(MDPY.displayRegion))
         #expect(display.type?.type == 0x8000_1b36 && display.type?.subtype == 1 && display.mappable && display.size == 2 << 20)

@@ -57,7 +57,7 @@ struct ScreenWatcherTests {
         bar0.base.storeBytes(of: UInt16(0x07e0), toByteOffset: 2, as: UInt16.self)
         let watcher = ScreenWatcher(mapping: try PlaneMapping(client: try d.connect()))
         let u = try watcher.poll()
-        #expect(u.frame?.fourcc == PixelFormat.rgb565 && u.storage != nil && u.stride == 640 * 4)
+        #expect(u.frame?.fourcc == DRMFormat.rgb565 && u.storage != nil && u.stride == 640 * 4)
         #expect(u.pixels?.load(as: UInt32.self) == 0xff0000 && u.pixels?.load(fromByteOffset: 4, as: UInt32.self) == 0x00ff00)
         bar0.base.storeBytes(of: UInt16(0x001f), toByteOffset: 0, as: UInt16.self)
         let again = try watcher.poll()

@@ -12,7 +12,7 @@ struct VersionLimitsTests {
         let fds = (0..<n).map { _ in eventfd() }
         defer { for fd in fds { close(fd) } }
         do throws(ClientError) {
-            try c.setIRQs(index: VFIO.pciMSIXIRQIndex, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger,
+            try c.setIRQs(index: IRQIndex.msix.wire, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger,
                           count: UInt32(n), fds: fds)
             return 0
         } catch {
