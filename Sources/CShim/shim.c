@@ -219,3 +219,6 @@ int umdev_guarded_copy(void *dst, const void *src, size_t len) {
     guarded_copy_env = NULL;
     return 0;
 }
+
+const int umdev_seek_data = SEEK_DATA;
+const int umdev_seek_hole = SEEK_HOLE;

@@ -53,9 +53,11 @@ public struct DeviceProfile: Codable, Equatable, Sendable {
         var config = [UInt8](repeating: 0, count: 64)
         _ = config.withUnsafeMutableBytes { device.read(region: RegionIndex.config, offset: 0, into: $0) }
         func u16(_ o: Int) -> UInt16 { UInt16(config[o]) | UInt16(config[o + 1]) << 8 }
-        vendorID = u16(0); deviceID = u16(2); subsystemVendorID = u16(0x2c); subsystemID = u16(0x2e)
-        classCode = UInt32(config[0x0b]) << 16 | UInt32(config[0x0a]) << 8 | UInt32(config[0x09])
-        revision = config[0x08]
+        typealias At = ConfigSpace.Offset
+        vendorID = u16(At.vendorID); deviceID = u16(At.deviceID)
+        subsystemVendorID = u16(At.subsystemVendorID); subsystemID = u16(At.subsystemID)
+        classCode = UInt32(config[At.classCode]) << 16 | UInt32(config[At.subclass]) << 8 | UInt32(config[At.progIF])
+        revision = config[At.revision]
         reset = device.supportsReset
         regions = device.regions.enumerated().map { i, r in
             var flags: [String] = []

@@ -173,7 +173,7 @@ extension VFIODevice {
     public var readableStateVersions: ClosedRange<Int> { (migrationIdentity?.version ?? 1)...(migrationIdentity?.version ?? 1) }
     public func saveState() -> [UInt8] { [] }
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
-        throw DeviceError(95, "device does not support migration")
+        throw DeviceError(EOPNOTSUPP, "device does not support migration")
     }
 }
 

@@ -66,7 +66,7 @@ public final class SharedMemory {
     public func savePages() -> [UInt8] {
         var out: [UInt8] = [0, 0, 0, 0]
         var count: UInt32 = 0
-        let seekData: Int32 = 3, seekHole: Int32 = 4   // Linux's SEEK_DATA, SEEK_HOLE
+        let seekData = umdev_seek_data, seekHole = umdev_seek_hole
         var at = lseek(fd, 0, seekData)
         while at >= 0 && Int(at) < size {
             let end = min(Int(lseek(fd, at, seekHole)), size)

@@ -51,6 +51,7 @@ public enum VFIO {
     public static let featureDMALoggingStart: UInt32 = 6
     public static let featureDMALoggingStop: UInt32 = 7
     public static let featureDMALoggingReport: UInt32 = 8
+    public static let featureMigDataSize: UInt32 = 9
     public static let migrationStopCopy: UInt64 = 1 << 0
     public static let migrationP2P: UInt64 = 1 << 1
     public static let migrationPreCopy: UInt64 = 1 << 2

@@ -451,7 +451,7 @@ public final class Endpoint {
                 }
             }
             w.u32(16); w.u32(f.flags); w.u32(host.migration.state.rawValue); w.u32(UInt32(bitPattern: -1))
-        case 9: // VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
+        case VFIO.featureMigDataSize:
             guard !f.isSet else { throw .invalid("MIG_DATA_SIZE cannot be SET") }
             if f.isProbe { w.u32(8); w.u32(f.flags); return }
             guard f.argsz >= 16 else { throw .invalid("argsz too small for MIG_DATA_SIZE") }

@@ -19,6 +19,11 @@ int umdev_accept_cloexec(int listener);
 /// by _GNU_SOURCE.
 #define UMDEV_POLLRDHUP 0x2000
 
+/// lseek(2)'s SEEK_DATA and SEEK_HOLE, hidden from Swift by _GNU_SOURCE
+/// (their values are taken from the system header in shim.c).
+extern const int umdev_seek_data;
+extern const int umdev_seek_hole;
+
 /// rename(2) that fails with EEXIST instead of replacing `to`.
 int umdev_rename_noreplace(const char *from, const char *to);
 
