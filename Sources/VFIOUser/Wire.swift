@@ -67,7 +67,11 @@ public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible
         self.reason = reason
     }
 
-    public static func == (a: ProtocolError, b: ProtocolError) -> Bool { a.errno == b.errno }
+    /// The same errno from the same check: a test that expects one refusal
+    /// is not satisfied by another that happens to share its errno.
+    public static func == (a: ProtocolError, b: ProtocolError) -> Bool {
+        a.errno == b.errno && a.reason.description == b.reason.description
+    }
 
     public var description: String { "\(reason) (errno \(errno))" }
 

@@ -37,7 +37,17 @@ struct DeviceBoundsTests {
                 #expect(device.write(region: index, offset: UInt64.max, data: UnsafeRawBufferPointer(four)) == EINVAL, "\(name) \(index)")
                 if region.size >= 4 {
                     #expect(device.read(region: index, offset: region.size - 2, into: four) == EINVAL, "\(name) \(index)")
-                    _ = device.read(region: index, offset: region.size - 4, into: four)   // inside: the model's own rules
+                }
+                if region.size >= 4 && region.readable {
+                    // Inside, the model's own rules apply (mtty's registers are bytes, the EDID
+                    // region's fields are dwords and its blob ends before the region does): some
+                    // of these reads are served, and any refusal is EINVAL, never another errno.
+                    let one = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<1])
+                    let results = [device.read(region: index, offset: 0, into: one), device.read(region: index, offset: 0, into: four),
+                                   device.read(region: index, offset: region.size - 1, into: one),
+                                   device.read(region: index, offset: region.size - 4, into: four)]
+                    #expect(results.contains(0), "\(name) \(index): no read inside is served")
+                    #expect(results.allSatisfy { $0 == 0 || $0 == EINVAL }, "\(name) \(index): \(results)")
                 }
             }
             #expect(device.read(region: device.regions.count, offset: 0, into: four) == EINVAL, "\(name)")

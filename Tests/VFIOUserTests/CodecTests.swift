@@ -30,12 +30,12 @@ struct CodecTests {
     }
 
     @Test func writeDataMustMatchCount() {
-        #expect(throws: ProtocolError.invalid("")) { try decode(.regionWrite, bytes([0, 0, 4], sizes: [8, 4, 4]) + [1, 2]) }
+        #expect(throws: ProtocolError.invalid("REGION_WRITE count differs from the data size")) { try decode(.regionWrite, bytes([0, 0, 4], sizes: [8, 4, 4]) + [1, 2]) }
     }
 
     @Test func fdsOnlyWhereAllowed() {
-        #expect(throws: ProtocolError.invalid("")) { try decode(.deviceGetInfo, bytes([16, 0, 0, 0], sizes: [4, 4, 4, 4]), fds: 1) }
-        #expect(throws: ProtocolError.invalid("")) { try decode(.dmaMap, bytes([32, 3, 0, 0, 4096], sizes: [4, 4, 8, 8, 8]), fds: 2) }
+        #expect(throws: ProtocolError.invalid("descriptors on a command that takes none")) { try decode(.deviceGetInfo, bytes([16, 0, 0, 0], sizes: [4, 4, 4, 4]), fds: 1) }
+        #expect(throws: ProtocolError.invalid("DMA_MAP with more than one descriptor")) { try decode(.dmaMap, bytes([32, 3, 0, 0, 4096], sizes: [4, 4, 8, 8, 8]), fds: 2) }
         #expect(throws: Never.self) { try decode(.dmaMap, bytes([32, 3, 0, 0, 4096], sizes: [4, 4, 8, 8, 8]), fds: 1) }
     }
 
@@ -43,15 +43,15 @@ struct CodecTests {
         let ok = bytes([20, 0x24, 0, 0, 1], sizes: [4, 4, 4, 4, 4])
         #expect(throws: Never.self) { try decode(.deviceSetIRQs, ok, fds: 1) }
         #expect(throws: Never.self) { try decode(.deviceSetIRQs, ok, fds: 0) } // de-assign
-        #expect(throws: ProtocolError.invalid("")) { try decode(.deviceSetIRQs, bytes([20, 0x26, 0, 0, 1], sizes: [4, 4, 4, 4, 4])) }
-        #expect(throws: ProtocolError.invalid("")) { try decode(.deviceSetIRQs, bytes([20, 0x38 | 1, 0, 0, 1], sizes: [4, 4, 4, 4, 4])) }
-        #expect(throws: ProtocolError.invalid("")) { try decode(.deviceSetIRQs, bytes([20, 0x09, 0, 0, 0], sizes: [4, 4, 4, 4, 4])) }
+        #expect(throws: ProtocolError.invalid("SET_IRQS needs exactly one DATA flag")) { try decode(.deviceSetIRQs, bytes([20, 0x26, 0, 0, 1], sizes: [4, 4, 4, 4, 4])) }
+        #expect(throws: ProtocolError.invalid("SET_IRQS needs exactly one ACTION flag")) { try decode(.deviceSetIRQs, bytes([20, 0x38 | 1, 0, 0, 1], sizes: [4, 4, 4, 4, 4])) }
+        #expect(throws: ProtocolError.invalid("SET_IRQS count 0 is only TRIGGER|DATA_NONE from 0")) { try decode(.deviceSetIRQs, bytes([20, 0x09, 0, 0, 0], sizes: [4, 4, 4, 4, 4])) }
     }
 
     @Test func replyTypedAndUnknownCommandsAreRefused() {
-        #expect(throws: ProtocolError.invalid("")) { try decode(.deviceReset, [], flags: 1) }
+        #expect(throws: ProtocolError.invalid("reply or unknown type sent as a request")) { try decode(.deviceReset, [], flags: 1) }
         let h = Header(messageID: 0, command: 77, messageSize: 16)
-        #expect(throws: ProtocolError.invalid("")) { try Request.decode(h, payload: UnsafeRawBufferPointer(start: nil, count: 0), fdCount: 0) }
+        #expect(throws: ProtocolError.invalid("unknown command")) { try Request.decode(h, payload: UnsafeRawBufferPointer(start: nil, count: 0), fdCount: 0) }
     }
 
     @Test func qemuCapabilitiesParse() throws {
@@ -77,5 +77,14 @@ struct CodecTests {
         #expect(v["b"] == .array([.bool(true), .bool(false), .null]))
         let deep = String(repeating: "[", count: 40) + String(repeating: "]", count: 40)
         #expect(throws: JSONError.self) { try JSONParser.parse(Array(deep.utf8)) }
+    }
+}
+
+@Suite("ProtocolError equality names the check")
+struct ProtocolErrorEqualityTests {
+    @Test func sameErrnoOtherCheckIsNotEqual() {
+        #expect(ProtocolError.invalid("unknown command") == ProtocolError(EINVAL, "unknown command"))
+        #expect(ProtocolError.invalid("unknown command") != ProtocolError.invalid("VERSION must come first"))
+        #expect(ProtocolError(E2BIG, "VERSION JSON too large") != ProtocolError(EINVAL, "VERSION JSON too large"))
     }
 }
