@@ -285,8 +285,7 @@ public final class MBochs: DisplayDevice {
     }
 
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
-        var r = try StateReader(bytes, magic: "MBOC", what: "mbochs")
-        guard Int(try r.u16()) == version else { throw DeviceError(EINVAL, "mbochs state version differs from its stream's") }
+        var r = try StateReader(bytes, magic: "MBOC", what: "mbochs", version: version, readable: Self.readableStateVersions)
         let cfg = try r.raw(256)
         var registers: [UInt16] = []
         for _ in 0..<DispiRegisters.Index.storedCount { registers.append(try r.u16()) }

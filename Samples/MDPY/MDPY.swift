@@ -144,8 +144,7 @@ public final class MDPY: DisplayDevice {
     }
 
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
-        var r = try StateReader(bytes, magic: "MDPY", what: "mdpy")
-        guard Int(try r.u16()) == version else { throw DeviceError(EINVAL, "mdpy state version differs from its stream's") }
+        var r = try StateReader(bytes, magic: "MDPY", what: "mdpy", version: version, readable: Self.readableStateVersions)
         let cfg = try r.raw(256)
         r.skip(to: try framebuffer.restorePages(bytes, at: r.position))
         try r.finish()

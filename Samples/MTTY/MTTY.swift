@@ -16,7 +16,7 @@ public final class MTTY: VFIODevice {
     /// Opaque bytes the sample puts in the vendor area, and its ASCII tag.
     static let vendorFiller: [(Int, UInt8)] = [(0x40, 0x23), (0x43, 0x80), (0x44, 0x23), (0x48, 0x23), (0x4c, 0x23)]
     static let tag = Array("PCI Serial/UART".utf8)
-    static let stateMagic: [UInt8] = Array("MTTY".utf8)
+    static let stateMagic = "MTTY"
     /// 2 adds how long ago each port last received, so a receive timeout
     /// pending at save time fires on time after restore; 1 is still read.
     public static let stateVersion = 2
@@ -192,60 +192,54 @@ public final class MTTY: VFIODevice {
         updateInterrupt(now: clock())
     }
 
-    /// Versioned state: "MTTY", u16 version, u8 port count, then per port the
-    /// registers, the pending THRE condition, the receive FIFO and (version
-    /// 2) nanoseconds since it last received; then the 256-byte config
-    /// space. Interrupt state follows from the registers.
+    /// Versioned state (StateWriter): "MTTY", u16 version, u8 port count,
+    /// then per port the registers, the pending THRE condition, the receive
+    /// FIFO and (version 2) nanoseconds since it last received; then the
+    /// 256-byte config space. Interrupt state follows from the registers.
     public func saveState() -> [UInt8] {
-        var out = Self.stateMagic
-        out += [UInt8(Self.stateVersion & 0xff), UInt8(Self.stateVersion >> 8), UInt8(portCount)]
+        var w = StateWriter(magic: Self.stateMagic, version: Self.stateVersion)
+        w.u8(UInt8(portCount))
         let now = clock()
         for u in ports {
-            out += [u.ier, u.lcr, u.mcr, u.scr, u.fcr, UInt8(u.divisor & 0xff), UInt8(u.divisor >> 8),
-                    u.lsrErrors, u.msr, u.transmitEmptyPending ? 1 : 0, UInt8(u.receive.count)]
-            out += u.receive + [UInt8](repeating: 0, count: UART16550.fifoSize - u.receive.count)
-            let idle = now >= u.lastReceiveActivity ? now - u.lastReceiveActivity : 0
-            for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: idle >> (8 * UInt64(i)))) }
+            for v in [u.ier, u.lcr, u.mcr, u.scr, u.fcr] { w.u8(v) }
+            w.u16(u.divisor)
+            for v in [u.lsrErrors, u.msr, u.transmitEmptyPending ? 1 : 0, UInt8(u.receive.count)] { w.u8(v) }
+            w.raw(u.receive + [UInt8](repeating: 0, count: UART16550.fifoSize - u.receive.count))
+            w.u64(now >= u.lastReceiveActivity ? now - u.lastReceiveActivity : 0)
         }
-        return out + config.bytes
+        w.raw(config.bytes)
+        return w.bytes
     }
 
     /// Bytes per port in a version-1 state; version 2 adds 8.
     public static let portStateSize = 11 + UART16550.fifoSize
 
-    public func restoreState(_ s: [UInt8], version expected: Int) throws(DeviceError) {
-        guard s.count >= 7, Array(s[0..<4]) == Self.stateMagic else { throw DeviceError(EINVAL, "not an mtty state") }
-        let version = Int(s[4]) | Int(s[5]) << 8
-        guard readableStateVersions.contains(version), version == expected else {
-            throw DeviceError(EINVAL, "unsupported mtty state version \(version)")
+    public func restoreState(_ s: [UInt8], version: Int) throws(DeviceError) {
+        var r = try StateReader(s, magic: Self.stateMagic, what: "mtty", version: version, readable: Self.readableStateVersions)
+        let count = try r.u8()
+        guard Int(count) == portCount else {
+            throw DeviceError(EINVAL, "state has \(count) ports, this mtty-\(portCount) has \(portCount)")
         }
-        guard Int(s[6]) == portCount else {
-            throw DeviceError(EINVAL, "state has \(s[6]) ports, this mtty-\(portCount) has \(portCount)")
-        }
-        let perPort = Self.portStateSize + (version >= 2 ? 8 : 0)
-        guard s.count == 7 + portCount * perPort + 256 else { throw DeviceError(EINVAL, "mtty state has the wrong length") }
         var restored: [UART16550] = []
-        var at = 7
         let now = clock()
         for _ in 0..<portCount {
             var u = UART16550()
-            u.ier = s[at] & 0x0f; u.lcr = s[at + 1]; u.mcr = s[at + 2] & 0x1f; u.scr = s[at + 3]; u.fcr = s[at + 4] & 0xc9
-            u.divisor = UInt16(s[at + 5]) | UInt16(s[at + 6]) << 8
-            u.lsrErrors = s[at + 7] & UART16550.lsrOverrun; u.msr = s[at + 8]; u.transmitEmptyPending = s[at + 9] != 0
-            let count = Int(s[at + 10])
-            guard count <= u.receiveCapacity else { throw DeviceError(EINVAL, "mtty state holds more bytes than the FIFO") }
-            u.receive = Array(s[(at + 11)..<(at + 11 + count)])
-            var idle: UInt64 = 0
-            if version >= 2 {
-                for i in 0..<8 { idle |= UInt64(s[at + Self.portStateSize + i]) << (8 * UInt64(i)) }
-            }
+            u.ier = try r.u8() & 0x0f; u.lcr = try r.u8(); u.mcr = try r.u8() & 0x1f; u.scr = try r.u8(); u.fcr = try r.u8() & 0xc9
+            u.divisor = try r.u16()
+            u.lsrErrors = try r.u8() & UART16550.lsrOverrun; u.msr = try r.u8(); u.transmitEmptyPending = try r.u8() != 0
+            let held = Int(try r.u8())
+            let fifo = try r.raw(UART16550.fifoSize)
+            guard held <= u.receiveCapacity else { throw DeviceError(EINVAL, "mtty state holds more bytes than the FIFO") }
+            u.receive = Array(fifo[0..<held])
+            let idle = r.version >= 2 ? try r.u64() : 0
             u.lastReceiveActivity = now >= idle ? now - idle : 0
             restored.append(u)
-            at += perPort
         }
+        let cfg = try r.raw(256)
+        try r.finish()
         ports = restored
         config = initialConfig
-        config.setBytes(0, Array(s[at..<(at + 256)]))
+        config.setBytes(0, cfg)
         updateInterrupt(now: clock())
     }
 }

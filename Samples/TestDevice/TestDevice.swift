@@ -51,7 +51,11 @@ public final class TestDevice: VFIODevice {
 
     public static let vendorID: UInt16 = 0x1af4
     public static let deviceID: UInt16 = 0x10f0
-    static let stateVersion: UInt8 = 1
+    static let stateMagic = "UTST"
+    /// 2: the state opens with StateWriter's magic and version; 1 (a bare version byte) is still read.
+    public static let stateVersion = 2
+    public static let readableStateVersions = 1...stateVersion
+    public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
 
     @exclusivity(unchecked) public var config = ConfigSpace()
     @exclusivity(unchecked) private var bar0 = [UInt8](repeating: 0, count: 4096)
@@ -68,16 +72,13 @@ public final class TestDevice: VFIODevice {
     }
     public weak var dma: DMAAccess?
     public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(mappable: mappable) }
-    public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
 
     /// What a test device created `mappable` or not puts in its migration
     /// streams: the one place the catalog and a resume both read it from.
     public static func migrationIdentity(mappable: Bool) -> MigrationIdentity {
-        MigrationIdentity(model: "umdev.test", version: Int(stateVersion), type: mappable ? "test" : "test-nommap",
+        MigrationIdentity(model: "umdev.test", version: stateVersion, type: mappable ? "test" : "test-nommap",
                           parameters: ["bar1": mappable ? "mmap" : "trapped"])
     }
-    /// The state versions this build reads.
-    public static let readableStateVersions = Int(stateVersion)...Int(stateVersion)
     private let mappable: Bool
 
     /// `mappable: false` traps BAR1 too (the transcripts' "irq-nommap" server).
@@ -203,22 +204,34 @@ public final class TestDevice: VFIODevice {
         interrupts?.setINTxLevel(false)
     }
 
+    /// Versioned state (StateWriter): "UTST", u16 version, BAR0, BAR2,
+    /// BAR1, 256 config bytes. Version 1 (umdev before every model used
+    /// StateWriter) was u8 1 and the same four blocks; it is still read.
     public func saveState() -> [UInt8] {
-        var out: [UInt8] = [Self.stateVersion]
-        out += bar0
-        out += bar2
-        out += UnsafeRawBufferPointer(start: bar1, count: 4096)
-        out += config.bytes
-        return out
+        var w = StateWriter(magic: Self.stateMagic, version: Self.stateVersion)
+        w.raw(bar0)
+        w.raw(bar2)
+        w.raw(UnsafeRawBufferPointer(start: bar1, count: 4096))
+        w.raw(config.bytes)
+        return w.bytes
     }
 
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
-        guard bytes.first == Self.stateVersion else { throw DeviceError(EINVAL, "unknown test-device state version") }
-        guard bytes.count == 1 + 4096 + 32 + 4096 + 256 else { throw DeviceError(EINVAL, "test-device state has the wrong size") }
-        bar0 = Array(bytes[1..<4097])
-        bar2 = Array(bytes[4097..<4129])
-        bytes.withUnsafeBytes { bar1.copyMemory(from: $0.baseAddress! + 4129, byteCount: 4096) }
-        let cfg = Array(bytes[8225...])
+        var r: StateReader
+        if version == 1 {
+            // Version 1: no magic, a one-byte version; the blocks follow as in version 2.
+            guard bytes.first == 1 else { throw DeviceError(EINVAL, "not a version-1 test-device state") }
+            var v2 = StateWriter(magic: Self.stateMagic, version: 1)
+            v2.raw(bytes.dropFirst())
+            r = try StateReader(v2.bytes, magic: Self.stateMagic, what: "test-device", version: 1, readable: Self.readableStateVersions)
+        } else {
+            r = try StateReader(bytes, magic: Self.stateMagic, what: "test-device", version: version, readable: Self.readableStateVersions)
+        }
+        let newBAR0 = try r.raw(4096), newBAR2 = try r.raw(32), newBAR1 = try r.raw(4096), cfg = try r.raw(256)
+        try r.finish()
+        bar0 = newBAR0
+        bar2 = newBAR2
+        newBAR1.withUnsafeBytes { bar1.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
         config = initialConfig
         config.setBytes(0, cfg)
     }

@@ -1,15 +1,20 @@
 import Glibc
 
-/// Builds a device's migration state: little-endian fields in order.
+/// Builds a device's migration state: a four-character magic naming the
+/// model's format, a u16 version, then little-endian fields in order.
+/// Every model writes its state with it, so every state opens the same way
+/// and `StateReader` checks that opening the same way.
 public struct StateWriter {
     public private(set) var bytes: [UInt8] = []
     public init(magic: String, version: Int) {
+        precondition(magic.utf8.count == 4 && (0...Int(UInt16.max)).contains(version))
         bytes = Array(magic.utf8)
         u16(UInt16(version))
     }
     public mutating func u8(_ v: UInt8) { bytes.append(v) }
     public mutating func u16(_ v: UInt16) { bytes += [UInt8(v & 0xff), UInt8(v >> 8)] }
     public mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
+    public mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
     public mutating func raw(_ b: some Sequence<UInt8>) { bytes += b }
 }
 
@@ -18,15 +23,24 @@ public struct StateWriter {
 public struct StateReader {
     public let bytes: [UInt8]
     public private(set) var position = 0
+    /// The version the state carries: the one its stream's identity names,
+    /// and one the model reads.
+    public let version: Int
     let what: String
 
-    /// Checks the magic; the version follows (read it with `u16`).
-    public init(_ bytes: [UInt8], magic: String, what: String) throws(DeviceError) {
+    /// Checks the magic and the version: the state must say it is
+    /// `expected` (what the stream's identity said) and the model must read
+    /// it (`readable`).
+    public init(_ bytes: [UInt8], magic: String, what: String, version expected: Int, readable: ClosedRange<Int>) throws(DeviceError) {
         self.bytes = bytes
         self.what = what
         let m = Array(magic.utf8)
         guard bytes.count >= m.count + 2, Array(bytes[0..<m.count]) == m else { throw DeviceError(EINVAL, "not \(what) state") }
-        position = m.count
+        let v = Int(bytes[m.count]) | Int(bytes[m.count + 1]) << 8
+        position = m.count + 2
+        guard readable.contains(v) else { throw DeviceError(EINVAL, "unsupported \(what) state version \(v)") }
+        guard v == expected else { throw DeviceError(EINVAL, "\(what) state version differs from its stream's") }
+        version = v
     }
 
     mutating func take(_ n: Int) throws(DeviceError) -> ArraySlice<UInt8> {
@@ -39,6 +53,10 @@ public struct StateReader {
     public mutating func u32() throws(DeviceError) -> UInt32 {
         let b = try take(4)
         return (0..<4).reduce(UInt32(0)) { $0 | UInt32(b[b.startIndex + $1]) << (8 * UInt32($1)) }
+    }
+    public mutating func u64() throws(DeviceError) -> UInt64 {
+        let b = try take(8)
+        return (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[b.startIndex + $1]) << (8 * UInt64($1)) }
     }
     public mutating func raw(_ n: Int) throws(DeviceError) -> [UInt8] { Array(try take(n)) }
     /// Moves past `n` bytes consumed elsewhere (memory pages).

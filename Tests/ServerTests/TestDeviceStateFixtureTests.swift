@@ -91,7 +91,10 @@ struct TestDeviceStateFixtureTests {
     func roundTrip() throws {
         let a = try Self.source()
         let b = try TestDevice(mappable: true)
-        try b.restoreState(a.saveState(), version: try #require(a.migrationIdentity).version)
+        let state = a.saveState()
+        #expect(Array(state.prefix(6)) == Array("UTST".utf8) + [2, 0], "StateWriter's magic and version open it")
+        try b.restoreState(state, version: try #require(a.migrationIdentity).version)
+        #expect(throws: DeviceError.self) { try TestDevice(mappable: true).restoreState(state, version: 1) }
         #expect(Self.contents(b) == Self.contents(a))
     }
 }
