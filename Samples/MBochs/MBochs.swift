@@ -255,6 +255,7 @@ public final class MBochs: DisplayDevice {
     // MARK: Migration
 
     public static let model = "umdev.mbochs"
+    static let stateMagic = "MBOC"
     public static let stateVersion = 1
     public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(type: type, edidMax: edidMax) }
     public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
@@ -273,7 +274,7 @@ public final class MBochs: DisplayDevice {
     /// order, the EDID (size, link, 1 KiB blob), then VRAM's pages that hold
     /// anything (an idle VRAM stays sparse and costs nothing to move).
     public func saveState() -> [UInt8] {
-        var w = StateWriter(magic: "MBOC", version: Self.stateVersion)
+        var w = StateWriter(magic: Self.stateMagic, version: Self.stateVersion)
         w.raw(config.bytes)
         for v in dispi.storedValues { w.u16(v) }
         w.u8(dispi.bigEndianFramebuffer ? 1 : 0)
@@ -285,8 +286,8 @@ public final class MBochs: DisplayDevice {
     }
 
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
-        var r = try StateReader(bytes, magic: "MBOC", what: "mbochs", version: version, readable: Self.readableStateVersions)
-        let cfg = try r.raw(256)
+        var r = try StateReader(bytes, magic: Self.stateMagic, what: "mbochs", version: version, readable: Self.readableStateVersions)
+        let cfg = try r.raw(initialConfig.size)
         var registers: [UInt16] = []
         for _ in 0..<DispiRegisters.Index.storedCount { registers.append(try r.u16()) }
         let bigEndian = try r.u8() != 0

@@ -122,6 +122,7 @@ public final class MDPY: DisplayDevice {
     // MARK: Migration
 
     public static let model = "umdev.mdpy"
+    static let stateMagic = "MDPY"
     public static let stateVersion = 1
     public var migrationIdentity: MigrationIdentity? { Self.migrationIdentity(type: type) }
     public var readableStateVersions: ClosedRange<Int> { Self.readableStateVersions }
@@ -137,15 +138,15 @@ public final class MDPY: DisplayDevice {
 
     /// "MDPY", u16 version, config space, then the framebuffer's pages.
     public func saveState() -> [UInt8] {
-        var w = StateWriter(magic: "MDPY", version: Self.stateVersion)
+        var w = StateWriter(magic: Self.stateMagic, version: Self.stateVersion)
         w.raw(config.bytes)
         w.raw(framebuffer.savePages())
         return w.bytes
     }
 
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
-        var r = try StateReader(bytes, magic: "MDPY", what: "mdpy", version: version, readable: Self.readableStateVersions)
-        let cfg = try r.raw(256)
+        var r = try StateReader(bytes, magic: Self.stateMagic, what: "mdpy", version: version, readable: Self.readableStateVersions)
+        let cfg = try r.raw(initialConfig.size)
         r.skip(to: try framebuffer.restorePages(bytes, at: r.position))
         try r.finish()
         config = initialConfig

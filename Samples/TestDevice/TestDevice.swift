@@ -219,11 +219,12 @@ public final class TestDevice: VFIODevice {
     public func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError) {
         var r: StateReader
         if version == 1 {
-            // Version 1: no magic, a one-byte version; the blocks follow as in version 2.
+            // Version 1: no magic, a one-byte version; the blocks follow as in
+            // version 2, so it is read as those blocks under today's opening.
             guard bytes.first == 1 else { throw DeviceError(EINVAL, "not a version-1 test-device state") }
-            var v2 = StateWriter(magic: Self.stateMagic, version: 1)
-            v2.raw(bytes.dropFirst())
-            r = try StateReader(v2.bytes, magic: Self.stateMagic, what: "test-device", version: 1, readable: Self.readableStateVersions)
+            var rewrapped = StateWriter(magic: Self.stateMagic, version: 1)
+            rewrapped.raw(bytes.dropFirst())
+            r = try StateReader(rewrapped.bytes, magic: Self.stateMagic, what: "test-device", version: 1, readable: Self.readableStateVersions)
         } else {
             r = try StateReader(bytes, magic: Self.stateMagic, what: "test-device", version: version, readable: Self.readableStateVersions)
         }
