@@ -109,7 +109,7 @@ public final class DisplayServer: @unchecked Sendable {
 /// One viewer's connection.
 final class Viewer: @unchecked Sendable {
     // @unchecked: created by the accept thread, then used by its own thread only.
-    let transport: Transport
+    let transport: Transport<SocketChannel>
     let description: DeviceDescription
     let logger: Logger
     private var client: Capabilities?
@@ -121,7 +121,8 @@ final class Viewer: @unchecked Sendable {
     ]
 
     init(socket: Int32, description: DeviceDescription, logger: Logger) {
-        transport = Transport(socket: socket, maxMessageSize: DisplayServer.maxViewerMessage)
+        transport = Transport(channel: SocketChannel(socket: socket),
+                              framer: MessageFramer(maxMessageSize: DisplayServer.maxViewerMessage))
         self.description = description
         self.logger = logger
     }

@@ -135,15 +135,20 @@ public struct DeviceDescription: Sendable {
 /// thread owns it (DeviceServer), so Swift's dynamic exclusivity checks,
 /// some 80 instructions each and seven per request, bought nothing but a
 /// third of the cost of a register read (scripts/measure.sh).
-public final class Endpoint {
+///
+/// Generic over its channel and clock, and used with concrete types
+/// (`SocketEndpoint` in the server, `Endpoint<InMemoryChannel, ManualClock>`
+/// in tests), so the request path is specialised: no witness-table calls.
+public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     public let host: DeviceHost
-    let transport: Transport
+    public let transport: Transport<Channel>
+    let clock: Clock
     let logger: Logger
     /// Client capabilities once VERSION succeeded.
     @exclusivity(unchecked) public private(set) var client: Capabilities?
     public let dma: DMATable
     public let interrupts: InterruptState
-    private lazy var guestMemory = GuestMemory(endpoint: self)
+    private lazy var guestMemory = GuestMemory<Channel, Clock>(endpoint: self)
     /// Per-region facts the hot path needs, flattened.
     private let regionSize: [UInt64]
     private let regionAccess: [UInt8] // bit0 read, bit1 write
@@ -157,14 +162,15 @@ public final class Endpoint {
     /// Opt-in busy polling (`umdev serve --poll-us`): a core traded for latency.
     private let pollNanoseconds: UInt64
 
-    /// `stallTimeout`: how long a client may leave replies unread (its
-    /// socket buffer full) before the connection is dropped.
-    /// `pollMicroseconds`: how long to spin on the socket for the next
+    /// Serves `host` over `channel`, reading time from `clock`.
+    /// `pollMicroseconds`: how long to spin on the channel for the next
     /// request before blocking (0: block at once, the default).
-    public init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+    public init(host: DeviceHost, channel: Channel, framer: MessageFramer = MessageFramer(), clock: Clock,
+                logger: Logger, pollMicroseconds: Int = 0) {
         self.pollNanoseconds = UInt64(max(0, pollMicroseconds)) * 1000
         self.host = host
-        self.transport = Transport(socket: socket, stallLimit: UInt64(max(0.01, stallTimeout) * 1e9))
+        self.transport = Transport(channel: channel, framer: framer)
+        self.clock = clock
         self.logger = logger
         dma = DMATable(maxWindows: Limits.maxDMAMaps)
         interrupts = InterruptState(irqs: host.irqs, requestLine: host.requestLine)
@@ -178,35 +184,67 @@ public final class Endpoint {
     /// in RUNNING for the next client, as kernel VFIO drivers leave a
     /// device whose file is closed.
     public func run() {
-        let device = host.device
-        device.interrupts = interrupts
-        device.dma = guestMemory
-        defer {
-            device.interrupts = nil
-            device.dma = nil
-            dma.removeAll()
-            interrupts.closeAll()
-            transport.closeFDs()
-            if host.migration.state != .running { host.backToRunning() }
-        }
-        pollIRQ = interrupts.watched
+        attach()
+        defer { detach() }
         do {
-            while true {
-                if !transport.hasBufferedMessage && !transport.hasDeferred
-                    && (!pollIRQ.isEmpty || device.hasHostEvents || device.timerDeadline != nil) {
-                    try waitForEvents()
-                    continue
-                }
-                guard let message = try nextMessage() else { continue }
-                try handle(message)
-            }
+            try serve()
         } catch {
-            switch error {
-            case .closed: logger.debug("client disconnected")
-            case .framing(let why): logger.notice("closing connection: \(why)")
-            case .io(ETIMEDOUT): logger.notice("closing connection: the client left replies unread for \(Double(transport.stallLimit) / 1e9) s")
-            case .io(let e): logger.notice("closing connection: socket error \(e)")
+            logEnd(error)
+        }
+    }
+
+    /// Connects the device to this client: interrupts and guest memory go
+    /// through this endpoint from here.
+    public func attach() {
+        host.device.interrupts = interrupts
+        host.device.dma = guestMemory
+        pollIRQ = interrupts.watched
+    }
+
+    /// Releases everything the client gave (DMA windows, eventfds); the
+    /// device state stays, back in RUNNING if a migration was under way.
+    public func detach() {
+        host.device.interrupts = nil
+        host.device.dma = nil
+        dma.removeAll()
+        interrupts.closeAll()
+        transport.closeFDs()
+        if host.migration.state != .running { host.backToRunning() }
+    }
+
+    /// Serves messages and host events until the channel ends (or, for a
+    /// channel that cannot block, has nothing more: `.idle`).
+    public func serve() throws(TransportEnd) {
+        let device = host.device
+        while true {
+            if !transport.hasBufferedMessage && !transport.hasDeferred
+                && (!pollIRQ.isEmpty || device.hasHostEvents || device.timerDeadline != nil) {
+                try waitForEvents()
+                continue
             }
+            guard let message = try nextMessage() else { continue }
+            try handle(message)
+        }
+    }
+
+    /// Serves what an in-memory channel holds and returns once it has
+    /// nothing more (the test pushes more, advances its clock, or closes).
+    /// Any other end of the channel is thrown.
+    public func serveUntilIdle() throws(TransportEnd) {
+        do {
+            try serve()
+        } catch .idle {
+            return
+        }
+    }
+
+    private func logEnd(_ error: TransportEnd) {
+        switch error {
+        case .closed: logger.debug("client disconnected")
+        case .idle: logger.debug("channel idle")
+        case .framing(let why): logger.notice("closing connection: \(why)")
+        case .io(ETIMEDOUT): logger.notice("closing connection: the client left replies unread for \(Double(transport.channel.stallLimit) / 1e9) s")
+        case .io(let e): logger.notice("closing connection: socket error \(e)")
         }
     }
 
@@ -215,10 +253,10 @@ public final class Endpoint {
     @inline(__always)
     private func nextMessage() throws(TransportEnd) -> InboundMessage? {
         if pollNanoseconds > 0 && !transport.hasBufferedMessage && !transport.hasDeferred {
-            let deadline = monotonicNanoseconds() + pollNanoseconds
+            let deadline = clock.nanoseconds() + pollNanoseconds
             repeat {
                 if let m = try transport.receive(nonBlocking: true) { return m }
-            } while monotonicNanoseconds() < deadline
+            } while clock.nanoseconds() < deadline
         }
         return try transport.receive()
     }
@@ -230,17 +268,17 @@ public final class Endpoint {
     private func waitForEvents() throws(TransportEnd) {
         let device = host.device
         pollSet.removeAll(keepingCapacity: true)
-        pollSet.append(pollfd(fd: transport.socket, events: Int16(POLLIN), revents: 0))
+        pollSet.append(pollfd(fd: transport.channel.pollDescriptor, events: Int16(POLLIN), revents: 0))
         for w in pollIRQ { pollSet.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
         if device.hasHostEvents {
             for r in device.pollRequests() { pollSet.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
         }
         var timeout: Int64 = -1
         if let deadline = device.timerDeadline {
-            let now = monotonicNanoseconds()
+            let now = clock.nanoseconds()
             timeout = deadline <= now ? 0 : Int64(min(deadline - now, 1_000_000_000))
         }
-        let n = pollSet.withUnsafeMutableBufferPointer { umdev_poll_ns($0.baseAddress, UInt($0.count), timeout) }
+        let n = try pollSet.withUnsafeMutableBufferPointer { (set) throws(TransportEnd) in try transport.channel.wait(set, timeout: timeout) }
         if n < 0 {
             if errno == EINTR { return }
             throw .io(errno)
@@ -253,7 +291,7 @@ public final class Endpoint {
                 device.serviceEvent(fd: pollSet[i].fd, revents: pollSet[i].revents)
             }
         }
-        if let deadline = device.timerDeadline, monotonicNanoseconds() >= deadline { device.timerExpired() }
+        if let deadline = device.timerDeadline, clock.nanoseconds() >= deadline { device.timerExpired() }
         if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
         if pollSet[0].revents != 0, let message = try transport.receive(nonBlocking: true) { try handle(message) }
     }
@@ -293,7 +331,7 @@ public final class Endpoint {
     }
 
     /// The reply flags for a success.
-    private static let replyFlags = Header.typeReply
+    private static var replyFlags: UInt32 { Header.typeReply }
 
     @inline(__always)
     private func reply(_ w: MessageWriter, to h: Header) throws(TransportEnd) {
@@ -509,9 +547,9 @@ public final class Endpoint {
 
 /// Guest memory as the device sees it: mmapped windows directly, the rest
 /// through DMA_READ/DMA_WRITE messages.
-final class GuestMemory: DMAAccess {
-    unowned let endpoint: Endpoint
-    init(endpoint: Endpoint) { self.endpoint = endpoint }
+final class GuestMemory<Channel: MessageChannel, Clock: MonotonicClock>: DMAAccess {
+    unowned let endpoint: Endpoint<Channel, Clock>
+    init(endpoint: Endpoint<Channel, Clock>) { self.endpoint = endpoint }
 
     func read(iova: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) {
         guard buffer.count > 0 else { return }
@@ -577,5 +615,18 @@ enum RegionInfoReply {
             w.u32(t.type); w.u32(t.subtype)
         }
         return r.mapping?.fd ?? -1
+    }
+}
+
+/// The endpoint the server runs: a UNIX socket and CLOCK_MONOTONIC.
+public typealias SocketEndpoint = Endpoint<SocketChannel, SystemClock>
+
+extension Endpoint where Channel == SocketChannel, Clock == SystemClock {
+    /// Serves `host` on the connected `socket` (not closed here).
+    /// `stallTimeout`: how long a client may leave replies unread (its
+    /// socket buffer full) before the connection is dropped.
+    public convenience init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+        self.init(host: host, channel: SocketChannel(socket: socket, stallLimit: UInt64(max(0.01, stallTimeout) * 1e9)),
+                  clock: SystemClock(), logger: logger, pollMicroseconds: pollMicroseconds)
     }
 }

@@ -1,0 +1,301 @@
+import CShim
+import Glibc
+import VFIOUser
+
+/// Splits a byte stream with descriptors into vfio-user messages. No I/O:
+/// a channel copies what it read into `readSpace` (and the descriptors into
+/// `fdSpace`), reports it with `received`, and asks `next` for messages.
+///
+/// Rules (those of the socket transport, which reads this way):
+/// - descriptors belong to the last message that starts within the read
+///   that brought them (the kernel ends a read after the SCM_RIGHTS bytes);
+///   descriptors no message claims are closed;
+/// - a message larger than `maxMessageSize` is returned once, `oversized`,
+///   and its bytes are skipped; the stream goes on;
+/// - a size below the 16-byte header is a framing error;
+/// - more descriptors than `maxFDs` (or a truncated control message): the
+///   message comes out with `fdOverflow` and all of them are closed.
+///
+/// The only calls it makes are `close` on descriptors it owns and drops.
+public final class MessageFramer {
+    private let buffer: UnsafeMutableRawBufferPointer
+    /// Unconsumed bytes are buffer[start..<end].
+    @exclusivity(unchecked) private var start = 0
+    @exclusivity(unchecked) private var end = 0
+    /// Descriptors waiting for their message: its offset in the buffer.
+    @exclusivity(unchecked) private var pendingFDOwner = -1
+    @exclusivity(unchecked) private var pendingFDs = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+    @exclusivity(unchecked) private var pendingFDCount = 0
+    @exclusivity(unchecked) private var pendingOverflow = false
+    /// Descriptors of the message last returned by `next`.
+    @exclusivity(unchecked) public private(set) var fds = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+    @exclusivity(unchecked) private var heldFDs = 0
+    /// Bytes of an oversized message still to be discarded.
+    @exclusivity(unchecked) private var discard = 0
+    /// Most descriptors one message may carry.
+    public let maxFDs: Int
+    /// Largest message accepted whole.
+    public let maxMessageSize: Int
+
+    public init(maxMessageSize: Int = Limits.maxMessageSize, maxFDs: Int = Limits.maxMessageFDs) {
+        self.maxMessageSize = maxMessageSize
+        self.maxFDs = maxFDs
+        buffer = .allocate(byteCount: maxMessageSize + 4096, alignment: 16)
+    }
+
+    deinit {
+        closeFDs()
+        dropPending()
+        buffer.deallocate()
+    }
+
+    /// True when a whole message (or a framing decision) is buffered.
+    public var hasBufferedMessage: Bool {
+        guard end - start >= Header.size else { return false }
+        let size = Int(Header(buffer.baseAddress! + start).messageSize)
+        return size < Header.size || size > maxMessageSize || end - start >= size
+    }
+
+    /// Closes the descriptors of the last message that the caller did not take.
+    public func closeFDs() {
+        guard heldFDs > 0 else { return }
+        heldFDs = 0
+        for i in 0..<fds.count where fds[i] >= 0 {
+            Glibc.close(fds[i])
+            fds[i] = -1
+        }
+    }
+
+    /// Hands descriptor `i` of the last message to the caller (it will not be closed here).
+    public func takeFD(_ i: Int) -> Int32 {
+        let fd = fds[i]
+        fds[i] = -1
+        return fd
+    }
+
+    /// Installs descriptors as those of the current message (a deferred
+    /// message being handled again); the framer owns them from here.
+    func hold(_ kept: [Int32]) {
+        closeFDs()
+        for (i, fd) in kept.enumerated() { fds[i] = fd }
+        heldFDs = kept.count
+    }
+
+    /// The next whole message, or nil when more bytes are needed (then
+    /// `readSpace` has room for at least one whole message).
+    @inline(__always)
+    public func next() throws(TransportEnd) -> InboundMessage? {
+        while true {
+            if discard > 0 {
+                let n = min(discard, end - start)
+                start += n
+                discard -= n
+                if discard == 0 { continue }
+            } else if end - start >= Header.size {
+                let header = Header(buffer.baseAddress! + start)
+                let size = Int(header.messageSize)
+                guard size >= Header.size else { throw .framing("message size below the 16-byte header") }
+                if size > maxMessageSize {
+                    // Refuse it but keep the connection: skip its bytes.
+                    let owned = takePending(messageAt: start)
+                    discard = size
+                    return InboundMessage(header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0),
+                                          fdCount: owned.count, fdOverflow: owned.overflow, oversized: true)
+                }
+                if end - start >= size {
+                    let owned = takePending(messageAt: start)
+                    let payload = UnsafeRawBufferPointer(start: buffer.baseAddress! + start + Header.size, count: size - Header.size)
+                    start += size
+                    if start == end {
+                        // Nothing buffered: descriptors still pending belong to no message.
+                        start = 0; end = 0
+                        if pendingFDCount > 0 || pendingOverflow { dropPending() }
+                    }
+                    return InboundMessage(header: header, payload: payload, fdCount: owned.count,
+                                          fdOverflow: owned.overflow, oversized: false)
+                }
+            }
+            // Need more bytes: make room for them.
+            if start > 0 && (discard > 0 || buffer.count - end < maxMessageSize) {
+                let n = end - start
+                if n > 0 { (buffer.baseAddress!).copyMemory(from: buffer.baseAddress! + start, byteCount: n) }
+                if pendingFDOwner >= 0 { pendingFDOwner -= start }
+                start = 0
+                end = n
+            }
+            if discard > 0 && end == start { start = 0; end = 0 }
+            return nil
+        }
+    }
+
+    // MARK: Feeding
+
+    /// Where the next read goes.
+    @inline(__always)
+    public var readSpace: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: buffer[end...])
+    }
+
+    /// Runs `body` with the room for the next read's descriptors.
+    @inline(__always)
+    public func withFDSpace<R>(_ body: (UnsafeMutableBufferPointer<Int32>) -> R) -> R {
+        let used = pendingFDCount
+        return pendingFDs.withUnsafeMutableBufferPointer { all in
+            body(UnsafeMutableBufferPointer(rebasing: all[used...]))
+        }
+    }
+
+    /// Records a read of `byteCount` bytes into `readSpace` that brought
+    /// `fdCount` descriptors into the descriptor space (`truncated`: the
+    /// kernel had more than fitted). `byteCount` must be > 0.
+    @inline(__always)
+    public func received(byteCount n: Int, fdCount nfds: Int, truncated: Bool) {
+        if nfds > 0 || truncated {
+            // Owner: the last message that starts before the new end.
+            let owner = lastMessageStart(before: end + n)
+            if pendingFDOwner >= 0 && pendingFDOwner != owner {
+                // A previous message's descriptors never got claimed (its bytes
+                // were malformed); drop them and keep the new ones.
+                let old = pendingFDCount
+                for i in 0..<old { Glibc.close(pendingFDs[i]) }
+                for i in 0..<nfds { pendingFDs[i] = pendingFDs[old + i]; pendingFDs[old + i] = -1 }
+                pendingFDCount = 0
+                pendingOverflow = false
+            }
+            pendingFDOwner = owner
+            pendingFDCount += nfds
+            if truncated || pendingFDCount > maxFDs { pendingOverflow = true }
+        }
+        end += n
+    }
+
+    /// The peer closed the stream; descriptors that came with the final
+    /// read (`fdCount` of them in the descriptor space) are closed.
+    public func closedWith(fdCount nfds: Int) {
+        for i in 0..<nfds {
+            Glibc.close(pendingFDs[pendingFDCount + i])
+            pendingFDs[pendingFDCount + i] = -1
+        }
+    }
+
+    /// Copies `bytes` (and `descriptors`, which the framer then owns) in as
+    /// one read would deliver them; returns how many bytes fitted. Used by
+    /// channels that do not read from a kernel; `bytes` must not be empty.
+    public func append(_ bytes: UnsafeRawBufferPointer, fds descriptors: [Int32]) -> Int {
+        let space = readSpace
+        let n = min(space.count, bytes.count)
+        guard n > 0 else { return 0 }
+        space.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: n)
+        let taken = withFDSpace { room -> Int in
+            let k = min(room.count, descriptors.count)
+            for i in 0..<k { room[i] = descriptors[i] }
+            return k
+        }
+        for fd in descriptors[taken...] { Glibc.close(fd) }
+        received(byteCount: n, fdCount: taken, truncated: taken < descriptors.count)
+        return n
+    }
+
+    // MARK: Claiming descriptors
+
+    /// Moves pending descriptors to `fds` if they belong to the message at
+    /// `offset`. When more arrived than a message may carry, they are all
+    /// closed and `overflow` is set.
+    @inline(__always)
+    private func takePending(messageAt offset: Int) -> (count: Int, overflow: Bool) {
+        guard pendingFDOwner == offset, pendingFDCount > 0 || pendingOverflow else { return (0, false) }
+        return movePending()
+    }
+
+    private func movePending() -> (count: Int, overflow: Bool) {
+        let n = pendingFDCount
+        for i in 0..<n { fds[i] = pendingFDs[i]; pendingFDs[i] = -1 }
+        heldFDs = n
+        let overflow = pendingOverflow
+        pendingFDCount = 0
+        pendingOverflow = false
+        pendingFDOwner = -1
+        if overflow { closeFDs(); return (0, true) }
+        return (n, false)
+    }
+
+    /// Closes descriptors that no message claimed.
+    private func dropPending() {
+        for i in 0..<pendingFDCount { Glibc.close(pendingFDs[i]); pendingFDs[i] = -1 }
+        pendingFDCount = 0
+        pendingOverflow = false
+        pendingFDOwner = -1
+    }
+
+    private func lastMessageStart(before limit: Int) -> Int {
+        var b = start + (discard > 0 ? min(discard, end - start) : 0)
+        var last = b
+        while b < limit {
+            last = b
+            guard b + Header.size <= limit else { break }
+            let size = Int(Header(buffer.baseAddress! + b).messageSize)
+            guard size >= Header.size else { break }
+            b += size
+        }
+        return last
+    }
+
+    // MARK: Taking apart and rebuilding
+
+    /// What a framer holds between messages: the bytes read and not yet
+    /// handed out, the descriptors still waiting for their message, and the
+    /// rest of an oversized message still to skip. Issue 14 carries this
+    /// across exec; nothing is read from the kernel again.
+    public struct State {
+        /// Buffered bytes, not yet returned as messages.
+        public var bytes: [UInt8]
+        /// Descriptors that arrived and wait for their message (owned by the holder of the state).
+        public var pendingFDs: [Int32]
+        /// Offset in `bytes` of the message those descriptors belong to.
+        public var pendingFDOwner: Int
+        /// More descriptors arrived than a message may carry.
+        public var pendingOverflow: Bool
+        /// Bytes of an oversized message still to be discarded.
+        public var discard: Int
+    }
+
+    /// Gives up the buffered bytes and pending descriptors (the framer is
+    /// empty afterwards). Descriptors of the current message are closed: the
+    /// caller takes apart a framer only between messages.
+    public func takeState() -> State {
+        closeFDs()
+        let state = State(bytes: Array(UnsafeRawBufferPointer(rebasing: buffer[start..<end])),
+                          pendingFDs: Array(pendingFDs[0..<pendingFDCount]),
+                          pendingFDOwner: pendingFDOwner >= 0 ? pendingFDOwner - start : -1,
+                          pendingOverflow: pendingOverflow, discard: discard)
+        for i in 0..<pendingFDCount { pendingFDs[i] = -1 }
+        pendingFDCount = 0
+        pendingOverflow = false
+        pendingFDOwner = -1
+        start = 0; end = 0; discard = 0
+        return state
+    }
+
+    /// A framer that continues from `state` (it takes the descriptors). A
+    /// state that cannot have come from a framer with these limits is
+    /// refused, and its descriptors closed.
+    public convenience init(resuming state: State, maxMessageSize: Int = Limits.maxMessageSize,
+                            maxFDs: Int = Limits.maxMessageFDs) throws(TransportEnd) {
+        self.init(maxMessageSize: maxMessageSize, maxFDs: maxFDs)
+        guard state.bytes.count <= buffer.count, state.pendingFDs.count <= pendingFDs.count, state.discard >= 0,
+              state.pendingFDOwner < max(state.bytes.count, 1), state.pendingFDOwner >= -1,
+              state.pendingFDs.isEmpty || state.pendingFDOwner >= 0 else {
+            for fd in state.pendingFDs { Glibc.close(fd) }
+            throw .framing("saved channel state does not fit this framer")
+        }
+        state.bytes.withUnsafeBytes { b in
+            if b.count > 0 { buffer.baseAddress!.copyMemory(from: b.baseAddress!, byteCount: b.count) }
+        }
+        end = state.bytes.count
+        for (i, fd) in state.pendingFDs.enumerated() { pendingFDs[i] = fd }
+        pendingFDCount = state.pendingFDs.count
+        pendingOverflow = state.pendingOverflow
+        pendingFDOwner = state.pendingFDs.isEmpty && !state.pendingOverflow ? -1 : state.pendingFDOwner
+        discard = state.discard
+    }
+}
