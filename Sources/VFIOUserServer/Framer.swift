@@ -257,6 +257,14 @@ public final class MessageFramer {
         public var pendingOverflow: Bool
         /// Bytes of an oversized message still to be discarded.
         public var discard: Int
+
+        public init(bytes: [UInt8], pendingFDs: [Int32], pendingFDOwner: Int, pendingOverflow: Bool, discard: Int) {
+            self.bytes = bytes
+            self.pendingFDs = pendingFDs
+            self.pendingFDOwner = pendingFDOwner
+            self.pendingOverflow = pendingOverflow
+            self.discard = discard
+        }
     }
 
     /// Gives up the buffered bytes and pending descriptors (the framer is

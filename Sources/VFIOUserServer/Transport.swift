@@ -55,6 +55,22 @@ public final class Transport<Channel: MessageChannel> {
         sendBuffer.deallocate()
     }
 
+    /// Continues a connection taken apart by `takeApart`: the same channel,
+    /// the bytes and descriptors its framer had not handed out yet.
+    public convenience init(channel: Channel, resuming state: MessageFramer.State,
+                            maxMessageSize: Int = Limits.maxMessageSize, maxFDs: Int = Limits.maxMessageFDs) throws(TransportEnd) {
+        self.init(channel: channel, framer: try MessageFramer(resuming: state, maxMessageSize: maxMessageSize, maxFDs: maxFDs))
+    }
+
+    /// Gives up the channel and what was read from it and not yet handled,
+    /// at a message boundary (no deferred messages: those exist only while
+    /// the server waits for its own DMA reply). The transport must not be
+    /// used afterwards; the next one is built with `init(channel:resuming:)`.
+    public func takeApart() -> (channel: Channel, state: MessageFramer.State) {
+        precondition(deferred.items.isEmpty, "taken apart while waiting for a DMA reply")
+        return (channel, framer.takeState())
+    }
+
     /// Most descriptors one message may carry.
     public var maxFDs: Int { framer.maxFDs }
     /// Largest message accepted whole.

@@ -1,0 +1,92 @@
+import Glibc
+import Logging
+import PCI
+import Testing
+import VFIOUser
+import VFIOUserClient
+import VFIOUserServer
+
+/// A device served over an InMemoryChannel on the test's own thread: the
+/// test pushes requests, the endpoint serves until it has nothing more, and
+/// the replies are read back. No socket, no thread, no sleep.
+final class MemoryPeer {
+    let channel = InMemoryChannel()
+    let clock = ManualClock()
+    let host: DeviceHost
+    let endpoint: Endpoint<InMemoryChannel, ManualClock>
+    private var nextID: UInt16 = 100
+
+    init(_ device: VFIODevice, type: String = "test", logger: Logger? = nil) {
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        host = DeviceHost(device: device, typeName: type)
+        endpoint = Endpoint(host: host, channel: channel, clock: clock, logger: logger ?? quiet)
+        endpoint.attach()
+    }
+
+    deinit { endpoint.detach() }
+
+    /// Pushes `bytes` as one read, serves, and returns every message sent meanwhile.
+    func exchange(_ bytes: [UInt8], fds: [Int32] = []) throws(TransportEnd) -> [InMemoryChannel.Sent] {
+        channel.push(bytes, fds: fds)
+        try endpoint.serveUntilIdle()
+        return channel.takeSent()
+    }
+
+    /// The errno of the single reply to `bytes` (0: success); its descriptors are closed.
+    func errnoOf(_ bytes: [UInt8], fds: [Int32] = [], sourceLocation: SourceLocation = #_sourceLocation) throws -> Int32 {
+        let sent = try exchange(bytes, fds: fds)
+        #expect(sent.count == 1, "exactly one reply", sourceLocation: sourceLocation)
+        guard let r = sent.first else { return -1 }
+        for fd in r.fds { close(fd) }
+        #expect(r.header.isReply, sourceLocation: sourceLocation)
+        #expect(r.header.command == Header(bytes).command, sourceLocation: sourceLocation)
+        return r.header.isError ? Int32(r.header.error) : 0
+    }
+
+    /// Sends a command with `payload` and returns its only reply.
+    func request(_ command: Command, payload: [UInt8] = [], fds: [Int32] = [],
+                 sourceLocation: SourceLocation = #_sourceLocation) throws -> InMemoryChannel.Sent {
+        nextID &+= 1
+        let sent = try exchange(rawMessage(id: nextID, command: command.rawValue, payload: payload), fds: fds)
+        try #require(sent.count == 1, "exactly one reply", sourceLocation: sourceLocation)
+        #expect(sent[0].header.messageID == nextID && sent[0].header.isReply, sourceLocation: sourceLocation)
+        return sent[0]
+    }
+
+    /// VERSION with QEMU's capabilities; returns the reply.
+    @discardableResult
+    func negotiate(json: String = VFIOUserClient.qemuCapabilitiesJSON) throws -> InMemoryChannel.Sent {
+        let r = try request(.version, payload: [0, 0, 0, 0] + Array(json.utf8) + [0])
+        #expect(!r.header.isError)
+        return r
+    }
+
+    /// Asserts the connection still answers DEVICE_GET_INFO.
+    func expectAlive(sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(throws: Never.self, sourceLocation: sourceLocation) {
+            let r = try self.request(.deviceGetInfo, payload: le32(16) + le32(0) + le32(0) + le32(0))
+            #expect(!r.header.isError && r.payload.count == 16, sourceLocation: sourceLocation)
+        }
+    }
+
+    /// A 1..8-byte REGION_READ; returns the value read (little-endian).
+    func read(region: UInt32, offset: UInt64, count: UInt32) throws -> UInt64 {
+        let r = try request(.regionRead, payload: le64(offset) + le32(region) + le32(count))
+        try #require(!r.header.isError, "REGION_READ failed: errno \(r.header.error)")
+        try #require(r.payload.count == 16 + Int(count))
+        return r.payload.dropFirst(16).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// A 1..8-byte REGION_WRITE; returns the reply's errno (0: success).
+    func write(region: UInt32, offset: UInt64, count: UInt32, value: UInt64) throws -> Int32 {
+        let data = le64(value).prefix(Int(count))
+        let r = try request(.regionWrite, payload: le64(offset) + le32(region) + le32(count) + data)
+        return r.header.isError ? Int32(r.header.error) : 0
+    }
+}
+
+extension Header {
+    /// The header at the start of `bytes`.
+    init(_ bytes: [UInt8]) { self = bytes.withUnsafeBytes { Header($0.baseAddress!) } }
+}
