@@ -113,12 +113,8 @@ final class Viewer: @unchecked Sendable {
     let description: DeviceDescription
     let logger: Logger
     private var client: Capabilities?
-
-    /// Commands that would change the device or read its registers.
-    static let refused: Set<Command> = [
-        .dmaMap, .dmaUnmap, .deviceSetIRQs, .regionRead, .regionWrite, .regionWriteMulti,
-        .deviceReset, .dirtyPages, .deviceFeature, .migDataRead, .migDataWrite,
-    ]
+    /// Most descriptors a message may carry, as on the device socket.
+    private var fdLimit = Limits.maxMessageFDs
 
     init(socket: Int32, description: DeviceDescription, logger: Logger) {
         transport = Transport(channel: SocketChannel(socket: socket),
@@ -139,26 +135,10 @@ final class Viewer: @unchecked Sendable {
         }
     }
 
+    /// The device socket's request path, under the read-only policy.
     private func handle(_ m: InboundMessage) throws(TransportEnd) {
-        let h = m.header
-        if m.oversized || m.fdOverflow {
-            transport.closeFDs()
-            if h.wantsReply { try transport.sendError(to: h, errno: m.oversized ? E2BIG : EINVAL) }
-            return
-        }
-        do {
-            if client != nil, h.isCommand, let c = Command(rawValue: h.command), Self.refused.contains(c) {
-                throw ProtocolError(EPERM, "the display socket does not change the device")
-            }
-            try route(try Request.decode(h, payload: m.payload, fdCount: m.fdCount), header: h)
-        } catch let failure as ProtocolError {
-            transport.closeFDs()
-            guard !h.isReply else { return }
-            if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
-        } catch let end as TransportEnd {
-            throw end
-        } catch {
-            if h.wantsReply { try transport.sendError(to: h, errno: EIO) }
+        try handleMessage(m, on: transport, policy: .readOnly, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, _ in
+            try route(request, header: h)
         }
     }
 
@@ -167,33 +147,15 @@ final class Viewer: @unchecked Sendable {
             guard case .version = request else { throw ProtocolError.invalid("VERSION must come first") }
         }
         var w = MessageWriter(transport.sendBuffer)
-        switch request {
-        case .version(_, _, let caps):
+        if case .version(_, _, let caps) = request {
             guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
-            try Capabilities.serverReply(to: caps, offersMigration: false).encodeVersionReply(&w)
+            let answer = try Capabilities.serverReply(to: caps, offersMigration: false)
+            try answer.encodeVersionReply(&w)
             client = caps
-            try transport.reply(w, to: h)
-        case .deviceGetInfo:
-            description.deviceInfo(into: &w)
-            try transport.reply(w, to: h)
-        case .deviceGetRegionInfo(let argsz, let index):
-            let fd = try description.regionInfo(index: index, argsz: argsz, into: &w)
-            try transport.reply(w, to: h, fd: fd)
-        case .deviceGetRegionIOFDs(_, let index):
-            try description.regionIOFDs(index: index, into: &w)
-            try transport.reply(w, to: h)
-        case .deviceGetIRQInfo(_, let index):
-            try description.irqInfo(index: index, into: &w)
-            try transport.reply(w, to: h)
-        case .queryGfxPlane(let q):
-            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
-            try description.display.answer(q, into: &w)
-            try transport.reply(w, to: h)
-        case .getGfxDmabuf(let id):
-            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
-            let fd = try description.display.dmabuf(id: id, into: &w)
-            try transport.reply(w, to: h, fd: fd)
-        default:
+            fdLimit = answer.maxMessageFDs
+            return try transport.reply(w, to: h)
+        }
+        guard try description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, writer: &w, transport: transport) else {
             throw ProtocolError(EPERM, "the display socket does not change the device")
         }
     }

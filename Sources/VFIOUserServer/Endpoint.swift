@@ -299,34 +299,10 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     // MARK: Dispatch
 
     /// Handles one inbound message, answering unless the client posted it.
+    @inline(__always)
     func handle(_ m: InboundMessage) throws(TransportEnd) {
-        let h = m.header
-        if m.oversized {
-            logger.debug("refusing \(h.messageSize)-byte message (limit \(transport.maxMessageSize))")
-            if h.wantsReply { try transport.sendError(to: h, errno: E2BIG) }
-            return
-        }
-        if m.fdOverflow || m.fdCount > fdLimit {
-            transport.closeFDs()
-            if h.wantsReply { try transport.sendError(to: h, errno: EINVAL) }
-            return
-        }
-        do {
-            let request = try Request.decode(h, payload: m.payload, fdCount: m.fdCount)
-            try route(request, header: h, fdCount: m.fdCount)
-        } catch let failure as ProtocolError {
-            transport.closeFDs()
-            if h.isReply {
-                // A reply nobody asked for: answering it would confuse the client.
-                logger.debug("dropping unsolicited reply to command \(h.command)")
-                return
-            }
-            logger.debug("\(Command(rawValue: h.command)?.name ?? "command \(h.command)"): \(failure)")
-            if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
-        } catch let end as TransportEnd {
-            throw end
-        } catch {
-            if h.wantsReply { try transport.sendError(to: h, errno: EIO) }
+        try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
+            try route(request, header: h, fdCount: fdCount)
         }
     }
 
@@ -397,31 +373,8 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             u.encode(&w)
             try reply(w, to: h)
 
-        case .deviceGetInfo:
-            host.description.deviceInfo(into: &w)
-            try reply(w, to: h)
-
-        case .deviceGetRegionInfo(let argsz, let index):
-            let fd = try host.description.regionInfo(index: index, argsz: argsz, into: &w)
-            try transport.reply(w, to: h, fd: fd)
-
-        case .deviceGetRegionIOFDs(_, let index):
-            try host.description.regionIOFDs(index: index, into: &w)
-            try reply(w, to: h)
-
-        case .deviceGetIRQInfo(_, let index):
-            try host.description.irqInfo(index: index, into: &w)
-            try reply(w, to: h)
-
-        case .queryGfxPlane(let q):
-            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
-            try host.description.display.answer(q, into: &w)
-            try reply(w, to: h)
-
-        case .getGfxDmabuf(let id):
-            guard client?.gfxPlane != nil else { throw ProtocolError.invalid("unknown command") }
-            let fd = try host.description.display.dmabuf(id: id, into: &w)
-            try transport.reply(w, to: h, fd: fd)
+        case .deviceGetInfo, .deviceGetRegionInfo, .deviceGetRegionIOFDs, .deviceGetIRQInfo, .queryGfxPlane, .getGfxDmabuf:
+            _ = try host.description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, writer: &w, transport: transport)
 
         case .deviceSetIRQs(let s):
             var taken = [Int32]()

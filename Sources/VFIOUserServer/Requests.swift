@@ -1,0 +1,96 @@
+import Glibc
+import Logging
+import VFIOUser
+
+/// Which commands a connection may send once VERSION is done: the device
+/// socket takes them all; the display socket only those that describe the
+/// device, so a viewer can never change it or read its registers.
+struct RequestPolicy {
+    /// Commands refused with EPERM before they are decoded (nil: none).
+    let refused: Set<Command>?
+
+    /// The device socket's: everything.
+    static var full: RequestPolicy { RequestPolicy(refused: nil) }
+
+    /// The display socket's: nothing that changes the device or reads its registers.
+    static let readOnly = RequestPolicy(refused: [
+        .dmaMap, .dmaUnmap, .deviceSetIRQs, .regionRead, .regionWrite, .regionWriteMulti,
+        .deviceReset, .dirtyPages, .deviceFeature, .migDataRead, .migDataWrite,
+    ])
+}
+
+/// The request path every connection shares: refuse what framing flagged
+/// (oversized: E2BIG; more descriptors than the framer holds or than
+/// `fdLimit`, the negotiated max_msg_fds: EINVAL), apply `policy`, decode,
+/// route, and turn a failure into one errno reply (none to a reply or a
+/// posted message). Only the end of the channel is thrown.
+@inline(__always)
+func handleMessage<C: MessageChannel>(_ m: InboundMessage, on transport: Transport<C>, policy: RequestPolicy,
+                                      negotiated: Bool, fdLimit: Int, logger: Logger,
+                                      route: (Request, Header, Int) throws -> Void) throws(TransportEnd) {
+    let h = m.header
+    if m.oversized {
+        logger.debug("refusing \(h.messageSize)-byte message (limit \(transport.maxMessageSize))")
+        if h.wantsReply { try transport.sendError(to: h, errno: E2BIG) }
+        return
+    }
+    if m.fdOverflow || m.fdCount > fdLimit {
+        transport.closeFDs()
+        if h.wantsReply { try transport.sendError(to: h, errno: EINVAL) }
+        return
+    }
+    do {
+        if let refused = policy.refused, negotiated, h.isCommand, let c = Command(rawValue: h.command), refused.contains(c) {
+            throw ProtocolError(EPERM, "the display socket does not change the device")
+        }
+        let request = try Request.decode(h, payload: m.payload, fdCount: m.fdCount)
+        try route(request, h, m.fdCount)
+    } catch let failure as ProtocolError {
+        transport.closeFDs()
+        if h.isReply {
+            // A reply nobody asked for: answering it would confuse the client.
+            logger.debug("dropping unsolicited reply to command \(h.command)")
+            return
+        }
+        logger.debug("\(Command(rawValue: h.command)?.name ?? "command \(h.command)"): \(failure)")
+        if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
+    } catch let end as TransportEnd {
+        throw end
+    } catch {
+        if h.wantsReply { try transport.sendError(to: h, errno: EIO) }
+    }
+}
+
+extension DeviceDescription {
+    /// Answers the commands that only describe the device (the same on the
+    /// device and the display socket). `gfx`: the client negotiated the
+    /// plane extension. Returns false for any other command.
+    func answerQuery<C: MessageChannel>(_ request: Request, header h: Header, gfx: Bool, writer w: inout MessageWriter,
+                                        transport: Transport<C>) throws -> Bool {
+        switch request {
+        case .deviceGetInfo:
+            deviceInfo(into: &w)
+            try transport.reply(w, to: h)
+        case .deviceGetRegionInfo(let argsz, let index):
+            let fd = try regionInfo(index: index, argsz: argsz, into: &w)
+            try transport.reply(w, to: h, fd: fd)
+        case .deviceGetRegionIOFDs(_, let index):
+            try regionIOFDs(index: index, into: &w)
+            try transport.reply(w, to: h)
+        case .deviceGetIRQInfo(_, let index):
+            try irqInfo(index: index, into: &w)
+            try transport.reply(w, to: h)
+        case .queryGfxPlane(let q):
+            guard gfx else { throw ProtocolError.invalid("unknown command") }
+            try display.answer(q, into: &w)
+            try transport.reply(w, to: h)
+        case .getGfxDmabuf(let id):
+            guard gfx else { throw ProtocolError.invalid("unknown command") }
+            let fd = try display.dmabuf(id: id, into: &w)
+            try transport.reply(w, to: h, fd: fd)
+        default:
+            return false
+        }
+        return true
+    }
+}
