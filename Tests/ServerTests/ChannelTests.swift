@@ -6,7 +6,25 @@ import VFIOUser
 import VFIOUserServer
 
 /// Whether `fd` is an open descriptor.
-private func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) >= 0 }
+/// A descriptor whose closing can be seen from outside: one end of a
+/// socketpair. Checking the number itself would race with other tests'
+/// threads, which may be handed the same number as soon as it is closed.
+private final class Watched {
+    let fd: Int32
+    private let peer: Int32
+    init() {
+        var pair: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        fd = pair[0]
+        peer = pair[1]
+    }
+    deinit { close(peer) }
+    /// Whether every copy of `fd` is closed: the peer sees the hang-up.
+    var isClosed: Bool {
+        var p = pollfd(fd: peer, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) == 1 && p.revents & Int16(POLLHUP) != 0
+    }
+}
 
 /// Feeds `bytes` with `fds` to `framer` as one read; all must fit.
 private func feed(_ framer: MessageFramer, _ bytes: [UInt8], fds: [Int32] = []) {
@@ -33,35 +51,35 @@ struct FramerTests {
 
     @Test func descriptorsBelongToTheLastMessageStartingInTheirRead() throws {
         let framer = MessageFramer()
-        let fd = eventfd()
+        let fdw = Watched(), fd = fdw.fd
         feed(framer, rawMessage(id: 1, command: 4) + rawMessage(id: 2, command: 2), fds: [fd])
         let first = try #require(try framer.next())
         #expect(first.header.messageID == 1 && first.fdCount == 0)
         let second = try #require(try framer.next())
         #expect(second.header.messageID == 2 && second.fdCount == 1 && framer.fds[0] == fd)
         framer.closeFDs()
-        #expect(!isOpen(fd))
+        #expect(fdw.isClosed)
     }
 
     @Test func descriptorsArrivingMidMessageBelongToTheMessageInProgress() throws {
         let framer = MessageFramer()
         let m = rawMessage(id: 1, command: 4)
         feed(framer, Array(m[0..<8]))
-        let fd = eventfd()
+        let fdw = Watched(), fd = fdw.fd
         feed(framer, Array(m[8...]), fds: [fd])
         let got = try #require(try framer.next())
         #expect(got.fdCount == 1 && framer.fds[0] == fd)
         framer.closeFDs()
-        #expect(!isOpen(fd))
+        #expect(fdw.isClosed)
     }
 
     @Test func descriptorsLeftUnclaimedByANewerReadAreClosed() throws {
         let framer = MessageFramer()
         let a = rawMessage(id: 1, command: 4), b = rawMessage(id: 2, command: 4), c = rawMessage(id: 3, command: 4)
-        let old = eventfd(), new = eventfd()
+        let oldw = Watched(), old = oldw.fd, new = eventfd()
         feed(framer, a + Array(b[0..<4]), fds: [old])
         feed(framer, Array(b[4...]) + c, fds: [new])
-        #expect(!isOpen(old), "a read's descriptors go to the last message starting in it; the older ones are dropped")
+        #expect(oldw.isClosed, "a read's descriptors go to the last message starting in it; the older ones are dropped")
         #expect(try framer.next()?.fdCount == 0)
         #expect(try framer.next()?.fdCount == 0)
         let third = try #require(try framer.next())
@@ -90,16 +108,17 @@ struct FramerTests {
 
     @Test func tooManyDescriptorsAreAllClosedAndFlagged() throws {
         let framer = MessageFramer(maxFDs: 2)
-        let fds = (0..<3).map { _ in eventfd() }
+        let watched = (0..<3).map { _ in Watched() }
+        let fds = watched.map(\.fd)
         feed(framer, rawMessage(id: 5, command: 6), fds: fds)
         let got = try #require(try framer.next())
         #expect(got.fdOverflow && got.fdCount == 0)
-        for fd in fds { #expect(!isOpen(fd)) }
+        for w in watched { #expect(w.isClosed) }
     }
 
     @Test func aFramerTakenApartMidMessageIsRebuiltAndTheNextMessagesComeOutIntact() throws {
         let framer = MessageFramer()
-        let fd = eventfd()
+        let fdw = Watched(), fd = fdw.fd
         let a = rawMessage(id: 1, command: 4, payload: le32(16) + [UInt8](repeating: 1, count: 12))
         let b = rawMessage(id: 2, command: 6, payload: [UInt8](repeating: 2, count: 40))
         // a whole, and the first 20 bytes of b with b's descriptor.
@@ -108,7 +127,7 @@ struct FramerTests {
         #expect(try framer.next() == nil)
         let state = framer.takeState()
         #expect(state.bytes == Array(b[0..<20]) && state.pendingFDs == [fd] && state.pendingFDOwner == 0)
-        #expect(isOpen(fd), "the descriptor travels with the state")
+        #expect(!fdw.isClosed, "the descriptor travels with the state")
 
         let rebuilt = try MessageFramer(resuming: state)
         feed(rebuilt, Array(b[20...]) + rawMessage(id: 3, command: 2))
@@ -117,15 +136,15 @@ struct FramerTests {
         #expect(second.fdCount == 1 && rebuilt.fds[0] == fd)
         #expect(try rebuilt.next()?.header.messageID == 3)
         rebuilt.closeFDs()
-        #expect(!isOpen(fd))
+        #expect(fdw.isClosed)
     }
 
     @Test func aStateThatCannotBeAFramersIsRefusedAndItsDescriptorsClosed() {
-        let fd = eventfd()
+        let fdw = Watched(), fd = fdw.fd
         let bad = MessageFramer.State(bytes: [UInt8](repeating: 0, count: 64 << 20), pendingFDs: [fd],
                                       pendingFDOwner: 0, pendingOverflow: false, discard: 0)
         #expect(throws: TransportEnd.self) { _ = try MessageFramer(resuming: bad) }
-        #expect(!isOpen(fd))
+        #expect(fdw.isClosed)
     }
 }
 
