@@ -46,6 +46,13 @@ public final class DisplayServer: @unchecked Sendable {
     /// Viewers connected now.
     public var viewerCount: Int { state.withLock { $0.viewers.count } }
 
+    /// Waits until at most `count` viewers are connected (their threads
+    /// have noticed their hang-ups) or `timeout` seconds pass; returns
+    /// whether that many or fewer are left.
+    public func waitForViewers(atMost count: Int, timeout: Double) -> Bool {
+        state.wait(timeout: timeout) { $0.viewers.count <= count }
+    }
+
     /// Starts accepting viewers on a thread of its own.
     public func start() {
         acceptThread = Threads.start { self.acceptLoop() }
@@ -101,7 +108,7 @@ public final class DisplayServer: @unchecked Sendable {
         if fds.0 >= 0 { shutdown(fds.0, Int32(SHUT_RDWR)) }
         for v in fds.1 { shutdown(v, Int32(SHUT_RDWR)) }
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
-        for _ in 0..<200 where viewerCount > 0 { usleep(5_000) }
+        _ = waitForViewers(atMost: 0, timeout: 1)
         if fds.0 >= 0 { close(fds.0); unlink(path) }
     }
 }
@@ -150,7 +157,7 @@ final class Viewer: @unchecked Sendable {
         if case .version(_, _, let caps) = request {
             guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
             let answer = try Capabilities.serverReply(to: caps, offersMigration: false)
-            try answer.encodeVersionReply(&w)
+            answer.encodeVersionReply(&w)
             client = caps
             fdLimit = answer.maxMessageFDs
             return try transport.reply(w, to: h)

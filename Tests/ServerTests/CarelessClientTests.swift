@@ -56,8 +56,7 @@ struct CarelessClientTests {
         let s = try LiveServer(slow)
         let first = try s.connect()
         try first.sendRaw(rawMessage(id: 9, command: Command.regionRead.rawValue, payload: le64(0x10) + le32(0) + le32(1)))
-        for _ in 0..<200 where !slow.reading.withLock({ $0 }) { usleep(5_000) }
-        #expect(slow.reading.withLock { $0 })
+        #expect(slow.reading.wait(timeout: 5) { $0 })
         first.disconnect()
         let start = Date()
         let next = try s.connect()
@@ -198,7 +197,9 @@ struct PollingTests {
             try c.write8(region: 0, offset: 7, UInt8(truncatingIfNeeded: i))
             #expect(try c.read8(region: 0, offset: 7) == UInt8(truncatingIfNeeded: i))
         }
-        usleep(5000)   // idle longer than the spin: the server blocks, then wakes for the next
+        // Real time is the point: idle longer than the 200 µs spin, so the
+        // server gives up polling and blocks, then wakes for the next request.
+        usleep(5000)
         #expect(try c.read8(region: 0, offset: 7) == UInt8(truncatingIfNeeded: 1999))
         c.disconnect()
         #expect(server.waitUntilDetached(seconds: 2))
@@ -221,6 +222,7 @@ final class SlowReads: VFIODevice {
         if !done {
             done = true
             reading.withLock { $0 = true }
+            // Real time is the point: a device access that takes this long.
             usleep(UInt32(delay * 1e6))
         }
         return inner.read(region: region, offset: offset, into: buffer)
