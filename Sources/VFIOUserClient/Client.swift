@@ -33,9 +33,37 @@ public struct Reply {
     public var payload: [UInt8]
     public var fds: [Int32]
 
+    public init(header: Header, payload: [UInt8], fds: [Int32]) {
+        self.header = header
+        self.payload = payload
+        self.fds = fds
+    }
+
     public func u32(_ o: Int) -> UInt32 { payload.withUnsafeBytes { $0.u32(o) } }
     public func u64(_ o: Int) -> UInt64 { payload.withUnsafeBytes { $0.u64(o) } }
     public func u16(_ o: Int) -> UInt16 { payload.withUnsafeBytes { $0.u16(o) } }
+}
+
+/// Where a client's messages go when they do not cross a socket: a server
+/// in the same process, served on the client's own thread (tests use one
+/// over the server's in-memory channel, so nothing waits for a thread).
+/// Descriptors follow sendmsg/recvmsg: those sent stay the sender's, those
+/// received are the receiver's.
+public protocol ClientWire: AnyObject {
+    /// Delivers `bytes` and `fds` to the server, which answers before this returns.
+    func send(_ bytes: UnsafeRawBufferPointer, fds: UnsafeBufferPointer<Int32>) throws(ClientError)
+    /// Moves up to `count` bytes the server sent to `p`, appending the
+    /// descriptors that came with them to `fds`; 0 once the server has
+    /// closed and everything was read. Throws ETIMEDOUT when the server
+    /// has said nothing (it never will: it is served synchronously).
+    func receive(into p: UnsafeMutableRawPointer, count: Int, fds: inout [Int32]) throws(ClientError) -> Int
+    /// Whether bytes, or the end, wait to be received.
+    var readable: Bool { get }
+    /// The client leaves: the server sees the end of its stream.
+    func hangUp()
+    /// Set by the client: answers a command the server sends mid-request
+    /// (DMA_READ/DMA_WRITE), as a client reading its socket would.
+    var serverCommandHandler: ((Reply) throws(ClientError) -> Void)? { get set }
 }
 
 /// A vfio-user client over a UNIX socket, behaving like QEMU's
@@ -45,7 +73,9 @@ public struct Reply {
 ///
 /// Not thread-safe: one thread drives a client.
 public final class VFIOUserClient {
+    /// The connected socket; -1 for a client over a `ClientWire`.
     public let socket: Int32
+    private let wire: ClientWire?
     private var nextID: UInt16 = 0
     private let sendBuffer: UnsafeMutableRawBufferPointer
     private let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -72,35 +102,63 @@ public final class VFIOUserClient {
     /// Wraps an already connected socket (takes ownership).
     public init(connected fd: Int32) {
         socket = fd
+        wire = nil
         sendBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
         receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
+    }
+
+    /// A client whose messages go over `wire` instead of a socket.
+    public init(wire: ClientWire) {
+        socket = -1
+        self.wire = wire
+        sendBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
+        receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
+        wire.serverCommandHandler = { [unowned self] (m: Reply) throws(ClientError) in try self.serveDMA(m) }
     }
 
     /// Ends the connection now (the server sees the client leave); the
     /// descriptor is closed when the client goes.
     public func disconnect() {
-        shutdown(socket, Int32(SHUT_RDWR))
+        if let wire { wire.hangUp() } else { shutdown(socket, Int32(SHUT_RDWR)) }
     }
 
     deinit {
-        close(socket)
+        if socket >= 0 { close(socket) }
+        wire?.serverCommandHandler = nil
         sendBuffer.deallocate()
         receiveBuffer.deallocate()
     }
 
     // MARK: Raw messages
 
+    /// Sends `count` bytes at `p` (and `fds`) in one message: one sendmsg,
+    /// or one delivery over the wire.
+    private func transmit(_ p: UnsafeRawPointer, _ count: Int, fds: UnsafeBufferPointer<Int32> = .init(start: nil, count: 0)) throws(ClientError) {
+        if let wire { return try wire.send(UnsafeRawBufferPointer(start: p, count: count), fds: fds) }
+        let n = umdev_sendmsg(socket, p, count, fds.baseAddress, Int32(fds.count))
+        guard n == count else { throw n < 0 ? .system(errno, "sendmsg") : .disconnected }
+    }
+
     /// Sends raw bytes (tests use it for malformed messages).
     public func sendRaw(_ bytes: [UInt8], fds: [Int32] = []) throws(ClientError) {
-        let n = bytes.withUnsafeBytes { b in
-            fds.withUnsafeBufferPointer { f in umdev_sendmsg(socket, b.baseAddress, b.count, f.baseAddress, Int32(f.count)) }
+        var failure: ClientError?
+        bytes.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { f in
+                do throws(ClientError) { try transmit(b.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, b.count, fds: f) } catch { failure = error }
+            }
         }
-        guard n == bytes.count else { throw n < 0 ? .system(errno, "sendmsg") : .disconnected }
+        if let failure { throw failure }
     }
 
     private func readExactly(_ p: UnsafeMutableRawPointer, _ count: Int, fds: inout [Int32]) throws(ClientError) {
         var got = 0
         while got < count {
+            if let wire {
+                let n = try wire.receive(into: p + got, count: count - got, fds: &fds)
+                if n == 0 { throw .disconnected }
+                got += n
+                continue
+            }
             var scratch = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
             var nfds: Int32 = 0, truncated: Int32 = 0
             let n = scratch.withUnsafeMutableBufferPointer {
@@ -113,11 +171,16 @@ public final class VFIOUserClient {
         }
     }
 
+    /// Whether something waits to be received within `timeout` ms (a wire answers at once).
+    private func readable(within timeout: Int32) -> Bool {
+        if let wire { return wire.readable }
+        var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, timeout) != 0
+    }
+
     /// Receives the next message whole (waits). `timeout` in ms; -1 waits for ever.
     public func receiveMessage(timeout: Int32 = 10_000) throws(ClientError) -> Reply {
-        var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-        let r = poll(&p, 1, timeout)
-        if r == 0 { throw .system(ETIMEDOUT, "waiting for the server") }
+        if !readable(within: timeout) { throw .system(ETIMEDOUT, "waiting for the server") }
         var fds: [Int32] = []
         try readExactly(receiveBuffer.baseAddress!, Header.size, fds: &fds)
         let h = Header(receiveBuffer.baseAddress!)
@@ -128,10 +191,7 @@ public final class VFIOUserClient {
     }
 
     /// Whether the server sent nothing within `timeout` ms (used to check posted writes get no reply).
-    public func isQuiet(for timeout: Int32) -> Bool {
-        var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-        return poll(&p, 1, timeout) == 0
-    }
+    public func isQuiet(for timeout: Int32) -> Bool { !readable(within: timeout) }
 
     /// Sends a command and returns its reply, serving any DMA_READ/DMA_WRITE
     /// the server sends meanwhile. An error reply throws `.remote(errno)`.
@@ -195,17 +255,24 @@ public final class VFIOUserClient {
         w.u64(offset); w.u32(region); w.u32(UInt32(data.count)); w.bytes(data)
         let id = nextMessageID()
         let n = w.finish(messageID: id, command: Command.regionWrite.rawValue, flags: posted ? Header.noReply : 0)
-        if posted {
-            let sent = umdev_sendmsg(socket, sendBuffer.baseAddress, n, nil, 0)
-            guard sent == n else { throw .system(errno, "sendmsg") }
-            return
-        }
+        if posted { return try transmit(sendBuffer.baseAddress!, n) }
         try fastExchange(length: n, id: id)
         let h = Header(receiveBuffer.baseAddress!)
         if h.isError { throw .remote(Int32(h.error)) }
     }
 
     private func fastExchange(length: Int, id: UInt16) throws(ClientError) {
+        if wire != nil {
+            try transmit(sendBuffer.baseAddress!, length)
+            var fds: [Int32] = []
+            try readExactly(receiveBuffer.baseAddress!, Header.size, fds: &fds)
+            let size = Int(Header(receiveBuffer.baseAddress!).messageSize)
+            guard size >= Header.size, size <= receiveBuffer.count else { throw .malformed("message size") }
+            try readExactly(receiveBuffer.baseAddress! + Header.size, size - Header.size, fds: &fds)
+            for fd in fds { close(fd) }
+            guard Header(receiveBuffer.baseAddress!).messageID == id else { throw .malformed("unexpected message on the fast path") }
+            return
+        }
         let sent = umdev_sendmsg(socket, sendBuffer.baseAddress, length, nil, 0)
         guard sent == length else { throw .system(errno, "sendmsg") }
         var got = 0
@@ -262,7 +329,6 @@ public final class VFIOUserClient {
         } else {
             n = w.finish(messageID: m.header.messageID, command: m.header.command, flags: Header.typeReply)
         }
-        let sent = umdev_sendmsg(socket, sendBuffer.baseAddress, n, nil, 0)
-        guard sent == n else { throw .system(errno, "sendmsg") }
+        try transmit(sendBuffer.baseAddress!, n)
     }
 }

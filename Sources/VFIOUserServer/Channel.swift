@@ -151,8 +151,18 @@ public final class InMemoryChannel: MessageChannel {
     /// Reads performed so far (one per fill that delivered bytes).
     public private(set) var reads = 0
     public let stallLimit: UInt64 = .max
+    /// Asked when a read finds nothing pushed, before giving up with
+    /// `.idle`: a client served on the same thread pushes what it has to
+    /// say (its answer to the server's DMA_READ) and returns true.
+    public var whenEmpty: (() -> Bool)?
 
     public init() {}
+
+    /// Whether input waits, after asking `whenEmpty` when none does.
+    private func hasInputOrAsk() -> Bool {
+        if inbound.isEmpty, !ended, let ask = whenEmpty { _ = ask() }
+        return !inbound.isEmpty
+    }
 
     deinit {
         for r in inbound { for fd in r.fds { Glibc.close(fd) } }
@@ -180,7 +190,7 @@ public final class InMemoryChannel: MessageChannel {
     public var pollDescriptor: Int32 { -1 }
 
     public func fill(_ framer: MessageFramer, nonBlocking: Bool) throws(TransportEnd) -> Bool {
-        guard !inbound.isEmpty else {
+        guard hasInputOrAsk() else {
             if ended { throw .closed }
             if nonBlocking { return false }
             throw .idle
@@ -211,7 +221,7 @@ public final class InMemoryChannel: MessageChannel {
             if n < 0 { throw .io(errno) }
             ready = n
         }
-        if !inbound.isEmpty || ended { set[0].revents = Int16(POLLIN); ready += 1 }
+        if hasInputOrAsk() || ended { set[0].revents = Int16(POLLIN); ready += 1 }
         if ready == 0 && timeout != 0 { throw .idle }
         return ready
     }

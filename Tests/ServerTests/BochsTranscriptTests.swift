@@ -67,7 +67,7 @@ struct BochsTranscriptTests {
     func replay(_ name: String) throws -> Result {
         let accesses = try Self.load(name)
         let device = try MBochs(type: .medium)
-        let server = try LiveServer(device, type: "mbochs-medium")
+        let server = MemoryServer(device, type: "mbochs-medium")
         let c = try server.connect()
         let edidRegion = UInt32(MBochs.edidRegion)
         try c.write32(region: edidRegion, offset: UInt64(EDIDRegion.Field.linkState), EDIDRegion.Link.down)

@@ -16,7 +16,7 @@ struct DMATests {
     }
 
     @Test func deviceReachesAWindowMappedWithADescriptor() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let fd = umdev_memfd("guest-ram")
         defer { close(fd) }
@@ -39,7 +39,7 @@ struct DMATests {
     }
 
     @Test func windowWithoutADescriptorGoesThroughDMAMessages() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 8)
         defer { memory.deallocate() }
@@ -56,14 +56,14 @@ struct DMATests {
     }
 
     @Test func readOnlyWindowRefusesDeviceWrites() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         try c.dmaMap(address: 0x4000, size: 0x1000, flags: VFIO.dmaMapRead)
         #expect(try dma(c, command: 2, address: 0x4000, length: 4) == UInt32(EFAULT))
     }
 
     @Test func mapAndUnmapErrors() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         try c.dmaMap(address: 0x10000, size: 0x4000)
         #expect(throws: ClientError.remote(EEXIST)) { try c.dmaMap(address: 0x10000, size: 0x4000) }
@@ -99,7 +99,7 @@ struct DMATests {
     }
 
     @Test func maxDMAMapsIsHonoured() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect(negotiate: false)
         let caps = try c.negotiate(json: #"{"capabilities":{"max_dma_maps":3}}"#)
         #expect(caps.maxDMAMaps == 3)
@@ -110,7 +110,7 @@ struct DMATests {
     }
 
     @Test func pipelinedMapsAreAppliedInOrder() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         // Four requests in flight at once, as QEMU sends a memory transaction.
         var batch: [UInt8] = []

@@ -8,7 +8,7 @@ import VFIOUserClient
 @Suite("Reset, migration and connection lifecycle")
 struct LifecycleTests {
     @Test func resetRestoresPowerOnState() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         try c.write32(region: 0, offset: 0x20, 0x1234)
         try c.write16(region: 7, offset: 4, 0x0007)
@@ -22,7 +22,7 @@ struct LifecycleTests {
     }
 
     @Test func migrationFeatureProbeAndStates() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         _ = try c.feature(VFIO.featureMigration, flags: VFIO.featureProbe | VFIO.featureGet)
         let flags = try c.feature(VFIO.featureMigration, flags: VFIO.featureGet)
@@ -62,7 +62,7 @@ struct LifecycleTests {
     }
 
     @Test func stopCopyThenResumeIntoAnotherServer() throws {
-        let source = try LiveServer()
+        let source = try MemoryServer()
         let a = try source.connect()
         try a.write(region: 0, offset: 0x30, bytes: Array("migrate me".utf8))
         try a.write(region: 1, offset: 0x100, bytes: [1, 2, 3, 4])
@@ -76,7 +76,7 @@ struct LifecycleTests {
         #expect(stream.count > 8000)
         try a.setMigrationState(.stop)
 
-        let target = try LiveServer()
+        let target = try MemoryServer()
         let b = try target.connect()
         try b.setMigrationState(.resuming)
         try b.writeMigrationData(stream, chunk: 3000)
@@ -88,11 +88,11 @@ struct LifecycleTests {
     }
 
     @Test func resumeRefusesAnotherTypeOrACorruptStream() throws {
-        let source = try LiveServer(try TestDevice(), type: "test")
+        let source = MemoryServer(try TestDevice(), type: "test")
         let a = try source.connect()
         try a.setMigrationState(.stopCopy)
         let stream = try a.readMigrationData()
-        let other = try LiveServer(try TestDevice(mappable: false), type: "test-nommap")
+        let other = MemoryServer(try TestDevice(mappable: false), type: "test-nommap")
         let b = try other.connect()
         try b.setMigrationState(.resuming)
         try b.writeMigrationData(stream)
@@ -108,7 +108,7 @@ struct LifecycleTests {
     }
 
     @Test func reconnectKeepsDeviceStateAndDropsClientResources() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         do {
             let c = try s.connect()
             try c.write32(region: 0, offset: 0x40, 0xcafe)
@@ -123,6 +123,7 @@ struct LifecycleTests {
         try c2.dmaMap(address: 0x1000, size: 0x1000) // the old window is gone
     }
 
+    // Over sockets: the point is two servers' threads, one stalled mid-read.
     @Test func aStalledClientDoesNotBlockAnotherDevice() throws {
         let first = try LiveServer()
         let second = try LiveServer()
@@ -136,13 +137,10 @@ struct LifecycleTests {
     }
 
     @Test func partialWritesAreReassembled() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let m = rawMessage(id: 42, command: 9, payload: le64(0x10) + le32(7) + le32(4))
-        for b in m {
-            try c.sendRaw([b])
-            usleep(200)
-        }
+        for b in m { try c.sendRaw([b]) }   // each byte is a read of its own
         let r = try c.receiveMessage()
         #expect(r.header.messageID == 42 && r.payload.count == 20)
     }

@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import PCI
+import TestDevice
 import Testing
 import VFIOUser
 import VFIOUserClient
@@ -89,4 +90,118 @@ final class MemoryPeer {
 extension Header {
     /// The header at the start of `bytes`.
     init(_ bytes: [UInt8]) { self = bytes.withUnsafeBytes { Header($0.baseAddress!) } }
+}
+
+// MARK: A client over memory
+
+/// A device served in this process with no socket and no thread: each
+/// connection is an endpoint over an InMemoryChannel that runs on the
+/// test's thread whenever its client sends. A request is answered before
+/// `send` returns, so nothing waits and nothing races.
+final class MemoryServer {
+    let host: DeviceHost
+    let device: VFIODevice
+    let logger: Logger
+
+    init(_ device: VFIODevice, type: String = "test") {
+        self.device = device
+        host = DeviceHost(device: device, typeName: type)
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        logger = quiet
+    }
+
+    convenience init(mappable: Bool = true) throws { self.init(try TestDevice(mappable: mappable)) }
+
+    /// A new connection (the previous client's must have ended, as on the
+    /// device socket, which serves one client at a time).
+    func connect(negotiate: Bool = true) throws -> VFIOUserClient {
+        let c = VFIOUserClient(wire: MemoryWire(host: host, logger: logger))
+        if negotiate { try c.negotiate() }
+        return c
+    }
+}
+
+/// One connection of a MemoryServer: the client's side of an in-memory channel.
+final class MemoryWire: ClientWire {
+    private let channel = InMemoryChannel()
+    private let endpoint: Endpoint<InMemoryChannel, SystemClock>
+    /// What the server sent and the client has not read yet, message by
+    /// message; a message's descriptors go with its first byte.
+    private var incoming: [(bytes: [UInt8], fds: [Int32])] = []
+    private var serving = false
+    private var ended = false
+    var serverCommandHandler: ((Reply) throws(ClientError) -> Void)?
+
+    init(host: DeviceHost, logger: Logger) {
+        endpoint = Endpoint(host: host, channel: channel, clock: SystemClock(), logger: logger)
+        endpoint.attach()
+        channel.whenEmpty = { [unowned self] in self.answerServerCommands() }
+    }
+
+    deinit {
+        if !ended { endpoint.detach() }
+        for m in incoming { for fd in m.fds { close(fd) } }
+    }
+
+    func send(_ bytes: UnsafeRawBufferPointer, fds: UnsafeBufferPointer<Int32>) throws(ClientError) {
+        guard !ended else { throw .system(EPIPE, "sendmsg") }
+        channel.push(Array(bytes), fds: fds.map { dup($0) })
+        // An answer to the server's DMA request, sent while it is serving: it reads it next.
+        if serving { return }
+        serve()
+    }
+
+    /// Serves what was pushed, then collects what the server sent.
+    private func serve() {
+        serving = true
+        defer { serving = false }
+        do {
+            try endpoint.serveUntilIdle()
+        } catch {
+            ended = true
+            endpoint.detach()
+        }
+        collect()
+    }
+
+    private func collect() {
+        for s in channel.takeSent() { incoming.append((s.bytes, s.fds)) }
+    }
+
+    /// Mid-request, the server waits for input: answer the commands it sent
+    /// (DMA_READ/DMA_WRITE) and keep its replies for the client.
+    private func answerServerCommands() -> Bool {
+        var answered = false
+        for s in channel.takeSent() {
+            if s.header.isCommand, let handle = serverCommandHandler {
+                try? handle(Reply(header: s.header, payload: Array(s.payload), fds: s.fds))
+                answered = true
+            } else {
+                incoming.append((s.bytes, s.fds))
+            }
+        }
+        return answered
+    }
+
+    func receive(into p: UnsafeMutableRawPointer, count: Int, fds: inout [Int32]) throws(ClientError) -> Int {
+        guard !incoming.isEmpty else {
+            if ended { return 0 }
+            throw .system(ETIMEDOUT, "the server sent nothing")
+        }
+        let n = min(count, incoming[0].bytes.count)
+        incoming[0].bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        fds += incoming[0].fds
+        incoming[0].fds = []
+        if n == incoming[0].bytes.count { incoming.removeFirst() } else { incoming[0].bytes.removeFirst(n) }
+        return n
+    }
+
+    var readable: Bool { !incoming.isEmpty || ended }
+
+    func hangUp() {
+        guard !ended else { return }
+        channel.close()
+        serve()
+    }
 }

@@ -9,7 +9,7 @@ import VFIOUserClient
 @Suite("Messages and their error cases")
 struct MessageTests {
     @Test func deviceInfo() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let info = try c.deviceInfo()
         #expect(info.flags == VFIO.deviceFlagsPCI | VFIO.deviceFlagsReset)
@@ -24,7 +24,7 @@ struct MessageTests {
     }
 
     @Test func headerValidation() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let info = le32(16) + le32(0) + le32(0) + le32(0)
         #expect(try errnoOf(c, rawMessage(command: 99, payload: info)) == EINVAL, "unknown command")
@@ -40,7 +40,7 @@ struct MessageTests {
     }
 
     @Test func oversizedMessageIsRefusedAndSkipped() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let big = Limits.maxMessageSize + 100
         let payload = le64(0) + le32(0) + le32(UInt32(big - 32)) + [UInt8](repeating: 0xaa, count: big - 32)
@@ -49,7 +49,7 @@ struct MessageTests {
     }
 
     @Test func undersizedHeaderClosesTheConnectionOnly() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         try c.sendRaw(rawMessage(command: 4, size: 8))
         #expect(throws: ClientError.disconnected) { _ = try c.receiveMessage(timeout: 2000) }
@@ -58,7 +58,7 @@ struct MessageTests {
     }
 
     @Test func regionInfoTruncatesToArgszLikeQEMUExpects() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         // BAR1 is mmap-able: first ask with 32 gets the needed argsz, no caps, no fd.
         let first = try c.regionInfoOnce(1, argsz: 32)
@@ -88,7 +88,7 @@ struct MessageTests {
     }
 
     @Test func regionFDMapsTheSameMemoryTheServerServes() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let info = try c.regionInfo(1)
         #expect(info.fd >= 0)
@@ -101,7 +101,7 @@ struct MessageTests {
     }
 
     @Test func regionReadWrite() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         for size in [1, 2, 4, 8] {
             let bytes = (0..<size).map { UInt8(0x10 + $0) }
@@ -129,7 +129,7 @@ struct MessageTests {
     }
 
     @Test func postedWritesAreNeverAnswered() throws {
-        let s = try LiveServer(mappable: false)
+        let s = try MemoryServer(mappable: false)
         let c = try s.connect()
         try c.write32(region: 0, offset: 0x10, 0xabcd_0123, posted: true)
         // Even a failing posted write stays silent.
@@ -139,7 +139,7 @@ struct MessageTests {
     }
 
     @Test func writeMultiple() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         var p = le64(3)
         for (i, v) in [UInt32(0x11), 0x22, 0x33].enumerated() {
@@ -159,7 +159,7 @@ struct MessageTests {
     }
 
     @Test func irqInfo() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let intx = try c.irqInfo(0)
         #expect(intx.count == 1 && intx.flags == VFIO.irqInfoEventfd | VFIO.irqInfoMaskable | VFIO.irqInfoAutomasked)
@@ -172,7 +172,7 @@ struct MessageTests {
     }
 
     @Test func regionIOFDsListsNone() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let r = try c.request(.deviceGetRegionIOFDs, payload: le32(16) + le32(0) + le32(0) + le32(0))
         #expect(r.payload.count == 16 && r.u32(12) == 0 && r.fds.isEmpty)
@@ -182,7 +182,7 @@ struct MessageTests {
     }
 
     @Test func descriptorsOnCommandsThatTakeNoneAreRefusedAndClosed() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         let fd = eventfd()
         defer { close(fd) }

@@ -44,13 +44,19 @@ func planeClient(_ s: LiveServer) throws -> VFIOUserClient {
     return c
 }
 
+func planeClient(_ s: MemoryServer) throws -> VFIOUserClient {
+    let c = try s.connect(negotiate: false)
+    try c.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
+    return c
+}
+
 @Suite("display-plane protocol")
 struct PlaneProtocolTests {
     let probe = VFIO.gfxPlaneProbe, region = VFIO.gfxPlaneRegion, dmabuf = VFIO.gfxPlaneDmabuf
 
     @Test("negotiation: echoed only when proposed; without it the commands do not exist")
     func negotiation() throws {
-        let s = try LiveServer(try MBochs(type: .small), type: "mbochs-small")
+        let s = MemoryServer(try MBochs(type: .small), type: "mbochs-small")
         let qemu = try s.connect()
         #expect(!qemu.serverVersionJSON.contains("gfx"))
         #expect(qemu.serverVersionJSON == #"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096},"write_multiple":true}}"#)
@@ -71,10 +77,9 @@ struct PlaneProtocolTests {
         #expect(throws: ClientError.remote(EINVAL)) { try bad.negotiate(json: #"{"capabilities":{"x-umdev-gfx-plane":{"version":0}}}"#) }
     }
 
-    /// Ends a client's connection now. The server serves one at a time; a
-    /// client that connects while the holder's hang-up is still being
-    /// noticed waits for it (DeviceServer.claim), so no pause is needed.
-    func drop(_ c: VFIOUserClient) { shutdown(c.socket, Int32(SHUT_RDWR)) }
+    /// Ends a client's connection now, before the next one connects (the
+    /// device socket serves one client at a time).
+    func drop(_ c: VFIOUserClient) { c.disconnect() }
 
     @Test("PROBE and flag rules are the kernel's, per device kind")
     func flagRules() throws {
@@ -83,7 +88,7 @@ struct PlaneProtocolTests {
             (try MTTY(ports: 1), "mtty-1", nil),
         ]
         for (device, type, kind) in cases {
-            let s = try LiveServer(device, type: type)
+            let s = MemoryServer(device, type: type)
             let c = try planeClient(s)
             for flags in [probe | dmabuf, probe | region, probe, probe | dmabuf | region, dmabuf | region, 0, dmabuf, region, 8, probe | 8] {
                 let ok = kind.map { flags == probe | $0 || flags == $0 } ?? false
@@ -101,7 +106,7 @@ struct PlaneProtocolTests {
 
     @Test("argsz: at least 60, at most the payload; the reply is argsz bytes")
     func argszRules() throws {
-        let s = try LiveServer(try MDPY(type: .vga), type: "mdpy-vga")
+        let s = MemoryServer(try MDPY(type: .vga), type: "mdpy-vga")
         let c = try planeClient(s)
         func raw(_ argsz: UInt32, payload: Int) throws -> Reply {
             var p = le32(argsz) + le32(region) + le32(VFIO.drmPlanePrimary)
@@ -122,7 +127,7 @@ struct PlaneProtocolTests {
 
     @Test("mdpy: a region plane in region 9; the cursor plane is disabled")
     func regionPlane() throws {
-        let s = try LiveServer(try MDPY(type: .xga), type: "mdpy-xga")
+        let s = MemoryServer(try MDPY(type: .xga), type: "mdpy-xga")
         let c = try planeClient(s)
         for type in [VFIO.drmPlanePrimary, VFIO.drmPlaneOverlay] {
             let p = try c.queryPlane(flags: region, planeType: type)
@@ -136,7 +141,7 @@ struct PlaneProtocolTests {
 
     @Test("mbochs: disabled until a mode is set; then the mode, with ids that change on mode changes and pans only")
     func dmabufPlane() throws {
-        let s = try LiveServer(try MBochs(type: .medium), type: "mbochs-medium")
+        let s = MemoryServer(try MBochs(type: .medium), type: "mbochs-medium")
         let c = try planeClient(s)
         let off = try c.queryPlane(flags: dmabuf)
         #expect(off.drmFormat == 0 && off.width == 0 && off.height == 0 && off.stride == 0 && off.size == 0 && off.id == 0)
@@ -161,7 +166,7 @@ struct PlaneProtocolTests {
 
     @Test("GET_GFX_DMABUF: a fresh fd per call whose mapping at the offset holds what the guest drew")
     func dmabufContents() throws {
-        let s = try LiveServer(try MBochs(type: .medium), type: "mbochs-medium")
+        let s = MemoryServer(try MBochs(type: .medium), type: "mbochs-medium")
         let c = try planeClient(s)
         try setBochsMode(c, width: 640, height: 480, y: 512)
         let p = try c.queryPlane(flags: dmabuf)
@@ -245,7 +250,7 @@ struct PlaneWorkedExampleTests {
 
     @Test("the documented bytes are what the server sends")
     func workedExample() throws {
-        let s = try LiveServer(try MBochs(type: .medium), type: "mbochs-medium")
+        let s = MemoryServer(try MBochs(type: .medium), type: "mbochs-medium")
         let c = try planeClient(s)
         try setBochsMode(c, width: 1024, height: 768)
         try c.write16(region: 2, offset: 0x512, 256)
@@ -401,11 +406,11 @@ struct DisplaySocketTests {
             try rude.sendRaw(Array(query[0..<cut]))
             shutdown(rude.socket, Int32(SHUT_RDWR))   // gone mid-message; the descriptor closes with the client
         }
-        usleep(50_000)
         #expect(try steady.queryPlane(flags: VFIO.gfxPlaneDmabuf) == planeBefore)
         #expect(try vmm.read(region: 2, offset: 0x502, count: 2) == [0x20, 0x03])
         try vmm.write16(region: 2, offset: 0x512, 10)
         #expect(try steady.queryPlane(flags: VFIO.gfxPlaneDmabuf).id != planeBefore.id)
+        #expect(d.server.waitForViewers(atMost: 1, timeout: 10))
         #expect(d.server.viewerCount == 1)
     }
 }

@@ -15,7 +15,9 @@ func socketPath(_ tag: String = "t") -> String {
     "/tmp/umdev-test-\(getpid())-\(tag)-\(UInt32.random(in: 0...UInt32.max)).sock"
 }
 
-/// A device served in this process on its own thread.
+/// A device served in this process on its own thread, over a real socket:
+/// for tests of socket behaviour (threads, stalls, descriptors across
+/// processes). Protocol tests use MemoryServer.
 final class LiveServer {
     let server: DeviceServer
     let path: String

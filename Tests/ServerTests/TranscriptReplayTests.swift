@@ -51,7 +51,7 @@ struct TranscriptReplayTests {
     /// (the test device has the recorded server's layout).
     func replay(_ name: String, mappable: Bool, exact: Bool) throws -> (intxSignals: UInt64, replies: Int) {
         let records = try Self.load(name)
-        let s = try LiveServer(mappable: mappable)
+        let s = try MemoryServer(mappable: mappable)
         let c = try s.connect(negotiate: false)
         var intx: Int32 = -1
         var opened: [Int32] = []

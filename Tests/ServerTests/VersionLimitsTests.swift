@@ -22,7 +22,7 @@ struct VersionLimitsTests {
     }
 
     @Test func withoutMaxMessageFDsOneDescriptorPerMessage() throws {
-        let live = try LiveServer()
+        let live = try MemoryServer()
         let c = try live.connect(negotiate: false)
         let caps = try c.negotiate(json: #"{"capabilities": {"pgsizes": 4096}}"#)
         #expect(c.serverVersionJSON == #"{"capabilities":{"pgsizes":4096}}"#)
@@ -33,7 +33,7 @@ struct VersionLimitsTests {
     }
 
     @Test func withMaxMessageFDsTheServersEight() throws {
-        let live = try LiveServer()
+        let live = try MemoryServer()
         let c = try live.connect(negotiate: false)
         let caps = try c.negotiate(json: #"{"capabilities": {"max_msg_fds": 16}}"#)
         #expect(c.serverVersionJSON == #"{"capabilities":{"max_msg_fds":8}}"#)

@@ -3,7 +3,7 @@ import Testing
 import VFIOUser
 import VFIOUserClient
 
-@Suite("VERSION negotiation over a socket")
+@Suite("VERSION negotiation")
 struct VersionTests {
     func versionPayload(major: UInt16 = 0, minor: UInt16 = 0, json: String?) -> [UInt8] {
         var p = le16(major) + le16(minor)
@@ -12,7 +12,7 @@ struct VersionTests {
     }
 
     @Test func qemuProposalGetsACompactNULTerminatedReply() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect(negotiate: false)
         var p = versionPayload(json: VFIOUserClient.qemuCapabilitiesJSON)
         #expect(p.count == 198) // 214-byte message as recorded from QEMU
@@ -38,7 +38,7 @@ struct VersionTests {
     }
 
     @Test func noJSONAndEmptyObjectAreAccepted() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         for json in [nil, "{}"] as [String?] {
             let c = try s.connect(negotiate: false)
             #expect(try errnoOf(c, rawMessage(command: 1, payload: versionPayload(json: json))) == 0)
@@ -47,7 +47,7 @@ struct VersionTests {
     }
 
     @Test func limitsAreNeverAboveTheClients() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect(negotiate: false)
         let caps = try c.negotiate(json: #"{"capabilities":{"max_dma_maps":7,"pgsizes":12288}}"#)
         #expect(caps.maxDMAMaps == 7)
@@ -71,7 +71,7 @@ struct VersionTests {
         ("oversized JSON", versionPayloadStatic(json: "{\"x\":\"" + String(repeating: "a", count: 5000) + "\"}"), E2BIG),
     ] as [(String, [UInt8], Int32)])
     func badVersionIsRefusedAndTheConnectionLives(_ name: String, _ payload: [UInt8], _ expected: Int32) throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect(negotiate: false)
         #expect(try errnoOf(c, rawMessage(command: 1, payload: payload)) == expected, "\(name)")
         // Still un-negotiated: a good VERSION now succeeds.
@@ -80,21 +80,21 @@ struct VersionTests {
     }
 
     @Test func unknownKeysAreIgnored() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect(negotiate: false)
         try c.negotiate(json: #"{"capabilities":{"future":{"x":[1,2,{"y":null}]},"max_msg_fds":4},"other":true}"#)
         expectAlive(c)
     }
 
     @Test func secondVersionIsRefused() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect()
         #expect(try errnoOf(c, rawMessage(command: 1, payload: versionPayload(json: "{}"))) == EINVAL)
         expectAlive(c)
     }
 
     @Test func commandsBeforeVersionAreRefused() throws {
-        let s = try LiveServer()
+        let s = try MemoryServer()
         let c = try s.connect(negotiate: false)
         #expect(try errnoOf(c, rawMessage(command: 4, payload: le32(16) + le32(0) + le32(0) + le32(0))) == EINVAL)
         #expect(try errnoOf(c, rawMessage(command: 13)) == EINVAL)
