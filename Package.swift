@@ -53,7 +53,8 @@ let package = Package(
         // memfd_create, CMSG_* macros), as static inline wrappers.
         .target(name: "CShim", path: "Sources/CShim"),
         // UNIX stream sockets by path (server, client, mtty socket backend).
-        .target(name: "UnixSocket", dependencies: ["CShim"], path: "Sources/UnixSocket", swiftSettings: strict),
+        .target(name: "UnixSocket", dependencies: ["CShim", "Descriptors", .product(name: "SystemPackage", package: "swift-system")],
+                path: "Sources/UnixSocket", swiftSettings: strict),
         // POSIX threading: a value behind a pthread mutex (ThreadSanitizer sees it;
         // Synchronization.Mutex it does not) and starting a thread.
         .target(name: "Locking", path: "Sources/Locking", swiftSettings: strict),
@@ -73,12 +74,16 @@ let package = Package(
         // PCI function: config space, regions, IRQ lines, device-model contract.
         // (the wire's vocabulary, VFIOUser, is re-exported: region and IRQ
         // indices, fourccs and plane kinds are defined there once)
-        .target(name: "PCI", dependencies: ["CShim", "VFIOUser"], path: "Sources/PCI", swiftSettings: strict),
+        // Descriptor ownership in the type: OwnedDescriptor over swift-system's FileDescriptor.
+        .target(name: "Descriptors", dependencies: [.product(name: "SystemPackage", package: "swift-system")],
+                path: "Sources/Descriptors", swiftSettings: strict),
+        .target(name: "PCI", dependencies: ["CShim", "VFIOUser", "Descriptors", .product(name: "SystemPackage", package: "swift-system")],
+                path: "Sources/PCI", swiftSettings: strict),
         // Transport, endpoint, DMA table, migration state machine.
         .target(
             name: "VFIOUserServer",
             dependencies: [
-                "VFIOUser", "PCI", "CShim", "UnixSocket", "Locking",
+                "VFIOUser", "PCI", "CShim", "UnixSocket", "Locking", "Descriptors",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -86,8 +91,7 @@ let package = Package(
         .target(
             name: "VFIOUserClient",
             dependencies: [
-                "VFIOUser", "CShim", "UnixSocket",
-                .product(name: "SystemPackage", package: "swift-system"),
+                "VFIOUser", "CShim", "UnixSocket", "Descriptors",
             ],
             path: "Sources/VFIOUserClient", swiftSettings: strict),
 
@@ -117,6 +121,7 @@ let package = Package(
         // definitions, discovery, compatibility, the control socket.
         .target(name: "Lifecycle",
                 dependencies: ["PCI", "VFIOUserServer", "UnixSocket", "CShim", "Locking", "TestDevice", "MTTY", "MDPY", "MBochs",
+                               "Descriptors", .product(name: "SystemPackage", package: "swift-system"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Lifecycle", swiftSettings: strict),
 
@@ -124,7 +129,8 @@ let package = Package(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket",
+                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket", "Descriptors",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

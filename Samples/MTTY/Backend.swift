@@ -51,7 +51,8 @@ final class HostLine {
             name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         case .unixSocket(let path):
             let fd: Int32
-            do { fd = try UnixSocket.listen(path: path, backlog: 1, nonBlocking: true) } catch {
+            // The line owns the listener from here (closed in deinit).
+            do { fd = try UnixSocket.listen(path: path, backlog: 1, nonBlocking: true).release().rawValue } catch {
                 throw DeviceError(error.errno, error.description)
             }
             listener = fd

@@ -1,7 +1,9 @@
-import Foundation
 import CShim
+import Descriptors
+import Foundation
 import Glibc
 import PCI
+import SystemPackage
 import UnixSocket
 
 /// One request on the control socket (Protocol/CONTROL.md). Which fields
@@ -102,20 +104,21 @@ public enum ControlWire {
     /// A client has this long to send its whole request.
     public static let requestTimeout: Double = 5
 
-    /// Sends `request` (and `descriptor`) to the daemon at `path` and waits for its answer.
-    public static func call(_ request: ControlRequest, path: String, descriptor: Int32? = nil,
+    /// Sends `request` (and a copy of `descriptor`, which stays the
+    /// caller's) to the daemon at `path` and waits for its answer.
+    public static func call(_ request: ControlRequest, path: String, descriptor: FileDescriptor? = nil,
                             timeout: Double = 3700) throws(LifecycleError) -> ControlResponse {
-        let fd: Int32
-        do { fd = try UnixSocket.connect(path: path) } catch {
+        let connection: OwnedDescriptor
+        do { connection = try UnixSocket.connect(path: path) } catch {
             throw LifecycleError(.system, "no umdev daemon at \(path) (\(String(cString: strerror(error.errno)))); start one with `umdev daemon`")
         }
-        defer { close(fd) }
+        let fd = connection.rawValue   // closed with `connection`
         var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         guard let body = try? JSONEncoder().encode(request) else { throw LifecycleError(.invalid, "cannot encode the request") }
         let bytes = Array(body) + [0x0a]
         let sent = bytes.withUnsafeBytes { b in
-            var fds = [descriptor ?? -1]
+            var fds = [descriptor?.rawValue ?? -1]
             return umdev_sendmsg(fd, b.baseAddress, b.count, &fds, descriptor == nil ? 0 : 1)
         }
         guard sent == bytes.count else {

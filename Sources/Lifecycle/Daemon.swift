@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import PCI
 import Locking
+import SystemPackage
 import UnixSocket
 import VFIOUserServer
 
@@ -21,7 +22,7 @@ public struct DaemonConfiguration: Sendable {
     public var maxControlClients = 16
     /// A listening control socket handed in (socket activation), used
     /// instead of creating one at `controlSocket`; its file is left alone.
-    public var inheritedControlSocket: Int32?
+    public var inheritedControlSocket: FileDescriptor?
 
     public init(runDirectory: String, configDirectory: String) {
         self.runDirectory = runDirectory
@@ -87,15 +88,15 @@ public final class Daemon: @unchecked Sendable {
         for dir in [configuration.runDirectory, configuration.configDirectory] { try Self.makePrivateDirectory(dir) }
         store = DefinitionStore(directory: configuration.configDirectory)
         let path = configuration.controlSocket
+        // The control state owns the listener from here; `stop` closes it.
         let fd: Int32
         if let inherited = configuration.inheritedControlSocket {
-            fd = inherited
+            fd = inherited.rawValue
         } else {
-            if let fd = try? UnixSocket.connect(path: path) {
-                close(fd)
+            if (try? UnixSocket.connect(path: path)) != nil {
                 throw LifecycleError(.exists, "a umdev daemon already answers on \(path)")
             }
-            do { fd = try UnixSocket.listen(path: path, backlog: 32) } catch {
+            do { fd = try UnixSocket.listen(path: path, backlog: 32).release().rawValue } catch {
                 throw LifecycleError(.system, "cannot listen on \(path): \(String(cString: strerror(error.errno)))")
             }
         }
@@ -180,7 +181,8 @@ public final class Daemon: @unchecked Sendable {
             let listenFD = control.withLock { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
             let c: Int32
-            do { c = try UnixSocket.accept(listenFD) } catch {
+            // The client's thread owns the connection from here.
+            do { c = try UnixSocket.accept(FileDescriptor(rawValue: listenFD)).release().rawValue } catch {
                 if !control.withLock({ $0.stopped }) { logger.error("control socket: \(error)") }
                 return
             }

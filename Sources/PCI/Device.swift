@@ -1,5 +1,6 @@
 @_exported import VFIOUser
 import Glibc
+import SystemPackage
 
 /// The contract between a device model and the vfio-user server.
 ///
@@ -23,14 +24,15 @@ public struct Region: Sendable {
         public init(offset: UInt64, size: UInt64) { self.offset = offset; self.size = size }
     }
 
-    /// Memory the client may map: a file descriptor (usually a memfd), the
-    /// offset of the region inside it, and the mappable areas.
+    /// Memory the client may map: a file descriptor (usually a memfd, which
+    /// the device owns; replies send a copy), the offset of the region
+    /// inside it, and the mappable areas.
     public struct Mapping: Sendable {
-        public var fd: Int32
+        public var fd: FileDescriptor
         public var fileOffset: UInt64
         /// Empty means the whole region.
         public var areas: [Area]
-        public init(fd: Int32, fileOffset: UInt64 = 0, areas: [Area] = []) {
+        public init(fd: FileDescriptor, fileOffset: UInt64 = 0, areas: [Area] = []) {
             self.fd = fd; self.fileOffset = fileOffset; self.areas = areas
         }
     }

@@ -1,5 +1,7 @@
 import CShim
+import Descriptors
 import Glibc
+import SystemPackage
 
 /// Device memory the client can map: a memfd of `size` bytes, mapped into
 /// this process too. Pages are committed only when touched, so a 64 MiB
@@ -9,7 +11,9 @@ import Glibc
 /// file under this process's mapping (which would turn a later access here
 /// into SIGBUS).
 public final class SharedMemory {
-    public let fd: Int32
+    private let descriptor: OwnedDescriptor
+    /// The memfd (this object owns it; a reply sends a copy).
+    public var fd: FileDescriptor { descriptor.fileDescriptor }
     public let size: Int
     public let base: UnsafeMutableRawPointer
 
@@ -31,14 +35,13 @@ public final class SharedMemory {
             close(fd)
             throw DeviceError(e, "mmap of \(name) failed")
         }
-        self.fd = fd
+        descriptor = OwnedDescriptor(adopting: FileDescriptor(rawValue: fd))
         self.size = size
         self.base = p
     }
 
     deinit {
         munmap(base, size)
-        close(fd)
     }
 
     /// Zeroes the memory by giving its pages back to the kernel (later reads
@@ -51,7 +54,7 @@ public final class SharedMemory {
     /// the memory really costs; a sparse, untouched memfd reports 0.
     public var committedBytes: Int {
         var st = stat()
-        guard fstat(fd, &st) == 0 else { return -1 }
+        guard fstat(fd.rawValue, &st) == 0 else { return -1 }
         return Int(st.st_blocks) * 512
     }
 
@@ -67,9 +70,9 @@ public final class SharedMemory {
         var out: [UInt8] = [0, 0, 0, 0]
         var count: UInt32 = 0
         let seekData = umdev_seek_data, seekHole = umdev_seek_hole
-        var at = lseek(fd, 0, seekData)
+        var at = lseek(fd.rawValue, 0, seekData)
         while at >= 0 && Int(at) < size {
-            let end = min(Int(lseek(fd, at, seekHole)), size)
+            let end = min(Int(lseek(fd.rawValue, at, seekHole)), size)
             var page = Int(at) / Self.pageSize
             while page * Self.pageSize < end {
                 let bytes = UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: Self.pageSize)
@@ -81,7 +84,7 @@ public final class SharedMemory {
                 page += 1
             }
             if end >= size { break }
-            at = lseek(fd, off_t(end), seekData)
+            at = lseek(fd.rawValue, off_t(end), seekData)
         }
         for i in 0..<4 { out[i] = UInt8(truncatingIfNeeded: count >> (8 * UInt32(i))) }
         return out

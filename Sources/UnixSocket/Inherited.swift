@@ -1,19 +1,22 @@
 import Glibc
+import SystemPackage
 
 /// A descriptor this process was given (`--fd`, socket activation, a
 /// handover), checked before use: it must be an AF_UNIX stream socket,
 /// either listening or connected.
 public enum InheritedSocket: Equatable, Sendable {
     /// Listening: accept clients on it.
-    case listening(Int32)
+    case listening(FileDescriptor)
     /// Already connected to the client.
-    case connected(Int32)
+    case connected(FileDescriptor)
 
-    public var fd: Int32 {
+    /// The descriptor (the process was given it; whoever serves on it owns it).
+    public var fd: FileDescriptor {
         switch self { case .listening(let fd), .connected(let fd): return fd }
     }
 
-    /// What `fd` is, or why it cannot be served on. Marks it close-on-exec.
+    /// What descriptor number `fd` (from a command line or the environment)
+    /// is, or why it cannot be served on. Marks it close-on-exec.
     public static func check(_ fd: Int32) throws(SocketError) -> InheritedSocket {
         guard fd >= 0, fcntl(fd, F_GETFD) >= 0 else {
             throw SocketError(errno: EBADF, message: "descriptor \(fd) is not open", explained: true)
@@ -37,7 +40,7 @@ public enum InheritedSocket: Equatable, Sendable {
             throw SocketError(errno: ESOCKTNOSUPPORT, message: "descriptor \(fd) is a UNIX socket but not a stream socket", explained: true)
         }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        if option(SO_ACCEPTCONN) == 1 { return .listening(fd) }
+        if option(SO_ACCEPTCONN) == 1 { return .listening(FileDescriptor(rawValue: fd)) }
         // A stream socket that neither listens nor has a peer serves nobody.
         var address = sockaddr_un()
         var length = socklen_t(MemoryLayout<sockaddr_un>.size)
@@ -47,11 +50,12 @@ public enum InheritedSocket: Equatable, Sendable {
         guard connected else {
             throw SocketError(errno: ENOTCONN, message: "descriptor \(fd) is a UNIX stream socket that neither listens nor is connected", explained: true)
         }
-        return .connected(fd)
+        return .connected(FileDescriptor(rawValue: fd))
     }
 
     /// The filesystem path a listening socket is bound to, when it has one.
-    public static func boundPath(_ fd: Int32) -> String? {
+    public static func boundPath(_ socket: FileDescriptor) -> String? {
+        let fd = socket.rawValue
         var address = sockaddr_un()
         var length = socklen_t(MemoryLayout<sockaddr_un>.size)
         let ok = withUnsafeMutablePointer(to: &address) {

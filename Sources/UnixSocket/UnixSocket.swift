@@ -1,5 +1,7 @@
 import CShim
+import Descriptors
 import Glibc
+import SystemPackage
 
 /// A socket call that failed: errno and what was being done.
 public struct SocketError: Error, Sendable, CustomStringConvertible {
@@ -23,7 +25,7 @@ public enum UnixSocket {
     /// 0600 by default) from the moment it exists. A stale socket left there
     /// by an earlier run is replaced; any other kind of file is left alone
     /// (EEXIST). The file appears only once the socket accepts connections.
-    public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false, mode: mode_t = 0o600) throws(SocketError) -> Int32 {
+    public static func listen(path: String, backlog: Int32 = 8, nonBlocking: Bool = false, mode: mode_t = 0o600) throws(SocketError) -> OwnedDescriptor {
         var st = stat()
         if lstat(path, &st) == 0 {
             let kind = st.st_mode & S_IFMT
@@ -59,24 +61,24 @@ public enum UnixSocket {
             close(fd)
             throw SocketError(errno: e, message: "cannot listen on \(path)")
         }
-        return fd
+        return OwnedDescriptor(adopting: FileDescriptor(rawValue: fd))
     }
 
     /// Accepts the next connection on `listener` (close-on-exec), retrying
     /// when interrupted or when a peer gave up before it was accepted.
-    public static func accept(_ listener: Int32) throws(SocketError) -> Int32 {
+    public static func accept(_ listener: FileDescriptor) throws(SocketError) -> OwnedDescriptor {
         while true {
             // Close-on-exec from the start: a process another thread spawns
             // meanwhile must not inherit (and so hold open) the connection.
-            let c = umdev_accept_cloexec(listener)
-            if c >= 0 { return c }
+            let c = umdev_accept_cloexec(listener.rawValue)
+            if c >= 0 { return OwnedDescriptor(adopting: FileDescriptor(rawValue: c)) }
             if errno == EINTR || errno == ECONNABORTED { continue }
             throw SocketError(errno: errno, message: "accept")
         }
     }
 
     /// Connects to the listener at `path`.
-    public static func connect(path: String) throws(SocketError) -> Int32 {
+    public static func connect(path: String) throws(SocketError) -> OwnedDescriptor {
         let fd = try open(nonBlocking: false)
         let rc = try withAddress(path) { Glibc.connect(fd, $0, $1) }
         guard rc == 0 else {
@@ -84,7 +86,7 @@ public enum UnixSocket {
             close(fd)
             throw SocketError(errno: e, message: "cannot connect to \(path)")
         }
-        return fd
+        return OwnedDescriptor(adopting: FileDescriptor(rawValue: fd))
     }
 
     private static func open(nonBlocking: Bool) throws(SocketError) -> Int32 {

@@ -1,4 +1,5 @@
 import CShim
+import Descriptors
 import Glibc
 import UnixSocket
 import VFIOUser
@@ -94,14 +95,14 @@ public final class VFIOUserClient {
 
     /// Connects to the server socket at `path`.
     public convenience init(path: String) throws(ClientError) {
-        let fd: Int32
-        do { fd = try UnixSocket.connect(path: path) } catch { throw .system(error.errno, error.message) }
-        self.init(connected: fd)
+        let connection: OwnedDescriptor
+        do { connection = try UnixSocket.connect(path: path) } catch { throw .system(error.errno, error.message) }
+        self.init(connected: connection)
     }
 
-    /// Wraps an already connected socket (takes ownership).
-    public init(connected fd: Int32) {
-        socket = fd
+    /// Serves over an already connected socket, which the client owns from here.
+    public init(connected connection: consuming OwnedDescriptor) {
+        socket = connection.release().rawValue   // closed in deinit
         wire = nil
         sendBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
         receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)

@@ -1,3 +1,4 @@
+import Descriptors
 import Glibc
 import PCI
 import VFIOUser
@@ -26,9 +27,9 @@ public final class DMATable {
     init(maxWindows: Int) { self.maxWindows = maxWindows }
     deinit { removeAll() }
 
-    /// Adds a window; `fd` (consumed: always closed here) is mmapped when >= 0.
-    func map(_ m: DMAMap, fd: Int32) throws(ProtocolError) {
-        defer { if fd >= 0 { close(fd) } }
+    /// Adds a window, mmapping `fd` when there is one; the descriptor is
+    /// closed when this returns (the mapping keeps the memory).
+    func map(_ m: DMAMap, fd: consuming OwnedDescriptor?) throws(ProtocolError) {
         let end = m.address &+ m.size
         let at = windows.firstIndex { $0.address >= m.address } ?? windows.count
         if at < windows.count, windows[at].address < (end == 0 ? UInt64.max : end) {
@@ -39,10 +40,10 @@ public final class DMATable {
         }
         guard windows.count < maxWindows else { throw ProtocolError(ENOSPC, "max_dma_maps windows already mapped") }
         var w = Window(address: m.address, size: m.size, flags: m.flags, mapping: nil)
-        if fd >= 0 {
+        if let fd {
             guard m.size <= UInt64(Int.max), m.offset <= UInt64(Int64.max) else { throw .invalid("DMA_MAP too large to mmap") }
             var st = stat()
-            guard fstat(fd, &st) == 0 else { throw ProtocolError(errno, "fstat of DMA descriptor failed") }
+            guard fstat(fd.rawValue, &st) == 0 else { throw ProtocolError(errno, "fstat of DMA descriptor failed") }
             if (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_size) < m.offset + m.size {
                 throw .invalid("DMA_MAP range lies beyond the end of the file")
             }
@@ -50,7 +51,7 @@ public final class DMATable {
             if m.flags & VFIO.dmaMapRead != 0 { prot |= PROT_READ }
             if m.flags & VFIO.dmaMapWrite != 0 { prot |= PROT_WRITE }
             if prot == 0 { prot = PROT_NONE }
-            let p = mmap(nil, Int(m.size), prot, MAP_SHARED, fd, off_t(m.offset))
+            let p = mmap(nil, Int(m.size), prot, MAP_SHARED, fd.rawValue, off_t(m.offset))
             guard let p, p != MAP_FAILED else { throw ProtocolError(errno == 0 ? EINVAL : errno, "mmap of DMA descriptor failed") }
             w.mapping = p
         }

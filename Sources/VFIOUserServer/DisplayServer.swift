@@ -1,8 +1,10 @@
 import CShim
+import Descriptors
 import Glibc
+import Locking
 import Logging
 import PCI
-import Locking
+import SystemPackage
 import UnixSocket
 import VFIOUser
 
@@ -38,9 +40,10 @@ public final class DisplayServer: @unchecked Sendable {
         self.description = description
         self.path = path
         self.logger = logger
-        let fd: Int32
-        do { fd = try UnixSocket.listen(path: path, backlog: 16) } catch { throw DeviceError(error.errno, error.description) }
-        state = Locked(State(listen: fd))
+        let listener: OwnedDescriptor
+        do { listener = try UnixSocket.listen(path: path, backlog: 16) } catch { throw DeviceError(error.errno, error.description) }
+        // The state owns it from here: `stop` shuts it down and closes it.
+        state = Locked(State(listen: listener.release().rawValue))
     }
 
     /// Viewers connected now.
@@ -63,7 +66,8 @@ public final class DisplayServer: @unchecked Sendable {
             let listenFD = state.withLock { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
             let c: Int32
-            do { c = try UnixSocket.accept(listenFD) } catch {
+            // The viewer's thread owns the connection from here.
+            do { c = try UnixSocket.accept(FileDescriptor(rawValue: listenFD)).release().rawValue } catch {
                 if !state.withLock({ $0.stopped }) { logger.error("display socket: \(error)") }
                 return
             }

@@ -1,7 +1,9 @@
 import CShim
+import Descriptors
 import Glibc
 import Logging
 import PCI
+import SystemPackage
 import VFIOUser
 
 /// A device as served: the model, its type name, and the state that
@@ -101,8 +103,8 @@ public struct DeviceDescription: Sendable {
         w.u32(UInt32(irqs.count))
     }
 
-    /// DEVICE_GET_REGION_INFO's reply; returns the descriptor to attach or -1.
-    func regionInfo(index: UInt32, argsz: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> Int32 {
+    /// DEVICE_GET_REGION_INFO's reply; returns the descriptor to attach, if any (the device's).
+    func regionInfo(index: UInt32, argsz: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> FileDescriptor? {
         guard Int(index) < regions.count else { throw ProtocolError.invalid("region index out of range") }
         return try RegionInfoReply.encode(regions[Int(index)], index: index, argsz: argsz, into: &w)
     }
@@ -364,8 +366,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .dmaMap(let m):
-            let fd = fdCount == 1 ? transport.takeFD(0) : -1
-            try dma.map(m, fd: fd)
+            try dma.map(m, fd: fdCount == 1 ? transport.takeFD(0) : nil)
             try reply(w, to: h)
 
         case .dmaUnmap(let u):
@@ -377,9 +378,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             _ = try host.description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, writer: &w, transport: transport)
 
         case .deviceSetIRQs(let s):
-            var taken = [Int32]()
-            if fdCount > 0 { for i in 0..<fdCount { taken.append(transport.takeFD(i)) } }
-            try taken.withUnsafeBufferPointer { (fds) throws(ProtocolError) in try interrupts.apply(s, fds: fds) }
+            try interrupts.apply(s, fds: transport.takeFDs(fdCount))
             if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
             try reply(w, to: h)
 
@@ -539,8 +538,8 @@ final class GuestMemory<Channel: MessageChannel, Clock: MonotonicClock>: DMAAcce
 /// chain (SPARSE_MMAP for mappable regions, TYPE for typed ones), truncated
 /// to what the client offered (QEMU's first ask is argsz 32).
 enum RegionInfoReply {
-    /// Writes the reply payload; returns the descriptor to attach or -1.
-    static func encode(_ r: Region, index: UInt32, argsz: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> Int32 {
+    /// Writes the reply payload; returns the descriptor to attach, if any (the device's).
+    static func encode(_ r: Region, index: UInt32, argsz: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> FileDescriptor? {
         var capsLength = 0
         if let m = r.mapping { capsLength += 16 + 16 * max(1, m.areas.count) }
         if r.type != nil { capsLength += 16 }
@@ -554,7 +553,7 @@ enum RegionInfoReply {
         w.u32(UInt32(needed)); w.u32(flags); w.u32(index)
         w.u32(capsLength > 0 && fits ? 32 : 0)
         w.u64(r.size); w.u64(r.mapping?.fileOffset ?? 0)
-        guard fits, capsLength > 0 else { return -1 }
+        guard fits, capsLength > 0 else { return nil }
         if let m = r.mapping {
             let areas = m.areas.isEmpty ? [Region.Area(offset: 0, size: r.size)] : m.areas
             // The TYPE capability, if any, follows the sparse areas.
@@ -567,7 +566,7 @@ enum RegionInfoReply {
             w.u16(VFIO.regionCapType); w.u16(1); w.u32(0)
             w.u32(t.type); w.u32(t.subtype)
         }
-        return r.mapping?.fd ?? -1
+        return r.mapping?.fd
     }
 }
 

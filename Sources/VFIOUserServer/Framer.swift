@@ -1,4 +1,5 @@
 import CShim
+import Descriptors
 import Glibc
 import VFIOUser
 
@@ -66,11 +67,18 @@ public final class MessageFramer {
         }
     }
 
-    /// Hands descriptor `i` of the last message to the caller (it will not be closed here).
-    public func takeFD(_ i: Int) -> Int32 {
-        let fd = fds[i]
-        fds[i] = -1
-        return fd
+    /// Hands descriptor `i` of the last message to the caller (nil: none there).
+    public func takeFD(_ i: Int) -> OwnedDescriptor? {
+        guard fds.indices.contains(i) else { return nil }
+        defer { fds[i] = -1 }
+        return OwnedDescriptor(adoptingRaw: fds[i])
+    }
+
+    /// Hands the first `count` descriptors of the last message to the caller, as one batch.
+    public func takeFDs(_ count: Int) -> ReceivedDescriptors {
+        var raw: [Int32] = []
+        for i in 0..<min(count, fds.count) { raw.append(fds[i]); fds[i] = -1 }
+        return ReceivedDescriptors(adoptingRaw: raw)
     }
 
     /// Installs descriptors as those of the current message (a deferred

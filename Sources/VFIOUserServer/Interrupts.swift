@@ -1,6 +1,8 @@
+import Descriptors
 import Glibc
-import PCI
 import Locking
+import PCI
+import SystemPackage
 import VFIOUser
 
 /// The server side of DEVICE_SET_IRQS: which eventfd each vector signals,
@@ -38,7 +40,8 @@ public final class InterruptState: InterruptSink {
     /// Keeps the shared REQ descriptor in step with vector 0 of REQ.
     private func publishRequestLine(_ i: Int) {
         guard i == IRQIndex.req.rawValue, let requestLine, !vectors[i].isEmpty else { return }
-        requestLine.attach(vectors[i][0].trigger)
+        let trigger = vectors[i][0].trigger
+        requestLine.attach(trigger >= 0 ? FileDescriptor(rawValue: trigger) : nil)
     }
 
     deinit { closeAll() }
@@ -113,11 +116,9 @@ public final class InterruptState: InterruptSink {
 
     // MARK: SET_IRQS
 
-    /// Applies one validated SET_IRQS. `fds` are the received eventfds (this
-    /// function takes ownership of them, closing any it does not keep).
-    func apply(_ s: SetIRQs, fds: UnsafeBufferPointer<Int32>) throws(ProtocolError) {
-        var owned = true
-        defer { if owned { for fd in fds where fd >= 0 { close(fd) } } }
+    /// Applies one validated SET_IRQS with the eventfds that came with it:
+    /// those it keeps become the vectors'; the rest close with the batch.
+    func apply(_ s: SetIRQs, fds: consuming ReceivedDescriptors) throws(ProtocolError) {
 
         guard Int(s.index) < irqs.count else { throw .invalid("IRQ index out of range") }
         let i = Int(s.index)
@@ -143,10 +144,10 @@ public final class InterruptState: InterruptSink {
 
         switch (action, s.dataType) {
         case (VFIO.irqSetActionTrigger, VFIO.irqSetDataEventfd):
-            owned = false
             for (n, j) in range.enumerated() {
                 if vectors[i][j].trigger >= 0 { close(vectors[i][j].trigger) }
-                vectors[i][j].trigger = fds.isEmpty ? -1 : fds[n]
+                // The vector owns it from here (closed on release or replacement).
+                vectors[i][j].trigger = fds.take(n)?.release().rawValue ?? -1
                 if vectors[i][j].trigger >= 0 && vectors[i][j].pending && !vectors[i][j].masked {
                     fire(i, j)
                 }
@@ -155,12 +156,11 @@ public final class InterruptState: InterruptSink {
         case (VFIO.irqSetActionTrigger, _):
             for j in range where selected(j) { raise(i, j) }
         case (VFIO.irqSetActionMask, VFIO.irqSetDataEventfd), (VFIO.irqSetActionUnmask, VFIO.irqSetDataEventfd):
-            owned = false
             let unmask = action == VFIO.irqSetActionUnmask
             for (n, j) in range.enumerated() {
                 let old = unmask ? vectors[i][j].unmaskFD : vectors[i][j].maskFD
                 if old >= 0 { close(old) }
-                let fd: Int32 = fds.isEmpty ? -1 : fds[n]
+                let fd = fds.take(n)?.release().rawValue ?? -1
                 if unmask { vectors[i][j].unmaskFD = fd } else { vectors[i][j].maskFD = fd }
             }
             watchedChanged = true
@@ -197,9 +197,10 @@ public final class RequestLine: Sendable {
 
     public init() {}
 
-    /// Replaces the descriptor with a duplicate of `trigger` (-1: none).
-    func attach(_ trigger: Int32) {
-        let copy = trigger >= 0 ? fcntl(trigger, F_DUPFD_CLOEXEC, 0) : -1
+    /// Replaces the descriptor with a duplicate of `trigger` (which stays
+    /// its owner's); nil detaches.
+    func attach(_ trigger: FileDescriptor?) {
+        let copy = trigger.map { fcntl($0.rawValue, F_DUPFD_CLOEXEC, 0) } ?? -1
         let old = fd.withLock { current -> Int32 in
             defer { current = copy }
             return current
@@ -220,5 +221,5 @@ public final class RequestLine: Sendable {
     /// Whether a client attached a REQ eventfd.
     public var isAttached: Bool { fd.withLock { $0 >= 0 } }
 
-    deinit { attach(-1) }
+    deinit { attach(nil) }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import PCI
+import SystemPackage
 import VFIOUser
 
 /// What the display-plane messages (Protocol/README.md §22) need from a
@@ -12,7 +13,7 @@ public struct DisplayFacts: Sendable {
     /// The device's published planes.
     public let planes: PlanePublisher?
     /// The memfd dmabuf planes live in (VRAM), handed out by GET_GFX_DMABUF.
-    public let memoryFD: Int32
+    public let memoryFD: FileDescriptor?
 
     public init(device: VFIODevice) {
         if let display = device as? DisplayDevice {
@@ -22,7 +23,7 @@ public struct DisplayFacts: Sendable {
         } else {
             kind = nil
             planes = nil
-            memoryFD = -1
+            memoryFD = nil
         }
     }
 
@@ -73,7 +74,7 @@ public struct DisplayFacts: Sendable {
     /// page-aligned offset in the payload. Errors as the kernel's: ENOTTY
     /// for a device without dmabuf planes, ENOENT for an unknown id, EINVAL
     /// for a buffer that does not start on a page.
-    func dmabuf(id: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> Int32 {
+    func dmabuf(id: UInt32, into w: inout MessageWriter) throws(ProtocolError) -> FileDescriptor? {
         guard kind == .dmabuf, let planes else { throw ProtocolError(ENOTTY, "device has no dmabuf planes") }
         guard let p = planes.recent(id: id) else { throw ProtocolError(ENOENT, "no recent plane has this id") }
         guard p.offset % Limits.pageSize == 0 else { throw .invalid("plane does not start on a page boundary") }

@@ -1,8 +1,10 @@
 import CShim
+import Descriptors
 import Glibc
 import Locking
 import Logging
 import PCI
+import SystemPackage
 import UnixSocket
 import VFIOUser
 
@@ -53,29 +55,30 @@ public final class DeviceServer: @unchecked Sendable {
 
     public convenience init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5,
                             pollMicroseconds: Int = 0) throws(DeviceError) {
-        let fd: Int32
-        do { fd = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
-        self.init(host: host, listening: fd, path: path, ownsSocketFile: true, logger: logger,
+        let listener: OwnedDescriptor
+        do { listener = try UnixSocket.listen(path: path) } catch { throw DeviceError(error.errno, error.description) }
+        self.init(host: host, listening: listener, path: path, ownsSocketFile: true, logger: logger,
                   stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
     }
 
     /// Serves on a socket this process was given already listening (`--fd`,
     /// socket activation): its file, if any, is left in place on stop.
     /// `connected` sockets are served with `serve(connection:)` instead.
-    public convenience init(host: DeviceHost, inheritedListener fd: Int32, logger: Logger, stallTimeout: Double = 5,
-                            pollMicroseconds: Int = 0) {
-        self.init(host: host, listening: fd, path: InheritedSocket.boundPath(fd) ?? "", ownsSocketFile: false, logger: logger,
+    public convenience init(host: DeviceHost, inheritedListener listener: consuming OwnedDescriptor, logger: Logger,
+                            stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+        let path = InheritedSocket.boundPath(listener.fileDescriptor) ?? ""
+        self.init(host: host, listening: listener, path: path, ownsSocketFile: false, logger: logger,
                   stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
     }
 
     /// Serves no listener: only the connection handed to `serve(connection:)`
     /// (`--fd` given a socket already connected to the client).
     public convenience init(host: DeviceHost, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
-        self.init(host: host, listening: -1, path: "", ownsSocketFile: false, logger: logger,
+        self.init(host: host, listening: nil, path: "", ownsSocketFile: false, logger: logger,
                   stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
     }
 
-    private init(host: DeviceHost, listening fd: Int32, path: String, ownsSocketFile: Bool, logger: Logger,
+    private init(host: DeviceHost, listening listener: consuming OwnedDescriptor?, path: String, ownsSocketFile: Bool, logger: Logger,
                  stallTimeout: Double, pollMicroseconds: Int) {
         self.host = host
         self.path = path
@@ -83,7 +86,8 @@ public final class DeviceServer: @unchecked Sendable {
         self.logger = logger
         self.stallTimeout = stallTimeout
         self.pollMicroseconds = max(0, min(pollMicroseconds, 1_000_000))
-        state = State(listen: fd)
+        // The state owns the listener from here: `stop` shuts it down and closes it.
+        state = State(listen: listener?.release().rawValue ?? -1)
         pthread_mutex_init(lock, nil)
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
@@ -123,7 +127,8 @@ public final class DeviceServer: @unchecked Sendable {
             let listenFD = locked { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
             let c: Int32
-            do { c = try UnixSocket.accept(listenFD) } catch {
+            // The session owns the connection from here (closed on release).
+            do { c = try UnixSocket.accept(FileDescriptor(rawValue: listenFD)).release().rawValue } catch {
                 if !locked({ $0.stopped }) { logger.error("\(error)") }
                 return
             }
@@ -158,10 +163,10 @@ public final class DeviceServer: @unchecked Sendable {
         }
     }
 
-    /// Serves one client already connected on `c` (`--fd` given a
+    /// Serves one client already connected on `connection` (`--fd` given a
     /// connected socket) on the calling thread, and returns when it leaves.
-    /// Takes `c` (it is closed here).
-    public func serve(connection c: Int32) {
+    public func serve(connection: consuming OwnedDescriptor) {
+        let c = connection.release().rawValue   // the session's from here, as an accepted one
         let peer = Self.peerPID(c)
         guard case .granted = claim(c, peer: peer) else { close(c); return }
         var tv = timeval(tv_sec: 0, tv_usec: 200_000)

@@ -1,6 +1,8 @@
 import CShim
+import Descriptors
 import Glibc
 import PCI
+import SystemPackage
 import VFIOUser
 
 /// Why a connection ended.
@@ -86,9 +88,11 @@ public final class Transport<Channel: MessageChannel> {
     @inline(__always)
     public func closeFDs() { framer.closeFDs() }
 
-    /// Hands descriptor `i` of the last message to the caller (it will not be closed here).
-    @inline(__always)
-    public func takeFD(_ i: Int) -> Int32 { framer.takeFD(i) }
+    /// Hands descriptor `i` of the last message to the caller (nil: none there).
+    public func takeFD(_ i: Int) -> OwnedDescriptor? { framer.takeFD(i) }
+
+    /// Hands the first `count` descriptors of the last message to the caller, as one batch.
+    public func takeFDs(_ count: Int) -> ReceivedDescriptors { framer.takeFDs(count) }
 
     /// Keeps a copy of `message` (and takes its descriptors) to be returned
     /// again by `receive(includeDeferred: true)`.
@@ -99,7 +103,8 @@ public final class Transport<Channel: MessageChannel> {
             (bytes.baseAddress! + Header.size).copyMemory(from: message.payload.baseAddress!, byteCount: message.payload.count)
         }
         var kept: [Int32] = []
-        for i in 0..<message.fdCount { kept.append(takeFD(i)) }
+        // Held raw until the message is handled again: the transport owns them meanwhile.
+        for i in 0..<message.fdCount { kept.append(takeFD(i)?.release().rawValue ?? -1) }
         deferred.items.append(Deferred(bytes: bytes, fds: kept))
     }
 
@@ -142,13 +147,15 @@ public final class Transport<Channel: MessageChannel> {
         try channel.send(bytes, fds: fds)
     }
 
-    /// Finishes `w` as the successful reply to `h` and sends it, with one
-    /// descriptor when `fd` ≥ 0. Nothing is sent if `h` asked for no reply.
-    public func reply(_ w: MessageWriter, to h: Header, fd: Int32 = -1) throws(TransportEnd) {
+    /// Finishes `w` as the successful reply to `h` and sends it, with a
+    /// copy of `fd` when there is one (the descriptor stays its owner's).
+    /// Nothing is sent if `h` asked for no reply.
+    @inline(__always)
+    public func reply(_ w: MessageWriter, to h: Header, fd: FileDescriptor? = nil) throws(TransportEnd) {
         guard h.wantsReply else { return }
         let n = w.finish(messageID: h.messageID, command: h.command, flags: Header.typeReply)
-        guard fd >= 0 else { return try send(length: n) }
-        var one = fd
+        guard let fd else { return try send(length: n) }
+        var one = fd.rawValue
         try withUnsafePointer(to: &one) { (p) throws(TransportEnd) in try send(length: n, fds: UnsafeBufferPointer(start: p, count: 1)) }
     }
 

@@ -4,6 +4,7 @@ import Glibc
 import Lifecycle
 import Logging
 import ServiceManager
+import SystemPackage
 import UnixSocket
 
 struct DaemonCommand: ParsableCommand {
@@ -61,7 +62,7 @@ struct DaemonCommand: ParsableCommand {
 
     /// The control socket socket activation passed (`umdev.socket`): the
     /// one named "control", or the only one.
-    func activatedControlSocket() throws -> Int32? {
+    func activatedControlSocket() throws -> FileDescriptor? {
         let passed = ServiceManager.listenFDs()
         guard !passed.isEmpty else { return nil }
         guard let chosen = passed.count == 1 ? passed[0] : passed.first(where: { $0.name == "control" }) else {
@@ -97,7 +98,7 @@ struct DaemonCommand: ParsableCommand {
         let daemon: Daemon
         do { daemon = try Daemon(config, logger: logger) } catch { throw CommandFailure(error.message) }
         daemon.start()
-        let control = config.inheritedControlSocket.map { "inherited descriptor \($0)" + (InheritedSocket.boundPath($0).map { " (\($0))" } ?? "") }
+        let control = config.inheritedControlSocket.map { "inherited descriptor \($0.rawValue)" + (InheritedSocket.boundPath($0).map { " (\($0))" } ?? "") }
             ?? config.controlSocket
         logger.notice("control socket \(control)")
         ServiceManager.notify("READY=1\nSTATUS=control socket \(control); \(daemon.instanceCount) instance(s) running")

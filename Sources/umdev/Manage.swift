@@ -1,9 +1,11 @@
 import ArgumentParser
 import CommandSupport
+import Descriptors
 import Foundation
 import Glibc
 import Lifecycle
 import PCI
+import SystemPackage
 import VFIOUser
 
 // The lifecycle commands: each sends one request to the daemon's control
@@ -23,7 +25,7 @@ struct ControlOptions: ParsableArguments {
     var controlSocket: String { (runDirectory ?? DaemonConfiguration.defaultRunDirectory) + "/control.sock" }
 
     /// The daemon's answer; a refusal becomes this command's one-line error.
-    func call(_ request: ControlRequest, descriptor: Int32? = nil) throws -> ControlResponse {
+    func call(_ request: ControlRequest, descriptor: FileDescriptor? = nil) throws -> ControlResponse {
         let response: ControlResponse
         do { response = try ControlWire.call(request, path: controlSocket, descriptor: descriptor) } catch {
             throw CommandFailure(error.message)
@@ -487,12 +489,12 @@ struct MigrateSave: ParsableCommand {
     @OptionGroup var control: ControlOptions
 
     func run() throws {
-        let fd = open(out, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw CommandFailure("cannot open \(out): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        guard let file = OwnedDescriptor(adoptingRaw: open(out, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)) else {
+            throw CommandFailure("cannot open \(out): \(String(cString: strerror(errno)))")
+        }
         var request = ControlRequest("migrate-save")
         request.uuid = uuid
-        let answer = try control.call(request, descriptor: fd)
+        let answer = try control.call(request, descriptor: file.fileDescriptor)
         if control.dumpjson { return try printJSON(answer) }
         print("\(answer.bytes ?? 0) bytes to \(out)")
     }
@@ -513,12 +515,12 @@ struct MigrateLoad: ParsableCommand {
     @OptionGroup var control: ControlOptions
 
     func run() throws {
-        let fd = open(input, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw CommandFailure("cannot open \(input): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        guard let file = OwnedDescriptor(adoptingRaw: open(input, O_RDONLY | O_CLOEXEC)) else {
+            throw CommandFailure("cannot open \(input): \(String(cString: strerror(errno)))")
+        }
         var request = ControlRequest("migrate-load")
         request.uuid = uuid
-        let answer = try control.call(request, descriptor: fd)
+        let answer = try control.call(request, descriptor: file.fileDescriptor)
         if control.dumpjson { return try printJSON(answer) }
         print("\(answer.bytes ?? 0) bytes from \(input)")
     }
@@ -548,18 +550,17 @@ struct Compat: ParsableCommand {
 
     func run() throws {
         var request = ControlRequest("compat")
-        var fd: Int32 = -1
-        defer { if fd >= 0 { close(fd) } }
+        var file: OwnedDescriptor? = nil
         if let u = UUIDs.canonical(from) {
             request.from = u
         } else {
-            fd = open(from, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw CommandFailure("--from \(from): not a UUID, and \(String(cString: strerror(errno))) opening it as a file") }
+            file = OwnedDescriptor(adoptingRaw: open(from, O_RDONLY | O_CLOEXEC))
+            guard file != nil else { throw CommandFailure("--from \(from): not a UUID, and \(String(cString: strerror(errno))) opening it as a file") }
         }
         if let u = UUIDs.canonical(to) { request.to = u } else { request.type = to }
         request.attrs = try parseAttributes(attr)
         if request.to != nil && request.attrs != nil { throw ValidationError("--attr goes with a type; a running instance has its own") }
-        let answer = try control.call(request, descriptor: fd >= 0 ? fd : nil)
+        let answer = try control.call(request, descriptor: file?.fileDescriptor)
         if control.dumpjson {
             try printJSON(answer)
         } else if answer.compatible == true {

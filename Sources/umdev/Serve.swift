@@ -1,11 +1,13 @@
 import ArgumentParser
 import CommandSupport
+import Descriptors
 import Glibc
 import Lifecycle
 import Logging
 import MTTY
 import PCI
 import ServiceManager
+import SystemPackage
 import UnixSocket
 import VFIOUserServer
 
@@ -99,7 +101,7 @@ struct Serve: ParsableCommand {
             server = try DeviceServer(host: host, path: path, logger: logger, pollMicroseconds: pollMicroseconds)
             paths.append(path)
         case .inherited(.listening(let fd)):
-            server = DeviceServer(host: host, inheritedListener: fd, logger: logger, pollMicroseconds: pollMicroseconds)
+            server = DeviceServer(host: host, inheritedListener: OwnedDescriptor(adopting: fd), logger: logger, pollMicroseconds: pollMicroseconds)
         case .inherited(.connected):
             server = DeviceServer(host: host, logger: logger, pollMicroseconds: pollMicroseconds)
         }
@@ -119,15 +121,15 @@ struct Serve: ParsableCommand {
         let place: String
         switch endpoint {
         case .path(let path): place = path
-        case .inherited(.listening(let fd)): place = "inherited descriptor \(fd)" + (socketPath.map { " (\($0))" } ?? "")
-        case .inherited(.connected(let fd)): place = "inherited descriptor \(fd), connected to its client"
+        case .inherited(.listening(let fd)): place = "inherited descriptor \(fd.rawValue)" + (socketPath.map { " (\($0))" } ?? "")
+        case .inherited(.connected(let fd)): place = "inherited descriptor \(fd.rawValue), connected to its client"
         }
         logger.notice("serving \(kind.id) on \(place)")
         // Once listening: the exact option that attaches it, for a person or a script.
         if let socketPath { print(qemuOption(socketPath)); fflush(nil) }
         ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) on \(place)")
         if case .inherited(.connected(let fd)) = endpoint {
-            server.serve(connection: fd)
+            server.serve(connection: OwnedDescriptor(adopting: fd))
             logger.notice("the client left; a connected socket serves no one else")
             server.stop()
             return

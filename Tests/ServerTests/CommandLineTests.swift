@@ -91,8 +91,8 @@ struct MTTYSocketBackendTests {
         try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [guest.intx])
         try guest.startup(1)
         // The host peer connects to the port's socket.
-        let peer = try UnixSocket.connect(path: path)
-        defer { close(peer) }
+        let connection = try UnixSocket.connect(path: path)
+        let peer = connection.rawValue
         // Host → guest: accepted and delivered on the server's thread, with an interrupt.
         let msg = Array("ping".utf8)
         #expect(write(peer, msg, msg.count) == msg.count)

@@ -12,7 +12,7 @@ final class RawControl {
     let fd: Int32
 
     init(_ d: TestDaemon) throws {
-        fd = try UnixSocket.connect(path: d.socket)
+        fd = try UnixSocket.connect(path: d.socket).release().rawValue   // closed in deinit
         var tv = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }

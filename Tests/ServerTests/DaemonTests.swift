@@ -4,6 +4,7 @@ import Lifecycle
 import Logging
 import PCI
 import Synchronization
+import SystemPackage
 import Testing
 import UnixSocket
 import VFIOUser
@@ -48,7 +49,7 @@ final class TestDaemon: @unchecked Sendable {
     var socket: String { configuration.controlSocket }
 
     func call(_ request: ControlRequest, descriptor: Int32? = nil) throws -> ControlResponse {
-        try ControlWire.call(request, path: socket, descriptor: descriptor, timeout: 30)
+        try ControlWire.call(request, path: socket, descriptor: descriptor.map { FileDescriptor(rawValue: $0) }, timeout: 30)
     }
 
     func request(_ name: String, _ fill: (inout ControlRequest) -> Void = { _ in }) throws -> ControlResponse {
