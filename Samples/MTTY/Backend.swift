@@ -25,8 +25,9 @@ public enum SerialBackend: Sendable, Equatable {
 }
 
 /// The host side of a non-loopback port: a pty master, or a listening
-/// socket and its one accepted peer. Non-blocking descriptors, serviced on
-/// the device's owner thread.
+/// socket and its one accepted peer. Non-blocking descriptors, read and
+/// written only in `service`, which the owner thread calls when poll(2)
+/// reports them ready; `send`, on the register-access path, only queues.
 final class HostLine {
     let kind: SerialBackend
     /// Where a user connects: the pty slave path or the socket path.
@@ -106,16 +107,24 @@ final class HostLine {
         return n > 0 ? Array(buffer[0..<n]) : []
     }
 
-    /// Sends a transmitted byte to the host (queued while the host is slow).
+    /// Queues a transmitted byte for the host. No syscall: this runs on a
+    /// register access (a THR write), and the host side may be slow or not
+    /// reading at all. The byte is written when the owner thread services
+    /// the line: `pollRequests` asks POLLOUT while bytes wait, and `service`
+    /// flushes on it. Past `maxPendingOutput` bytes are dropped, as a wire
+    /// nobody listens on loses them; with no peer they go nowhere.
     func send(_ byte: UInt8) {
         guard line >= 0 else { return }
         if pendingOutput.count < HostLine.maxPendingOutput { pendingOutput.append(byte) }
-        flush()
     }
 
+    /// Writes what the host will take now (non-blocking); the rest waits
+    /// for the next POLLOUT. Called from `service` only, on the owner thread.
     func flush() {
         guard line >= 0, !pendingOutput.isEmpty else { return }
         let n = pendingOutput.withUnsafeBytes { Glibc.write(line, $0.baseAddress, $0.count) }
-        if n > 0 { pendingOutput.removeFirst(n) }
+        guard n > 0 else { return }
+        // Keep the buffer: the next transmitted byte should not allocate.
+        if n == pendingOutput.count { pendingOutput.removeAll(keepingCapacity: true) } else { pendingOutput.removeFirst(n) }
     }
 }

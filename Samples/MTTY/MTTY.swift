@@ -124,7 +124,11 @@ public final class MTTY: VFIODevice {
         return 0
     }
 
-    /// A byte the guest sent: to the host line, or back to the receiver (the sample's echo).
+    /// A byte the guest sent: queued for the host line, or back to the
+    /// receiver (the sample's echo). Never a syscall: the host line writes
+    /// it when the owner thread services POLLOUT (`serviceEvent`). What the
+    /// guest sees (THRE, TEMT, the THRE interrupt) is the UART's doing and
+    /// does not wait for the host to take the byte.
     private func transmit(_ byte: UInt8, port: Int, now: UInt64) {
         if let line = lines[port] {
             line.send(byte)
