@@ -66,12 +66,12 @@ final class HostLine {
         if case .unixSocket(let path) = kind { unlink(path) }
     }
 
-    /// Descriptors to poll and for what.
-    func pollRequests() -> [(fd: Int32, events: Int16)] {
-        var out: [(Int32, Int16)] = []
-        if listener >= 0 && line < 0 { out.append((listener, Int16(POLLIN))) }
-        if line >= 0 { out.append((line, Int16(POLLIN) | (pendingOutput.isEmpty ? 0 : Int16(POLLOUT)))) }
-        return out
+    /// The descriptor to poll and for what: the listener until a peer
+    /// comes, then the line, with POLLOUT while output waits.
+    var pollRequest: (fd: Int32, events: Int16)? {
+        if line >= 0 { return (line, Int16(POLLIN) | (pendingOutput.isEmpty ? 0 : Int16(POLLOUT))) }
+        if listener >= 0 { return (listener, Int16(POLLIN)) }
+        return nil
     }
 
     /// Services `fd` if it is one of ours: accepts a waiting peer, flushes
@@ -110,7 +110,7 @@ final class HostLine {
     /// Queues a transmitted byte for the host. No syscall: this runs on a
     /// register access (a THR write), and the host side may be slow or not
     /// reading at all. The byte is written when the owner thread services
-    /// the line: `pollRequests` asks POLLOUT while bytes wait, and `service`
+    /// the line: `pollRequest` asks POLLOUT while bytes wait, and `service`
     /// flushes on it. Past `maxPendingOutput` bytes are dropped, as a wire
     /// nobody listens on loses them; with no peer they go nowhere.
     func send(_ byte: UInt8) {
