@@ -122,7 +122,13 @@ final class HostLine {
     /// for the next POLLOUT. Called from `service` only, on the owner thread.
     func flush() {
         guard line >= 0, !pendingOutput.isEmpty else { return }
-        let n = pendingOutput.withUnsafeBytes { Glibc.write(line, $0.baseAddress, $0.count) }
+        let fd = line
+        let socket = listener >= 0
+        // A socket peer that left is EPIPE, not SIGPIPE: POLLOUT comes with
+        // its POLLHUP, and the read that follows closes the line.
+        let n = pendingOutput.withUnsafeBytes {
+            socket ? Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) : Glibc.write(fd, $0.baseAddress, $0.count)
+        }
         guard n > 0 else { return }
         // Keep the buffer: the next transmitted byte should not allocate.
         if n == pendingOutput.count { pendingOutput.removeAll(keepingCapacity: true) } else { pendingOutput.removeFirst(n) }

@@ -49,6 +49,20 @@ struct MTTYHostLineTests {
         #expect(events(d, line) == Int16(POLLIN))
     }
 
+    @Test func aSocketPeerThatLeftWithOutputQueuedIsClosedWithoutASignal() throws {
+        let path = "/tmp/umdev-mtty-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let d = try MTTY(ports: 1, backends: [.unixSocket(path)])
+        let peer = try UnixSocket.connect(path: path)
+        let listener = try #require(d.pollRequests().first).fd
+        d.serviceEvent(fd: listener, revents: Int16(POLLIN))
+        let line = try #require(d.pollRequests().first).fd
+        write(d, 0, UInt64(UART16550.Register.data), 0x78)
+        close(peer)
+        // The flush meets EPIPE (a SIGPIPE would end this process); the read sees the end.
+        d.serviceEvent(fd: line, revents: Int16(POLLOUT | POLLHUP))
+        #expect(d.pollRequests().map(\.fd) == [listener])
+    }
+
     @Test func aPtyNobodyReadsStallsNoAccessAndLosesNothingThatFits() throws {
         let d = try MTTY(ports: 1, backends: [.pty])
         let sink = SpySink()
