@@ -170,7 +170,7 @@ let package = Package(
             path: "Tests/ServerTests",
             resources: [],
             swiftSettings: strict),
-        .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI"], path: "Tests/MTTYTests",
+        .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI", "CShim", "UnixSocket"], path: "Tests/MTTYTests",
                     swiftSettings: strict),
         .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI", "Viewer", "VFIOUser"], path: "Tests/DisplayTests",
                     swiftSettings: strict),

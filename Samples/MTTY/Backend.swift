@@ -25,8 +25,9 @@ public enum SerialBackend: Sendable, Equatable {
 }
 
 /// The host side of a non-loopback port: a pty master, or a listening
-/// socket and its one accepted peer. Non-blocking descriptors, serviced on
-/// the device's owner thread.
+/// socket and its one accepted peer. Non-blocking descriptors, read and
+/// written only in `service`, which the owner thread calls when poll(2)
+/// reports them ready; `send`, on the register-access path, only queues.
 final class HostLine {
     let kind: SerialBackend
     /// Where a user connects: the pty slave path or the socket path.
@@ -66,12 +67,12 @@ final class HostLine {
         if case .unixSocket(let path) = kind { unlink(path) }
     }
 
-    /// Descriptors to poll and for what.
-    func pollRequests() -> [(fd: Int32, events: Int16)] {
-        var out: [(Int32, Int16)] = []
-        if listener >= 0 && line < 0 { out.append((listener, Int16(POLLIN))) }
-        if line >= 0 { out.append((line, Int16(POLLIN) | (pendingOutput.isEmpty ? 0 : Int16(POLLOUT)))) }
-        return out
+    /// The descriptor to poll and for what: the listener until a peer
+    /// comes, then the line, with POLLOUT while output waits.
+    var pollRequest: (fd: Int32, events: Int16)? {
+        if line >= 0 { return (line, Int16(POLLIN) | (pendingOutput.isEmpty ? 0 : Int16(POLLOUT))) }
+        if listener >= 0 { return (listener, Int16(POLLIN)) }
+        return nil
     }
 
     /// Services `fd` if it is one of ours: accepts a waiting peer, flushes
@@ -107,16 +108,30 @@ final class HostLine {
         return n > 0 ? Array(buffer[0..<n]) : []
     }
 
-    /// Sends a transmitted byte to the host (queued while the host is slow).
+    /// Queues a transmitted byte for the host. No syscall: this runs on a
+    /// register access (a THR write), and the host side may be slow or not
+    /// reading at all. The byte is written when the owner thread services
+    /// the line: `pollRequest` asks POLLOUT while bytes wait, and `service`
+    /// flushes on it. Past `maxPendingOutput` bytes are dropped, as a wire
+    /// nobody listens on loses them; with no peer they go nowhere.
     func send(_ byte: UInt8) {
         guard line >= 0 else { return }
         if pendingOutput.count < HostLine.maxPendingOutput { pendingOutput.append(byte) }
-        flush()
     }
 
+    /// Writes what the host will take now (non-blocking); the rest waits
+    /// for the next POLLOUT. Called from `service` only, on the owner thread.
     func flush() {
         guard line >= 0, !pendingOutput.isEmpty else { return }
-        let n = pendingOutput.withUnsafeBytes { Glibc.write(line, $0.baseAddress, $0.count) }
-        if n > 0 { pendingOutput.removeFirst(n) }
+        let fd = line
+        let socket = listener >= 0
+        // A socket peer that left is EPIPE, not SIGPIPE: POLLOUT comes with
+        // its POLLHUP, and the read that follows closes the line.
+        let n = pendingOutput.withUnsafeBytes {
+            socket ? Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) : Glibc.write(fd, $0.baseAddress, $0.count)
+        }
+        guard n > 0 else { return }
+        // Keep the buffer: the next transmitted byte should not allocate.
+        if n == pendingOutput.count { pendingOutput.removeAll(keepingCapacity: true) } else { pendingOutput.removeFirst(n) }
     }
 }

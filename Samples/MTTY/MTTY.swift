@@ -32,6 +32,8 @@ public final class MTTY: VFIODevice {
     /// The level last reported on INTx, so only changes are sent.
     @exclusivity(unchecked) private var intxLevel = false
     @exclusivity(unchecked) private var running = true
+    /// What `pollRequests` answers, reused from one ask to the next.
+    @exclusivity(unchecked) private var pollSet: [(fd: Int32, events: Int16)] = []
 
     public let regions: [Region]
     /// INTx (maskable, automasked), and MSI with one vector as the sample reports at the VFIO level.
@@ -73,6 +75,7 @@ public final class MTTY: VFIODevice {
         }
         lines = made
         hasHostEvents = made.contains { $0 != nil }
+        pollSet.reserveCapacity(ports)
 
         config.setIdentity(vendor: Self.vendorID, device: Self.deviceID, subsystemVendor: Self.vendorID,
                            subsystem: Self.deviceID, classCode: Self.classCode, revision: Self.revision)
@@ -124,7 +127,11 @@ public final class MTTY: VFIODevice {
         return 0
     }
 
-    /// A byte the guest sent: to the host line, or back to the receiver (the sample's echo).
+    /// A byte the guest sent: queued for the host line, or back to the
+    /// receiver (the sample's echo). Never a syscall: the host line writes
+    /// it when the owner thread services POLLOUT (`serviceEvent`). What the
+    /// guest sees (THRE, TEMT, the THRE interrupt) is the UART's doing and
+    /// does not wait for the host to take the byte.
     private func transmit(_ byte: UInt8, port: Int, now: UInt64) {
         if let line = lines[port] {
             line.send(byte)
@@ -144,18 +151,19 @@ public final class MTTY: VFIODevice {
 
     // MARK: Host side
 
+    /// Asked before every wait of the owner thread. Built in a kept array:
+    /// the caller has let go of the last answer by the next ask, so this
+    /// allocates nothing after the first.
     public func pollRequests() -> [(fd: Int32, events: Int16)] {
-        var out: [(fd: Int32, events: Int16)] = []
+        pollSet.removeAll(keepingCapacity: true)
         for (p, line) in lines.enumerated() {
-            guard let line else { continue }
-            for r in line.pollRequests() {
-                // Stop reading while the receive FIFO is full or the device is stopped.
-                let wantsInput = running && ports[p].receiveSpace > 0
-                let events = r.events & ~(wantsInput ? 0 : Int16(POLLIN))
-                if events != 0 { out.append((r.fd, events)) }
-            }
+            guard let r = line?.pollRequest else { continue }
+            // Stop reading while the receive FIFO is full or the device is stopped.
+            let wantsInput = running && ports[p].receiveSpace > 0
+            let events = r.events & ~(wantsInput ? 0 : Int16(POLLIN))
+            if events != 0 { pollSet.append((r.fd, events)) }
         }
-        return out
+        return pollSet
     }
 
     public func serviceEvent(fd: Int32, revents: Int16) {

@@ -5,9 +5,32 @@ import SystemPackage
 /// The contract between a device model and the vfio-user server.
 ///
 /// A device model is a plain state machine: the server calls it on the
-/// connection's thread, one call at a time, and the model answers with no
-/// syscalls of its own. Interrupts and DMA go back through the two small
-/// protocols below; the model never sees sockets or eventfds.
+/// connection's thread (the device's owner), one call at a time.
+///
+/// On the register-access path (`read`, `write`, and every other call a
+/// request makes: `reset`, `saveState`, `restoreState`, `setRunning`) a
+/// model does no I/O of its own: it reads and writes no descriptor and
+/// never waits on the host. What such a call can still cost in syscalls
+/// is the server's, made on the same thread through the two small
+/// protocols below:
+/// - `InterruptSink`: an edge the client has not masked is a write(2) to
+///   the client's eventfd;
+/// - `DMAAccess`: a copy from a window the client mapped, or, for memory it
+///   did not map, a DMA_READ/DMA_WRITE round trip on the socket, which
+///   waits for the client's reply.
+/// A model that reads the time reads CLOCK_MONOTONIC (`monotonicNanoseconds`,
+/// served from the vDSO on the usual clock sources).
+///
+/// Host-side I/O (a pty, a socket the model owns) happens only in
+/// `serviceEvent`, which the owner thread calls when poll(2) says one of
+/// the model's descriptors is ready. An access that has output for the
+/// host queues it and says so in `pollRequests` (POLLOUT); the server asks
+/// `pollRequests` afresh before every wait, so the next poll includes it
+/// and the bytes go out on the owner's next pass, never inside the access.
+/// A host that stops reading therefore costs the guest nothing but the
+/// model's own queue limit.
+///
+/// The model never sees the client's socket or its eventfds.
 
 /// One region as DEVICE_GET_REGION_INFO describes it.
 public struct Region: Sendable {
@@ -150,11 +173,17 @@ public protocol VFIODevice: AnyObject {
     func restoreState(_ bytes: [UInt8], version: Int) throws(DeviceError)
 
     /// Whether the device has host-side descriptors (pty, socket backends)
-    /// for the server to poll. Read on every message, so keep it cheap.
+    /// for the server to poll. Read on every message, so keep it cheap (a
+    /// stored constant); false means `pollRequests` is never asked, and the
+    /// server's loop costs such a device nothing per message.
     var hasHostEvents: Bool { get }
-    /// The descriptors to poll now, with poll(2) events; asked only when `hasHostEvents`.
+    /// The descriptors to poll now, with poll(2) events; asked only when
+    /// `hasHostEvents`, before every wait of the owner thread, so it
+    /// reflects what the last access changed (POLLOUT while output is
+    /// queued, POLLIN only while there is room for input). No syscalls.
     func pollRequests() -> [(fd: Int32, events: Int16)]
-    /// A polled descriptor is ready; called on the owner thread.
+    /// A polled descriptor is ready; called on the owner thread, between
+    /// requests. The only place a model reads or writes its descriptors.
     func serviceEvent(fd: Int32, revents: Int16)
     /// A CLOCK_MONOTONIC time (ns) at which `timerExpired` must run, if any
     /// (the UART's receive timeout).

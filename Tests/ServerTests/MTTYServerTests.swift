@@ -2,8 +2,10 @@ import CShim
 import Glibc
 import MTTY
 import Testing
+import UnixSocket
 import VFIOUser
 import VFIOUserClient
+import VFIOUserServer
 
 /// Drives mtty over a real socket the way Linux's 8250 driver does.
 final class Guest8250 {
@@ -250,6 +252,32 @@ struct MTTYServerTests {
         var rx: [UInt8] = []
         while try guest.inb(0, 5) & 0x01 != 0 { rx.append(try guest.inb(0, 0)) }
         #expect(rx == msg)
+    }
+}
+
+@Suite("mtty host lines through the endpoint")
+struct MTTYEndpointHostLineTests {
+    /// A THR write only queues its byte; the endpoint asks the device's
+    /// poll set afresh before each wait, so the next poll has POLLOUT for
+    /// the line and the bytes go out then, after the replies.
+    @Test func queuedOutputGoesOutOnTheEndpointsNextPoll() throws {
+        let path = socketPath("line")
+        let device = try MTTY(ports: 1, backends: [.unixSocket(path)])
+        let peer = try UnixSocket.connect(path: path)
+        defer { close(peer) }
+        let m = MemoryPeer(device, type: "mtty-1")
+        try m.negotiate() // the same pass accepts the waiting peer
+        // Ten THR writes in one read, as a client posting them would send.
+        var batch: [UInt8] = []
+        for (i, b) in "hello host".utf8.enumerated() {
+            batch += rawMessage(id: UInt16(200 + i), command: Command.regionWrite.rawValue, payload: le64(0) + le32(0) + le32(1) + [b])
+        }
+        let replies = try m.exchange(batch)
+        #expect(replies.count == 10 && replies.allSatisfy { $0.header.isReply && !$0.header.isError })
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = recv(peer, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+        #expect(Array(buffer[0..<max(0, n)]) == Array("hello host".utf8))
+        #expect(try m.read(region: 0, offset: 5, count: 1) == 0x60) // THRE | TEMT
     }
 }
 
