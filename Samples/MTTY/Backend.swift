@@ -35,6 +35,10 @@ final class HostLine {
     private var listener: Int32 = -1
     /// The descriptor bytes flow through (pty master, or the accepted peer).
     private(set) var line: Int32 = -1
+    /// A pty's slave end, held open so the master never reports a hang-up
+    /// (POLLHUP on every poll, a spinning thread) while no user has it open,
+    /// or after one closes it.
+    private var heldSlave: Int32 = -1
     /// Transmitted bytes the host has not taken yet (bounded).
     private var pendingOutput: [UInt8] = []
     static let maxPendingOutput = 64 * 1024
@@ -46,9 +50,11 @@ final class HostLine {
             name = "loopback"
         case .pty:
             var buffer = [CChar](repeating: 0, count: 128)
-            let fd = umdev_open_pty(&buffer, buffer.count)
+            var slave: Int32 = -1
+            let fd = umdev_open_pty(&buffer, buffer.count, &slave)
             guard fd >= 0 else { throw DeviceError(errno, "cannot open a pty") }
             line = fd
+            heldSlave = slave
             name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         case .unixSocket(let path):
             let fd: Int32
@@ -62,6 +68,7 @@ final class HostLine {
     }
 
     deinit {
+        if heldSlave >= 0 { close(heldSlave) }
         if line >= 0 { close(line) }
         if listener >= 0 { close(listener) }
         if case .unixSocket(let path) = kind { unlink(path) }

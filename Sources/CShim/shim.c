@@ -145,7 +145,7 @@ ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
 int umdev_msg_dontwait(void) { return MSG_DONTWAIT; }
 
 /// posix_openpt + grantpt + unlockpt, master in raw mode, non-blocking.
-int umdev_open_pty(char *name, size_t namelen) {
+int umdev_open_pty(char *name, size_t namelen, int *slave) {
     int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
     if (m < 0) return -1;
     if (grantpt(m) != 0 || unlockpt(m) != 0 || ptsname_r(m, name, namelen) != 0) {
@@ -153,10 +153,9 @@ int umdev_open_pty(char *name, size_t namelen) {
     }
     struct termios t;
     int s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (s >= 0) {
-        if (tcgetattr(s, &t) == 0) { cfmakeraw(&t); tcsetattr(s, TCSANOW, &t); }
-        close(s);
-    }
+    if (s < 0) { int e = errno; close(m); errno = e; return -1; }
+    if (tcgetattr(s, &t) == 0) { cfmakeraw(&t); tcsetattr(s, TCSANOW, &t); }
+    *slave = s;
     return m;
 }
 

@@ -23,7 +23,7 @@ struct MTTYHostLineTests {
     @Test func aTHRWriteQueuesTheByteAndPOLLOUTDeliversIt() throws {
         let path = "/tmp/umdev-mtty-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let d = try MTTY(ports: 1, backends: [.unixSocket(path)])
-        let peer = try UnixSocket.connect(path: path)
+        let peer = try UnixSocket.connect(path: path).release().rawValue
         defer { close(peer) }
         // The listener is readable: the owner thread accepts the peer.
         let listening = d.pollRequests()
@@ -52,7 +52,7 @@ struct MTTYHostLineTests {
     @Test func aSocketPeerThatLeftWithOutputQueuedIsClosedWithoutASignal() throws {
         let path = "/tmp/umdev-mtty-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let d = try MTTY(ports: 1, backends: [.unixSocket(path)])
-        let peer = try UnixSocket.connect(path: path)
+        let peer = try UnixSocket.connect(path: path).release().rawValue
         let listener = try #require(d.pollRequests().first).fd
         d.serviceEvent(fd: listener, revents: Int16(POLLIN))
         let line = try #require(d.pollRequests().first).fd
@@ -61,6 +61,22 @@ struct MTTYHostLineTests {
         // The flush meets EPIPE (a SIGPIPE would end this process); the read sees the end.
         d.serviceEvent(fd: line, revents: Int16(POLLOUT | POLLHUP))
         #expect(d.pollRequests().map(\.fd) == [listener])
+    }
+
+    /// A pty master whose slave nobody has open reports a hang-up on every
+    /// poll; the server's thread, polling it, would spin at a full core
+    /// while a client is attached. The line holds a slave of its own.
+    @Test func aPtyNobodyOpenedIsQuietToPoll() throws {
+        let d = try MTTY(ports: 1, backends: [.pty])
+        var set = d.pollRequests().map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
+        try #require(set.count == 1)
+        #expect(poll(&set, nfds_t(set.count), 0) == 0, "revents \(set[0].revents)")
+        // A user who opens the slave and leaves again does not make it hang up either.
+        let user = open(try #require(d.backendNames[0]), O_RDWR | O_NOCTTY)
+        try #require(user >= 0)
+        close(user)
+        set[0].revents = 0
+        #expect(poll(&set, nfds_t(set.count), 0) == 0, "revents \(set[0].revents)")
     }
 
     @Test func aPtyNobodyReadsStallsNoAccessAndLosesNothingThatFits() throws {

@@ -263,7 +263,7 @@ struct MTTYEndpointHostLineTests {
     @Test func queuedOutputGoesOutOnTheEndpointsNextPoll() throws {
         let path = socketPath("line")
         let device = try MTTY(ports: 1, backends: [.unixSocket(path)])
-        let peer = try UnixSocket.connect(path: path)
+        let peer = try UnixSocket.connect(path: path).release().rawValue
         defer { close(peer) }
         let m = MemoryPeer(device, type: "mtty-1")
         try m.negotiate() // the same pass accepts the waiting peer

@@ -57,8 +57,11 @@ pid_t umdev_peer_pid(int sock);
 /// MSG_DONTWAIT, which Swift's Glibc module imports as an enum case.
 int umdev_msg_dontwait(void);
 
-/// posix_openpt + grantpt + unlockpt, master in raw mode, non-blocking.
-int umdev_open_pty(char *name, size_t namelen);
+/// posix_openpt + grantpt + unlockpt, the line in raw mode, the master
+/// non-blocking. `*slave` is a descriptor of the slave end for the caller
+/// to hold open: without one the master reports POLLHUP until a user opens
+/// the slave, and a poll loop on it would spin.
+int umdev_open_pty(char *name, size_t namelen, int *slave);
 
 /// Sets a descriptor (a pty slave the tests open) to raw mode.
 int umdev_make_raw(int fd);
