@@ -314,17 +314,18 @@ struct DaemonInstanceTests {
         #expect(try d.list().first?.state == "attached")
         #expect(try d.list().first?.clientPID == getpid())
         let answer = Mutex<ControlResponse?>(nil)
+        let answered = DispatchSemaphore(value: 0)
         let stopper = Thread {
             let r = try? d.stop(i.uuid)
             answer.withLock { $0 = r }
+            answered.signal()
         }
         stopper.start()
         #expect(waitSignal(req, ms: 5000) == 1)          // the client is asked to release the device
         #expect(answer.withLock { $0 } == nil)            // and stop waits for it
         expectAlive(c)
         c.disconnect()                                         // the client lets go, as QEMU unplugging
-        let deadline = Date().addingTimeInterval(5)
-        while answer.withLock({ $0 }) == nil && Date() < deadline { usleep(10_000) }
+        #expect(answered.wait(timeout: .now() + 20) == .success, "stop did not answer once the client left")
         let r = try #require(answer.withLock { $0 })
         #expect(r.ok && r.released == "released")
         #expect(try d.list().isEmpty)
