@@ -420,9 +420,8 @@ struct DaemonInstanceTests {
             try c.negotiate()
             try c.write8(region: 0, offset: 7, 0x5a)        // scratch register
             #expect(try c.read8(region: 0, offset: 7) == 0x5a)
-            c.disconnect()
+            #expect(leave(c, instance: i.uuid, of: d))
         }
-        #expect(waitDetached(d, i.uuid))
         #expect(try d.request("reset") { $0.uuid = i.uuid }.ok)
         let c = try VFIOUserClient(path: i.socket)
         try c.negotiate()
@@ -430,13 +429,11 @@ struct DaemonInstanceTests {
     }
 }
 
-/// Waits until the daemon reports no client on `uuid`.
-func waitDetached(_ d: TestDaemon, _ uuid: String) -> Bool {
-    for _ in 0..<200 {
-        if (try? d.request("attribute-get", { $0.uuid = uuid; $0.name = "state" }).value) == "running" { return true }
-        usleep(10_000)
-    }
-    return false
+/// `client` leaves instance `uuid` and the daemon has seen it go: once the
+/// server has closed its end (`leave`), the device is released, so the
+/// daemon reports no client at the first asking.
+func leave(_ client: VFIOUserClient, instance uuid: String, of d: TestDaemon) -> Bool {
+    leave(client) && (try? d.request("attribute-get", { $0.uuid = uuid; $0.name = "state" }).value) == "running"
 }
 
 /// The first detailed timing of an EDID block, "WxH".

@@ -85,3 +85,23 @@ final class NotifySocket {
         unlink(path)
     }
 }
+
+/// The client leaves as QEMU does, and this returns once the server has
+/// seen it go: the client shuts down its sending side, so the server's
+/// session reads the end of the stream, releases the device and only then
+/// closes its end (DeviceServer's `release`), which is the end of stream
+/// this waits for. Anything the server still sends is read and dropped.
+/// False when the server has not closed within `seconds`.
+func leave(_ client: VFIOUserClient, seconds: Double = 20) -> Bool {
+    shutdown(client.socket, Int32(SHUT_WR))
+    let deadline = DispatchTime.now() + seconds
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while DispatchTime.now() < deadline {
+        guard pollFor(client.socket, seconds: Double(millisecondsLeft(deadline)) / 1000) != 0 else { return false }
+        let n = recv(client.socket, &buf, buf.count, Int32(MSG_DONTWAIT))
+        if n == 0 { return true }
+        if n < 0 && errno == ECONNRESET { return true }   // it closed with our bytes unread: gone all the same
+        if n < 0 && errno != EINTR && errno != EAGAIN { return false }
+    }
+    return false
+}
