@@ -155,8 +155,11 @@ final class ControlConnection: @unchecked Sendable {
         self.daemon = daemon
     }
 
-    func serve() {
-        defer { close(socket) }
+    /// Serves the request, then calls `done` and closes: by the time the
+    /// client sees its connection end, `done` (the daemon giving back its
+    /// place among the control clients) has happened.
+    func serve(then done: () -> Void) {
+        defer { done(); close(socket) }
         var descriptor: Int32?
         defer { if let d = descriptor { close(d) } }
         let response: ControlResponse

@@ -199,8 +199,9 @@ public final class Daemon: @unchecked Sendable {
             }
             let connection = ControlConnection(socket: c, daemon: self)
             let thread = Threads.start(detached: true) {
-                connection.serve()
-                connection.daemon.control.withLock { $0.clients -= 1 }
+                // The place is given back before the socket closes, so a
+                // client that has read its answer to the end may come straight back.
+                connection.serve { connection.daemon.control.withLock { $0.clients -= 1 } }
             }
             if thread == nil {
                 control.withLock { $0.clients -= 1 }

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Logging
 import PCI
+import ServiceManager
 import VFIOUser
 import VFIOUserClient
 import Viewer
@@ -21,7 +22,10 @@ struct View: ParsableCommand {
           --png FILE   one device: writes the plane as an 8-bit RGB PNG and exits. A
                        disabled plane (the guest shows nothing) is an error, exit status
                        1. --wait-change first waits until the picture or the plane
-                       changes and then holds still for 90 ms, up to --timeout seconds.
+                       changes and then holds still for 90 ms, up to --timeout seconds;
+                       it says READY=1 on $NOTIFY_SOCKET (sd_notify) once it has taken
+                       the picture it compares with, so whoever changes the screen
+                       knows the change will be seen.
 
           --vnc HOST:PORT
                        one device: a VNC server (RFB, on libvncserver) showing the
@@ -102,6 +106,8 @@ struct View: ParsableCommand {
         let deadline = monotonicSeconds() + timeout
         var reference = first
         var snapshot = Self.copy(first)
+        // Any change from here on is seen: a script (or a test) waiting to draw may go.
+        ServiceManager.notify("READY=1\nSTATUS=waiting up to \(timeout) s for the picture to change")
         var changed = false
         var stillPolls = 0
         while monotonicSeconds() < deadline {

@@ -15,10 +15,14 @@ struct DaemonCLITests {
         let daemon = Process()
         daemon.executableURL = URL(fileURLWithPath: umdevExecutable())
         daemon.arguments = ["daemon", "--config-dir", root + "/config", "--budget", "mtty=4", "--log-level", "warning"] + run
+        // The test is the service manager: the daemon says READY=1 once its control socket listens.
+        let manager = try NotifySocket()
+        daemon.environment = ProcessInfo.processInfo.environment.merging(manager.environment) { $1 }
         try daemon.run()
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        try #require(manager.waitReady("umdev daemon", exited: { !daemon.isRunning }) != nil)
         var st = stat()
-        for _ in 0..<500 where stat(root + "/run/control.sock", &st) != 0 { usleep(10_000) }
+        #expect(stat(root + "/run/control.sock", &st) == 0)
 
         // types: mdevctl's shape, with the configured budget.
         let types = try umdev(["types", "--dumpjson"] + run)

@@ -210,9 +210,8 @@ struct DaemonCompatTests {
             let c = try VFIOUserClient(path: a.socket)
             try c.negotiate()
             try c.write8(region: 0, offset: 7, 0xa5)          // scratch register
-            c.disconnect()
+            #expect(leave(c, instance: a.uuid, of: d))
         }
-        #expect(waitDetached(d, a.uuid))
         let path = d.root + "/a.state"
         let out = open(path, O_WRONLY | O_CREAT, 0o600)
         var save = ControlRequest("migrate-save")

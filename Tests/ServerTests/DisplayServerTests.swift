@@ -140,8 +140,9 @@ struct DisplayServerTests {
             let c = try VFIOUserClient(path: server.path)
             try c.negotiate()
             for i in 0..<(try c.deviceInfo().regionCount) { let r = try c.regionInfo(i); if r.fd >= 0 { close(r.fd) } }
+            // Both are measured idle: each session over, its device released.
+            #expect(leave(c), "\(server.path): the session did not end")
         }
-        usleep(100_000)
         let idle = Self.rss(mbochs.pid), base = Self.rss(baseline.pid)
         #expect(idle.total > 0 && base.total > 0)
         #expect(idle.total - base.total < 4096, "mbochs-large \(idle.total) KiB, mtty-1 \(base.total) KiB")

@@ -10,10 +10,13 @@ struct ViewCommandTests {
     /// The scripted guest, from the benchmark tool.
     static func playGuest(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(["play-guest"] + arguments, program: "umdev-bench") }
 
-    /// A served display device, once its display socket is there too.
+    /// A served display device, once its display socket is there too: `umdev
+    /// serve` says READY=1 after every socket it serves listens.
     static func serve(_ type: String) throws -> ServerProcess {
-        let server = try ServerProcess(type: type)
-        for _ in 0..<500 where access(server.path + ".display", F_OK) != 0 { usleep(10_000) }
+        let manager = try NotifySocket()
+        let server = try ServerProcess(type: type, environment: manager.environment)
+        try #require(manager.waitReady("umdev serve --type \(type)", exited: { !server.isRunning }) != nil)
+        #expect(access(server.path + ".display", F_OK) == 0)
         return server
     }
 
@@ -89,9 +92,13 @@ struct ViewCommandTests {
         view.executableURL = URL(fileURLWithPath: umdevExecutable())
         view.arguments = ["view", "--socket", server.path + ".display", "--png", png, "--wait-change", "--timeout", "20"]
         view.standardOutput = FileHandle.nullDevice
+        // READY=1: the viewer has taken the gray ramp it compares with, so the guest may draw.
+        let manager = try NotifySocket()
+        view.environment = ProcessInfo.processInfo.environment.merging(manager.environment) { $1 }
         try view.run()
-        usleep(400_000)
-        #expect(view.isRunning)   // still looking at the gray ramp
+        defer { if view.isRunning { kill(view.processIdentifier, SIGKILL) } }
+        try #require(manager.waitReady("umdev view --wait-change", exited: { !view.isRunning }) != nil)
+        #expect(view.isRunning)   // still looking at the gray ramp: nothing has changed yet
         #expect(try Self.playGuest(["--socket", server.path, "--seed", "5"]).status == 0)
         view.waitUntilExit()
         #expect(view.terminationStatus == 0)
