@@ -105,8 +105,14 @@ final class ServerProcess {
     let pid: pid_t
     let path: String
 
-    /// `environment` adds to (or overrides) this process's variables.
-    init(type: String, extraArguments: [String] = [], environment: [String: String] = [:]) throws {
+    /// `environment` adds to (or overrides) this process's variables. Returns
+    /// once the server says READY=1 (every socket it serves listens), as
+    /// systemd would hear it; the test's own NOTIFY_SOCKET, if it passes one,
+    /// is left for the test to wait on.
+    init(type: String, extraArguments: [String] = [], environment: [String: String] = [:],
+         sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let manager = environment["NOTIFY_SOCKET"] == nil ? try NotifySocket() : nil
+        let environment = environment.merging(manager?.environment ?? [:]) { $1 }
         path = socketPath(type)
         let argv = [umdevExecutable(), "serve", "--type", type, "--socket", path, "--log-level", "critical"] + extraArguments
         var actions = posix_spawn_file_actions_t()
@@ -124,7 +130,11 @@ final class ServerProcess {
         let rc = posix_spawn(&child, argv[0], &actions, nil, &cArgs, &cEnv)
         guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(argv[0])") }
         pid = child
-        for _ in 0..<500 where access(path, F_OK) != 0 { usleep(10_000) }
+        if let manager {
+            let pid = child
+            manager.waitReady("umdev serve --type \(type)", exited: { waitpid(pid, nil, WNOHANG) != 0 },
+                              sourceLocation: sourceLocation)
+        }
     }
 
     var isRunning: Bool {
