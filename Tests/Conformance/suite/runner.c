@@ -81,6 +81,7 @@ static int server_start(const struct options *o, char *why, size_t whylen) {
             server_pid = -1;
             return -1;
         }
+        /* Any server, so no readiness protocol to wait on: look again soon. */
         usleep(5000);
     }
     snprintf(why, whylen, "the server did not create %s within 10 s", o->socket);
@@ -92,7 +93,7 @@ static void server_kill(void) {
     kill(-server_pid, SIGTERM);
     for (int i = 0; i < 200; i++) {
         if (waitpid(server_pid, NULL, WNOHANG) == server_pid) { server_pid = -1; return; }
-        usleep(5000);
+        usleep(5000);   /* waitpid has no timeout: give it a second before SIGKILL */
     }
     kill(-server_pid, SIGKILL);
     waitpid(server_pid, NULL, 0);
@@ -105,7 +106,7 @@ static int server_exited(double seconds, int *status) {
     double deadline = now_seconds() + seconds;
     do {
         if (waitpid(server_pid, status, WNOHANG) == server_pid) { server_pid = -1; return 1; }
-        if (seconds > 0) usleep(1000);
+        if (seconds > 0) usleep(1000);   /* waitpid has no timeout */
     } while (now_seconds() < deadline);
     return 0;
 }

@@ -163,7 +163,7 @@ static void partial_message_reassembled(void **state) {
     memcpy(m + 16, &info_req, 16);
     for (size_t i = 0; i < sizeof(m); i++) {
         assert_int_equal(send_bytes(c, m + i, 1, NULL, 0), 0);
-        usleep(100);
+        usleep(100);   /* real time is the point: let each byte be a read of its own */
     }
     struct reply r;
     assert_int_equal(recv_msg(c, &r, 5000), 0);
@@ -341,7 +341,7 @@ static void header_then_payload_later(void **state) {
     CONN;
     struct vu_header h = { .msg_id = 55, .command = VU_DEVICE_GET_INFO, .msg_size = 32 };
     assert_int_equal(send_bytes(c, &h, 16, NULL, 0), 0);
-    usleep(50000);
+    usleep(50000);   /* real time is the point: the server reads the header alone */
     assert_int_equal(send_bytes(c, &info_req, 16, NULL, 0), 0);
     struct reply r;
     assert_int_equal(recv_msg(c, &r, g_timeout_ms), 0);
