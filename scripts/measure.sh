@@ -29,7 +29,8 @@ done
 
 serve_under() { # $1 = type; the rest = wrapper command; starts the server, waits for its socket
     local type=$1; shift
-    "$@" ${served:-$bin} serve --type "$type" --socket "$sock" --log-level error 2>>/tmp/umdev-measure-server.log &
+    # Its stdout (the -device line it prints) would land among the figures.
+    "$@" ${served:-$bin} serve --type "$type" --socket "$sock" --log-level error >/dev/null 2>>/tmp/umdev-measure-server.log &
     pid=$!
     for _ in $(seq 600); do [ -S "$sock" ] && return; sleep 0.1; done
     echo "server did not start" >&2; exit 1
