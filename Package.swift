@@ -164,7 +164,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",
-            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket", "Lifecycle",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket", "Lifecycle", "Descriptors",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Tests/ServerTests",

@@ -61,3 +61,25 @@ public struct ReceivedDescriptors: ~Copyable {
 
     deinit { for fd in fds where fd >= 0 { try? FileDescriptor(rawValue: fd).close() } }
 }
+
+/// A descriptor owned by whoever holds a reference to it, closed when the
+/// last one lets go: for results that are copied around (a region's info,
+/// a dmabuf's answer), where a non-copyable owner does not fit.
+public final class SharedDescriptor: Sendable {
+    /// The descriptor, to use while a reference is held.
+    public let fileDescriptor: FileDescriptor
+
+    /// Takes over `owned`.
+    public init(_ owned: consuming OwnedDescriptor) { fileDescriptor = owned.release() }
+
+    /// Takes over the raw descriptor `fd`; nil when it is negative (none).
+    public convenience init?(adoptingRaw fd: CInt) {
+        guard let owned = OwnedDescriptor(adoptingRaw: fd) else { return nil }
+        self.init(owned)
+    }
+
+    /// The raw descriptor number, for system calls.
+    public var rawValue: CInt { fileDescriptor.rawValue }
+
+    deinit { try? fileDescriptor.close() }
+}

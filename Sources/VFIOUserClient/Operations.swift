@@ -1,3 +1,4 @@
+import Descriptors
 import Glibc
 import VFIOUser
 
@@ -22,8 +23,11 @@ public struct RegionInfo: Sendable {
     public var sparseAreas: [(offset: UInt64, size: UInt64)] = []
     /// TYPE capability.
     public var type: (type: UInt32, subtype: UInt32)?
-    /// The region's descriptor when MMAP was granted (caller closes it).
-    public var fd: Int32 = -1
+    /// The region's descriptor when MMAP was granted; closed when the last
+    /// copy of this info (or of the reference) goes.
+    public var descriptor: SharedDescriptor?
+    /// `descriptor`'s number, or -1: valid while `descriptor` is held.
+    public var fd: Int32 { descriptor?.rawValue ?? -1 }
 
     public var readable: Bool { flags & VFIO.regionFlagRead != 0 }
     public var writable: Bool { flags & VFIO.regionFlagWrite != 0 }
@@ -78,7 +82,6 @@ extension VFIOUserClient {
     public func regionInfo(_ index: UInt32, argsz: UInt32 = 32) throws(ClientError) -> RegionInfo {
         var info = try regionInfoOnce(index, argsz: argsz)
         if info.argsz > argsz {
-            if info.fd >= 0 { close(info.fd) }
             info = try regionInfoOnce(index, argsz: info.argsz)
         }
         return info
@@ -98,7 +101,7 @@ extension VFIOUserClient {
             throw .malformed("region info reply with \(r.fds.count) descriptors")
         }
         var info = RegionInfo(argsz: r.u32(0), flags: r.u32(4), index: r.u32(8), capabilityOffset: r.u32(12),
-                              size: r.u64(16), offset: r.u64(24), fd: r.fds.first ?? -1)
+                              size: r.u64(16), offset: r.u64(24), descriptor: r.fds.first.flatMap { SharedDescriptor(adoptingRaw: $0) })
         if info.flags & VFIO.regionFlagCaps != 0 {
             var next = Int(info.capabilityOffset)
             var seen = 0

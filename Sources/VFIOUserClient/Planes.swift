@@ -1,3 +1,4 @@
+import Descriptors
 import Glibc
 import VFIOUser
 
@@ -34,9 +35,9 @@ extension VFIOUserClient {
         return nil
     }
 
-    /// GET_GFX_DMABUF: the buffer's descriptor (the caller owns it), and
-    /// where the buffer lies in that file.
-    public func dmabuf(id: UInt32) throws(ClientError) -> (fd: Int32, offset: UInt64, size: UInt64) {
+    /// GET_GFX_DMABUF: the buffer's descriptor (closed when the last
+    /// reference goes), and where the buffer lies in that file.
+    public func dmabuf(id: UInt32) throws(ClientError) -> (descriptor: SharedDescriptor, offset: UInt64, size: UInt64) {
         var p: [UInt8] = []
         p.put32(id)
         let r = try request(.getGfxDmabuf, payload: p)
@@ -45,7 +46,8 @@ extension VFIOUserClient {
             throw .malformed("GET_GFX_DMABUF reply of \(r.payload.count) bytes with \(r.fds.count) descriptors")
         }
         let d = r.payload.withUnsafeBytes { GfxDmabuf($0) }
-        return (r.fds[0], d.offset, d.size)
+        guard let descriptor = SharedDescriptor(adoptingRaw: r.fds[0]) else { throw .malformed("GET_GFX_DMABUF reply without a descriptor") }
+        return (descriptor, d.offset, d.size)
     }
 }
 
@@ -138,7 +140,6 @@ public final class PlaneMapping {
     private func mapRegion(_ index: UInt32) throws(ClientError) -> Mapped {
         if let region, region.index == index { return region.map }
         let info = try client.regionInfo(index)
-        defer { if info.fd >= 0 { close(info.fd) } }
         guard info.mappable, info.fd >= 0, info.size > 0, info.size <= UInt64(Int.max) else {
             throw .malformed("plane region \(index) cannot be mapped")
         }
@@ -153,7 +154,7 @@ public final class PlaneMapping {
            let f = files.first(where: { $0.device == b.device && $0.inode == b.inode }) {
             return (f, b.offset)
         }
-        let d: (fd: Int32, offset: UInt64, size: UInt64)
+        let d: (descriptor: SharedDescriptor, offset: UInt64, size: UInt64)
         do {
             d = try client.dmabuf(id: id)
         } catch {
@@ -162,12 +163,12 @@ public final class PlaneMapping {
             throw error
         }
         dmabufRequests += 1
-        defer { close(d.fd) }
+        let fd = d.descriptor.rawValue
         guard d.size > 0, d.size <= UInt64(Int.max), d.offset % 4096 == 0 else {
             throw .malformed("dmabuf of size \(d.size) at offset \(d.offset)")
         }
         var st = stat()
-        guard fstat(d.fd, &st) == 0 else { throw .system(errno, "fstat of a dmabuf") }
+        guard fstat(fd, &st) == 0 else { throw .system(errno, "fstat of a dmabuf") }
         let device = UInt64(st.st_dev), inode = UInt64(st.st_ino)
         let fileSize = UInt64(max(0, st.st_size))
         guard fileSize >= d.offset + d.size else { throw .malformed("dmabuf \(id) lies beyond the end of its file") }
@@ -179,7 +180,7 @@ public final class PlaneMapping {
             return (hit, d.offset)
         }
         guard fileSize <= UInt64(Int.max) else { throw .malformed("dmabuf file too large to map") }
-        let m = try map(fd: d.fd, offset: 0, length: Int(fileSize), device: device, inode: inode)
+        let m = try map(fd: fd, offset: 0, length: Int(fileSize), device: device, inode: inode)
         if files.count == Self.mappedFiles {
             let evicted = files.removeFirst()
             munmap(evicted.base, evicted.length)

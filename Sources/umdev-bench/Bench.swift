@@ -212,7 +212,6 @@ extension Bench {
         guard let p = mmap(nil, Int(vram.size), PROT_READ | PROT_WRITE, MAP_SHARED, vram.fd, 0), p != MAP_FAILED else {
             throw CommandFailure("cannot map VRAM")
         }
-        close(vram.fd)
         TestPattern.drawXRGB(into: p, width: w, height: h, stride: w * 4, seed: 3)
         munmap(p, Int(vram.size))
         let before = server.rss()

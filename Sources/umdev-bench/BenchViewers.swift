@@ -84,7 +84,6 @@ final class BenchGuest: @unchecked Sendable {
         for r in DispiRegisters.modeSet(width: width, height: height, vramSize: info.size) {
             try client.write16(region: UInt32(MBochs.mmioRegion), offset: r.offset, r.value)
         }
-        defer { close(info.fd) }
         vramSize = Int(info.size)
         guard let p = mmap(nil, vramSize, PROT_READ | PROT_WRITE, MAP_SHARED, info.fd, 0), p != MAP_FAILED else {
             throw CommandFailure("cannot map VRAM")

@@ -43,7 +43,6 @@ struct PlayGuest: ParsableCommand {
         }
         let stride = width * 4
         let bar0 = try c.regionInfo(0)
-        defer { close(bar0.fd) }
         guard bar0.mappable, bar0.fd >= 0, UInt64(offset + stride * height) <= bar0.size else {
             throw CommandFailure("the framebuffer does not fit BAR0")
         }
@@ -71,7 +70,6 @@ struct PlayGuest: ParsableCommand {
         let (w, h) = try parsePair(mode, "x")
         let (x, y) = try parsePair(pan, ",")
         let vram = try c.regionInfo(0)
-        if vram.fd >= 0 { close(vram.fd) }
         let stride = w * 4
         guard w >= 64, h >= 64, stride > 0, UInt64((y + h) * stride + x * 4) <= vram.size else {
             throw ValidationError("mode \(mode) panned to \(pan) does not fit \(vram.size) bytes of VRAM")

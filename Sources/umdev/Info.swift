@@ -33,7 +33,6 @@ struct Info: ParsableCommand {
         let names = ["BAR0", "BAR1", "BAR2", "BAR3", "BAR4", "BAR5", "ROM", "CONFIG", "VGA"]
         for i in 0..<info.regionCount {
             let r = try client.regionInfo(i)
-            defer { if r.fd >= 0 { close(r.fd) } }
             let name = Int(i) < names.count ? names[Int(i)] : r.type.map { $0 == (1, 1) ? "EDID" : "DEVICE-SPECIFIC" } ?? "REGION"
             if r.size == 0 { print("  \(i) \(name): absent"); continue }
             var access: [String] = []

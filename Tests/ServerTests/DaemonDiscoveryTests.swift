@@ -46,7 +46,6 @@ struct DaemonDiscoveryTests {
         var edidRegion: UInt32?
         for r in p.regions {
             let got = try c.regionInfo(UInt32(r.index))
-            if got.fd >= 0 { close(got.fd) }
             #expect(got.size == r.size, "\(type) region \(r.index)")
             #expect(got.readable == r.flags.contains("read") && got.writable == r.flags.contains("write")
                     && got.mappable == r.flags.contains("mmap"), "\(type) region \(r.index) flags")

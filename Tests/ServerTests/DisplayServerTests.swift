@@ -1,4 +1,5 @@
 import CShim
+import Descriptors
 import Foundation
 import Glibc
 import MBochs
@@ -16,15 +17,16 @@ struct DisplayServerTests {
     final class Mapping {
         let base: UnsafeMutableRawPointer
         let size: Int
-        let fd: Int32
+        let descriptor: SharedDescriptor
+        var fd: Int32 { descriptor.rawValue }
         init(_ c: VFIOUserClient, region: Int) throws {
             let info = try c.regionInfo(UInt32(region))
-            guard info.mappable, info.fd >= 0 else { throw ClientError.malformed("region \(region) is not mappable") }
+            guard info.mappable, let descriptor = info.descriptor else { throw ClientError.malformed("region \(region) is not mappable") }
             let p = mmap(nil, Int(info.size), PROT_READ | PROT_WRITE, MAP_SHARED, info.fd, off_t(info.offset))
             guard let p, p != MAP_FAILED else { throw ClientError.system(errno, "mmap") }
-            base = p; size = Int(info.size); fd = info.fd
+            base = p; size = Int(info.size); self.descriptor = descriptor
         }
-        deinit { munmap(base, size); close(fd) }
+        deinit { munmap(base, size) }
         /// Bytes of the file with pages behind them.
         var committed: Int { var st = stat(); fstat(fd, &st); return Int(st.st_blocks) * 512 }
     }
@@ -107,7 +109,6 @@ struct DisplayServerTests {
         #expect(cfg == [0x09, 0, 0x10, 0, 0x58, 0x52, 0x32, 0x34, 0x80, 0x02, 0, 0, 0xe0, 0x01, 0, 0])
         let display = try c.regionInfo(UInt32(MDPY.displayRegion))
         #expect(display.type?.type == 0x8000_1b36 && display.type?.subtype == 1 && display.mappable && display.size == 2 << 20)
-        close(display.fd)
         let fb = try Mapping(c, region: MDPY.displayRegion)
         let row240 = UnsafeRawBufferPointer(start: fb.base + 240 * 2560, count: 2560)
         #expect(row240.allSatisfy { $0 == UInt8(240 * 255 / 480) })
@@ -139,7 +140,7 @@ struct DisplayServerTests {
         for server in [baseline, mbochs] {
             let c = try VFIOUserClient(path: server.path)
             try c.negotiate()
-            for i in 0..<(try c.deviceInfo().regionCount) { let r = try c.regionInfo(i); if r.fd >= 0 { close(r.fd) } }
+            for i in 0..<(try c.deviceInfo().regionCount) { _ = try c.regionInfo(i) }
             // Both are measured idle: each session over, its device released.
             #expect(leave(c), "\(server.path): the session did not end")
         }

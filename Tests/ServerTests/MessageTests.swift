@@ -69,11 +69,9 @@ struct MessageTests {
         #expect(full.flags & VFIO.regionFlagCaps != 0 && full.capabilityOffset == 32)
         #expect(full.sparseAreas.count == 1 && full.sparseAreas[0] == (0, 4096))
         #expect(full.fd >= 0)
-        close(full.fd)
         // Larger argsz: reply only what is needed.
         let roomy = try c.regionInfoOnce(1, argsz: 512)
         #expect(roomy.argsz == 64)
-        close(roomy.fd)
         // Absent and trapped regions
         let absent = try c.regionInfoOnce(3, argsz: 32)
         #expect(absent.size == 0 && absent.flags == 0)
@@ -93,7 +91,7 @@ struct MessageTests {
         let info = try c.regionInfo(1)
         #expect(info.fd >= 0)
         let p = try #require(mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, info.fd, off_t(info.offset)))
-        defer { munmap(p, 4096); close(info.fd) }
+        defer { munmap(p, 4096) }
         try c.write32(region: 1, offset: 0x40, 0xfeed_f00d)
         #expect(p.load(fromByteOffset: 0x40, as: UInt32.self) == 0xfeed_f00d)
         p.storeBytes(of: 0x1234_5678, toByteOffset: 0x80, as: UInt32.self)
