@@ -106,6 +106,9 @@ def main():
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(8)
+    if os.environ.get("BROKEN_SERVER_SAYS_READY"):
+        # For a test that starts this server itself: it is listening now.
+        print("listening", flush=True)
     while True:
         conn, _ = listener.accept()
         try:

@@ -87,12 +87,10 @@ def test_server_that_exits_on_a_bad_version_is_restarted_and_blamed(sock):
 
 
 def test_without_server_cmd_a_dead_server_ends_the_run_with_one_line(sock):
-    server = subprocess.Popen([sys.executable, BROKEN, "exit-on-bad-version", sock])
+    server = subprocess.Popen([sys.executable, BROKEN, "exit-on-bad-version", sock], stdout=subprocess.PIPE,
+                              env=dict(os.environ, BROKEN_SERVER_SAYS_READY="1"), text=True)
     try:
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
+        assert server.stdout.readline() == "listening\n"
         code, out, err = run_suite("--socket", sock, "--timeout", "2")
     finally:
         server.kill()
