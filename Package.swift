@@ -28,6 +28,7 @@ let fuzzTargets: [Target] = fuzzing ? [
                       dependencies: ["VFIOUserServer", "PCI", "CShim", "TestDevice", "MTTY", "MDPY", "MBochs", "FuzzDriver",
                                      .product(name: "Logging", package: "swift-log")],
                       path: "Fuzz/Endpoint", swiftSettings: strict),
+    .executableTarget(name: "fuzz-handover", dependencies: ["Handover", "PCI", "FuzzDriver"], path: "Fuzz/Handover", swiftSettings: strict),
     .executableTarget(name: "fuzz-devices", dependencies: ["PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "FuzzDriver"],
                       path: "Fuzz/Devices", swiftSettings: strict),
 ] : []
@@ -77,6 +78,8 @@ let package = Package(
         // Descriptor ownership in the type: OwnedDescriptor over swift-system's FileDescriptor.
         .target(name: "Descriptors", dependencies: [.product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Descriptors", swiftSettings: strict),
+        // The handover format: what a running umdev hands the process that takes over.
+        .target(name: "Handover", dependencies: ["PCI"], path: "Sources/Handover", swiftSettings: strict),
         .target(name: "PCI", dependencies: ["CShim", "VFIOUser", "Descriptors", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/PCI", swiftSettings: strict),
         // Transport, endpoint, DMA table, migration state machine.
@@ -161,6 +164,8 @@ let package = Package(
             cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]),
 
         .testTarget(name: "VFIOUserTests", dependencies: ["VFIOUser"], path: "Tests/VFIOUserTests",
+                    swiftSettings: strict),
+        .testTarget(name: "HandoverTests", dependencies: ["Handover", "PCI", "MTTY"], path: "Tests/HandoverTests",
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",

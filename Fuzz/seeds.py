@@ -90,9 +90,28 @@ def devices():
     write("devices", bytes([1]) + ops)
 
 
+def handover():
+    """Handovers as Protocol/HANDOVER.md lays them out: byte 0 is how many
+    descriptors came with the bytes."""
+    def section(kind, required, payload):
+        return struct.pack("<HHI", kind, 1 if required else 0, len(payload)) + payload
+
+    def name(s):
+        return bytes([len(s)]) + s.encode()
+
+    writer = section(1, False, name("umdev 0.9") + struct.pack("<I", 4242))
+    listener = section(2, False, struct.pack("<IH", 0, 1) + name("mtty-2/listener"))
+    client = section(2, False, struct.pack("<IH", 1, 2) + name("mtty-2/client"))
+    state = section(3, True, name("mtty-2") + struct.pack("<I", 6) + b"MTTY\x02\x00")
+    unknown = section(999, False, b"\x01\x02\x03")
+    for sections, fds in (([writer, listener, client, state], 2), ([writer, unknown], 0), ([], 0)):
+        write("handover", bytes([fds]) + b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections))
+
+
 if __name__ == "__main__":
     codec_and_endpoint()
     devices()
-    for t in ("codec", "endpoint", "devices"):
+    handover()
+    for t in ("codec", "endpoint", "devices", "handover"):
         d = os.path.join(OUT, t)
         print(t, len(os.listdir(d)), "seeds,", sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)), "bytes")

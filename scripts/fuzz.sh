@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing with libFuzzer (swiftc -sanitize=fuzzer).
 #   scripts/fuzz.sh TARGET [SECONDS] [libFuzzer options...]
-# TARGET: codec | endpoint | devices | all      SECONDS: per target, default 60
+# TARGET: codec | endpoint | devices | handover | all      SECONDS: per target, default 60
 #   codec     any bytes as one message: Request.decode and the VERSION JSON parsers
 #   endpoint  message sequences with descriptors, over a socketpair, to an endpoint
 #             serving the test device, mtty-2, mdpy-vga or mbochs-small
 #   devices   random register accesses to every device model, invariants checked
+#   handover  any bytes as a handover from another process (Protocol/HANDOVER.md)
 # Seeds: Fuzz/corpus/TARGET (from the recorded QEMU sessions, Fuzz/seeds.py);
 # what the fuzzer learns goes to .build-fuzz/corpus/TARGET, crashes to
 # .build-fuzz/crashes/. Exit status non-zero when a target crashed.
 # Example campaign: scripts/fuzz.sh endpoint 0 -runs=10000000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${1:?usage: scripts/fuzz.sh codec|endpoint|devices|all [SECONDS] [libFuzzer options...]}
+target=${1:?usage: scripts/fuzz.sh codec|endpoint|devices|handover|all [SECONDS] [libFuzzer options...]}
 seconds=${2:-60}
 shift $(( $# >= 2 ? 2 : 1 ))
 case "$target" in
-    all) targets=(codec endpoint devices) ;;
-    codec|endpoint|devices) targets=("$target") ;;
-    *) echo "fuzz.sh: unknown target $target (codec, endpoint, devices or all)" >&2; exit 2 ;;
+    all) targets=(codec endpoint devices handover) ;;
+    codec|endpoint|devices|handover) targets=("$target") ;;
+    *) echo "fuzz.sh: unknown target $target (codec, endpoint, devices, handover or all)" >&2; exit 2 ;;
 esac
 status=0
 for t in "${targets[@]}"; do

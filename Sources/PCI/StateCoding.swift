@@ -43,6 +43,22 @@ public struct StateReader {
         version = v
     }
 
+    /// Checks the magic and that the version the state carries is one
+    /// `readable` holds (a format whose version is not named elsewhere,
+    /// like a handover).
+    public init(_ bytes: [UInt8], magic: String, what: String, readable: ClosedRange<Int>) throws(DeviceError) {
+        let m = Array(magic.utf8)
+        guard bytes.count >= m.count + 2, Array(bytes[0..<m.count]) == m else { throw DeviceError(EINVAL, "not \(what)") }
+        let v = Int(bytes[m.count]) | Int(bytes[m.count + 1]) << 8
+        guard readable.contains(v) else {
+            throw DeviceError(EINVAL, "\(what) version \(v); this umdev reads \(readable.lowerBound)...\(readable.upperBound)")
+        }
+        try self.init(bytes, magic: magic, what: what, version: v, readable: readable)
+    }
+
+    /// Bytes not read yet.
+    public var remaining: Int { bytes.count - position }
+
     mutating func take(_ n: Int) throws(DeviceError) -> ArraySlice<UInt8> {
         guard n >= 0, bytes.count - position >= n else { throw DeviceError(EINVAL, "\(what) state truncated") }
         defer { position += n }

@@ -1,0 +1,23 @@
+// libFuzzer target: any bytes as a handover from another process. Decoding
+// must return a handover or an error, never trap; what decodes must encode
+// to the same bytes.
+//
+// Input: byte 0 = how many descriptors came with it (mod 64), then the bytes.
+import FuzzDriver
+import Handover
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzHandover(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    guard size >= 1 else { return 0 }
+    let descriptors = Int(data[0] % 64)
+    let bytes = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    if let h = try? Handover.decode(bytes, descriptorCount: descriptors) {
+        precondition(h.encode() == bytes, "a handover that decodes encodes to other bytes")
+    }
+    return 0
+}
+
+@_cdecl("fuzz_handover_main")
+public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    runLibFuzzer(argc, argv) { data, size in fuzzHandover(data, size) }
+}

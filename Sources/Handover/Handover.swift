@@ -1,0 +1,235 @@
+import Glibc
+import PCI
+
+/// What a running umdev hands to the process that takes over from it
+/// (Protocol/HANDOVER.md): one versioned wire format, read as hostile input.
+///
+/// Bytes: "UMDH", u16 version, u16 section count, then each section as
+/// u16 type, u16 flags, u32 length and that many bytes. The descriptors go
+/// beside the bytes (SCM_RIGHTS on the handover socket, or the service
+/// manager's fd store), in order; sections name them by index. A reader
+/// skips a section it does not know unless the writer marked it required,
+/// and refuses a version it does not read before the old process lets go.
+public struct Handover: Equatable, Sendable {
+    public static let magic = "UMDH"
+    /// 1: the first format.
+    public static let version = 1
+    /// The versions this build reads.
+    public static let readableVersions = 1...version
+    /// More sections than this is not a handover but an attack.
+    public static let maxSections = 1 << 16
+    /// Longest name or text a section carries.
+    public static let maxName = 255
+
+    public var sections: [Section]
+
+    public init(sections: [Section] = []) { self.sections = sections }
+
+    /// One typed section.
+    public struct Section: Equatable, Sendable {
+        public var type: UInt16
+        /// The reader must understand it or refuse the handover.
+        public var required: Bool
+        public var payload: [UInt8]
+        public init(type: UInt16, required: Bool, payload: [UInt8]) {
+            self.type = type; self.required = required; self.payload = payload
+        }
+    }
+
+    static let requiredFlag: UInt16 = 1
+
+    /// The bytes to send, with the descriptors in the order the sections name them.
+    public func encode() -> [UInt8] {
+        precondition(sections.count <= Self.maxSections)
+        var w = StateWriter(magic: Self.magic, version: Self.version)
+        w.u16(UInt16(truncatingIfNeeded: sections.count))
+        for s in sections {
+            w.u16(s.type); w.u16(s.required ? Self.requiredFlag : 0)
+            w.u32(UInt32(s.payload.count)); w.raw(s.payload)
+        }
+        return w.bytes
+    }
+
+    /// Reads a handover that came with `descriptorCount` descriptors. Every
+    /// length is checked, the section types this build knows are decoded
+    /// and checked against `descriptorCount`, unknown optional sections are
+    /// kept for the caller to ignore, unknown required ones refuse it.
+    public static func decode(_ bytes: [UInt8], descriptorCount: Int) throws(DeviceError) -> Handover {
+        var r = try StateReader(bytes, magic: magic, what: "handover", readable: readableVersions)
+        let count = Int(try r.u16())
+        var sections: [Section] = []
+        for _ in 0..<count {
+            let type = try r.u16(), flags = try r.u16(), length = Int(try r.u32())
+            guard flags & ~requiredFlag == 0 else { throw DeviceError(EINVAL, "handover section \(type) has unknown flags \(flags)") }
+            guard length <= r.remaining else { throw DeviceError(EINVAL, "handover section \(type) is longer than the handover") }
+            let section = Section(type: type, required: flags & requiredFlag != 0, payload: try r.raw(length))
+            if let known = SectionType(rawValue: type) {
+                try known.check(section.payload, descriptorCount: descriptorCount)
+            } else if section.required {
+                throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
+            }
+            sections.append(section)
+        }
+        try r.finish()
+        return Handover(sections: sections)
+    }
+
+    /// The sections of `type`, in order.
+    public func sections(_ type: SectionType) -> [Section] { sections.filter { $0.type == type.rawValue } }
+}
+
+/// The section types of version 1.
+public enum SectionType: UInt16, Sendable {
+    /// Who wrote it: umdev's version and the writer's pid.
+    case writer = 1
+    /// One descriptor of the inventory: its index, role and name.
+    case descriptor = 2
+    /// A device's model state: its type and the model's own state stream.
+    case deviceState = 3
+
+    func check(_ payload: [UInt8], descriptorCount: Int) throws(DeviceError) {
+        switch self {
+        case .writer: _ = try Writer(payload)
+        case .descriptor: _ = try InventoryItem(payload, descriptorCount: descriptorCount)
+        case .deviceState: _ = try DeviceState(payload)
+        }
+    }
+}
+
+/// What a descriptor is for: how the new process knows what to do with it.
+public enum DescriptorRole: UInt16, Sendable, CaseIterable {
+    case deviceListener = 1
+    case clientConnection = 2
+    case dmaWindow = 3
+    case irqTrigger = 4
+    case irqMask = 5
+    case irqUnmask = 6
+    case regionMemory = 7
+    case backendLine = 8
+    case backendListener = 9
+    case displayListener = 10
+    case viewer = 11
+    case controlListener = 12
+    case stateMemory = 13
+}
+
+/// One descriptor of a device's inventory: which one (its index among the
+/// descriptors that came with the handover), what it is for, and a name
+/// (the instance and the part, as `FDNAME=` in the fd store).
+public struct InventoryItem: Equatable, Sendable {
+    public var index: Int
+    /// Nil when a newer writer used a role this build does not know: the
+    /// descriptor is closed and what needed it starts fresh.
+    public var role: DescriptorRole?
+    public var rawRole: UInt16
+    public var name: String
+
+    public init(index: Int, role: DescriptorRole, name: String) {
+        self.index = index; self.role = role; rawRole = role.rawValue; self.name = name
+    }
+
+    public var section: Handover.Section {
+        var w = Payload()
+        w.u32(UInt32(index)); w.u16(rawRole); w.string(name)
+        return Handover.Section(type: SectionType.descriptor.rawValue, required: false, payload: w.bytes)
+    }
+
+    public init(_ payload: [UInt8], descriptorCount: Int) throws(DeviceError) {
+        var r = PayloadReader(payload, what: "descriptor section")
+        let i = Int(try r.u32())
+        guard i < descriptorCount else {
+            throw DeviceError(EINVAL, "handover names descriptor \(i) but \(descriptorCount) came with it")
+        }
+        index = i
+        rawRole = try r.u16()
+        role = DescriptorRole(rawValue: rawRole)
+        name = try r.string()
+        try r.finish()
+    }
+}
+
+/// Who wrote a handover.
+public struct Writer: Equatable, Sendable {
+    public var version: String
+    public var pid: Int32
+    public init(version: String, pid: Int32) { self.version = version; self.pid = pid }
+
+    public var section: Handover.Section {
+        var w = Payload()
+        w.string(version); w.u32(UInt32(bitPattern: pid))
+        return Handover.Section(type: SectionType.writer.rawValue, required: false, payload: w.bytes)
+    }
+
+    public init(_ payload: [UInt8]) throws(DeviceError) {
+        var r = PayloadReader(payload, what: "writer section")
+        version = try r.string()
+        pid = Int32(bitPattern: try r.u32())
+        try r.finish()
+    }
+}
+
+/// A device's state: its type (as the catalog names it) and the bytes its
+/// model's `saveState` wrote, in that model's own versioned format.
+public struct DeviceState: Equatable, Sendable {
+    public var type: String
+    public var state: [UInt8]
+    public init(type: String, state: [UInt8]) { self.type = type; self.state = state }
+
+    public var section: Handover.Section {
+        var w = Payload()
+        w.string(type); w.u32(UInt32(state.count)); w.raw(state)
+        return Handover.Section(type: SectionType.deviceState.rawValue, required: true, payload: w.bytes)
+    }
+
+    public init(_ payload: [UInt8]) throws(DeviceError) {
+        var r = PayloadReader(payload, what: "device state section")
+        type = try r.string()
+        let n = Int(try r.u32())
+        state = try r.raw(n)
+        try r.finish()
+    }
+}
+
+// MARK: Payload fields
+
+/// Little-endian fields of a section.
+struct Payload {
+    var bytes: [UInt8] = []
+    mutating func u16(_ v: UInt16) { bytes += [UInt8(v & 0xff), UInt8(v >> 8)] }
+    mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
+    mutating func raw(_ b: [UInt8]) { bytes += b }
+    /// A u8 length and UTF-8 bytes.
+    mutating func string(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(Handover.maxName))
+        bytes.append(UInt8(utf8.count)); bytes += utf8
+    }
+}
+
+/// Reads a section's fields; every read is bounds-checked.
+struct PayloadReader {
+    let bytes: [UInt8]
+    let what: String
+    var position = 0
+    init(_ bytes: [UInt8], what: String) { self.bytes = bytes; self.what = what }
+
+    mutating func take(_ n: Int) throws(DeviceError) -> ArraySlice<UInt8> {
+        guard n >= 0, bytes.count - position >= n else { throw DeviceError(EINVAL, "handover \(what) is truncated") }
+        defer { position += n }
+        return bytes[position..<(position + n)]
+    }
+    mutating func u16() throws(DeviceError) -> UInt16 { let b = try take(2); return UInt16(b[b.startIndex]) | UInt16(b[b.startIndex + 1]) << 8 }
+    mutating func u32() throws(DeviceError) -> UInt32 {
+        let b = try take(4)
+        return (0..<4).reduce(UInt32(0)) { $0 | UInt32(b[b.startIndex + $1]) << (8 * UInt32($1)) }
+    }
+    mutating func raw(_ n: Int) throws(DeviceError) -> [UInt8] { Array(try take(n)) }
+    mutating func string() throws(DeviceError) -> String {
+        let n = Int(try take(1).first!)
+        let b = try take(n)
+        guard let s = String(validating: b, as: UTF8.self) else { throw DeviceError(EINVAL, "handover \(what) has a name that is not UTF-8") }
+        return s
+    }
+    func finish() throws(DeviceError) {
+        guard position == bytes.count else { throw DeviceError(EINVAL, "handover \(what) has bytes left over") }
+    }
+}
