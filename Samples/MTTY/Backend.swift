@@ -84,12 +84,27 @@ final class HostLine {
 
     /// Services `fd` if it is one of ours: accepts a waiting peer, flushes
     /// output, and returns up to `space` bytes the host sent.
+    /// A socket peer that hung up is let go here whatever `space` is: with
+    /// a full receive FIFO nothing reads the end of its stream, and its
+    /// POLLHUP would come back on every poll.
     func service(fd: Int32, revents: Int16, space: Int) -> [UInt8] {
         if fd == listener { acceptIfReady(); return [] }
         guard fd == line else { return [] }
         if revents & Int16(POLLOUT) != 0 { flush() }
-        guard revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 else { return [] }
-        return read(max: space)
+        guard line >= 0, revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 else { return [] }
+        let received = read(max: space)
+        if listener >= 0, line >= 0, revents & Int16(POLLHUP | POLLERR) != 0, received.count < space || space == 0 {
+            peerLeft()
+        }
+        return received
+    }
+
+    /// The socket peer is gone: close its line, drop what was queued for it
+    /// (the next peer starts clean) and listen again.
+    private func peerLeft() {
+        close(line)
+        line = -1
+        pendingOutput.removeAll(keepingCapacity: true)
     }
 
     /// Accepts a peer if one is waiting on the listener.
@@ -109,7 +124,7 @@ final class HostLine {
         var buffer = [UInt8](repeating: 0, count: max)
         let n = Glibc.read(line, &buffer, max)
         if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR && errno != EIO) {
-            if listener >= 0 { close(line); line = -1 } // the socket peer left; wait for the next
+            if listener >= 0 { peerLeft() } // wait for the next
             return []
         }
         return n > 0 ? Array(buffer[0..<n]) : []
@@ -132,12 +147,14 @@ final class HostLine {
         guard line >= 0, !pendingOutput.isEmpty else { return }
         let fd = line
         let socket = listener >= 0
-        // A socket peer that left is EPIPE, not SIGPIPE: POLLOUT comes with
-        // its POLLHUP, and the read that follows closes the line.
+        // A socket peer that left is EPIPE, not SIGPIPE.
         let n = pendingOutput.withUnsafeBytes {
             socket ? Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) : Glibc.write(fd, $0.baseAddress, $0.count)
         }
-        guard n > 0 else { return }
+        guard n > 0 else {
+            if socket, n < 0, errno == EPIPE || errno == ECONNRESET { peerLeft() }
+            return
+        }
         // Keep the buffer: the next transmitted byte should not allocate.
         if n == pendingOutput.count { pendingOutput.removeAll(keepingCapacity: true) } else { pendingOutput.removeFirst(n) }
     }

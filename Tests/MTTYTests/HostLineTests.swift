@@ -63,6 +63,35 @@ struct MTTYHostLineTests {
         #expect(d.pollRequests().map(\.fd) == [listener])
     }
 
+    /// The guest is not reading (its receive FIFO full) when the socket peer
+    /// leaves with output queued for it: the hang-up still closes the line,
+    /// once, instead of coming back on every poll, and the next peer gets
+    /// nothing meant for the last.
+    @Test func aPeerThatLeavesWhileTheFIFOIsFullIsLetGo() throws {
+        let path = "/tmp/umdev-mtty-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let d = try MTTY(ports: 1, backends: [.unixSocket(path)])
+        let first = try UnixSocket.connect(path: path)
+        let listener = try #require(d.pollRequests().first).fd
+        d.serviceEvent(fd: listener, revents: Int16(POLLIN))
+        let line = try #require(d.pollRequests().first).fd
+        let twenty = [UInt8](repeating: 0x41, count: 20)
+        #expect(Glibc.write(first.rawValue, twenty, twenty.count) == 20)
+        d.serviceEvent(fd: line, revents: Int16(POLLIN))          // the receiver is full
+        write(d, 0, UInt64(UART16550.Register.data), 0x78)        // queued for the peer
+        #expect(events(d, line) == Int16(POLLOUT))                // no POLLIN: the FIFO is full
+        _ = consume first
+        d.serviceEvent(fd: line, revents: Int16(POLLOUT | POLLHUP))
+        #expect(d.pollRequests().isEmpty, "the line is closed (the listener waits while the FIFO is full)")
+        // The guest reads what it holds (one byte: its FIFO is not enabled).
+        while read(d, 0, 5) & 0x01 != 0 { #expect(read(d, 0, UInt64(UART16550.Register.data)) == 0x41) }
+        #expect(d.pollRequests().map(\.fd) == [listener], "the device listens again")
+        let second = try UnixSocket.connect(path: path)
+        d.serviceEvent(fd: listener, revents: Int16(POLLIN))
+        let next = try #require(d.pollRequests().first)
+        #expect(next.fd != listener && next.events == Int16(POLLIN), "nothing queued for the new peer")
+        _ = second
+    }
+
     /// A pty master whose slave nobody has open reports a hang-up on every
     /// poll; the server's thread, polling it, would spin at a full core
     /// while a client is attached. The line holds a slave of its own.
