@@ -16,10 +16,8 @@ public struct Handover: Equatable, Sendable {
     public static let version = 1
     /// The versions this build reads.
     public static let readableVersions = 1...version
-    /// More sections than this is not a handover but an attack.
-    public static let maxSections = 1 << 16
-    /// Longest name or text a section carries.
-    public static let maxName = 255
+    /// As many sections as the u16 count can say.
+    public static let maxSections = Int(UInt16.max)
 
     public var sections: [Section]
 
@@ -42,7 +40,7 @@ public struct Handover: Equatable, Sendable {
     public func encode() -> [UInt8] {
         precondition(sections.count <= Self.maxSections)
         var w = StateWriter(magic: Self.magic, version: Self.version)
-        w.u16(UInt16(truncatingIfNeeded: sections.count))
+        w.u16(UInt16(sections.count))
         for s in sections {
             w.u16(s.type); w.u16(s.required ? Self.requiredFlag : 0)
             w.u32(UInt32(s.payload.count)); w.raw(s.payload)
@@ -52,12 +50,15 @@ public struct Handover: Equatable, Sendable {
 
     /// Reads a handover that came with `descriptorCount` descriptors. Every
     /// length is checked, the section types this build knows are decoded
-    /// and checked against `descriptorCount`, unknown optional sections are
-    /// kept for the caller to ignore, unknown required ones refuse it.
+    /// and checked against `descriptorCount` (and no descriptor is named
+    /// twice, so nothing can be adopted, and closed, twice), unknown
+    /// optional sections are kept for the caller to ignore, unknown
+    /// required ones refuse it.
     public static func decode(_ bytes: [UInt8], descriptorCount: Int) throws(DeviceError) -> Handover {
         var r = try StateReader(bytes, magic: magic, what: "handover", readable: readableVersions)
         let count = Int(try r.u16())
         var sections: [Section] = []
+        var named = Set<Int>()
         for _ in 0..<count {
             let type = try r.u16(), flags = try r.u16(), length = Int(try r.u32())
             guard flags & ~requiredFlag == 0 else { throw DeviceError(EINVAL, "handover section \(type) has unknown flags \(flags)") }
@@ -65,6 +66,10 @@ public struct Handover: Equatable, Sendable {
             let section = Section(type: type, required: flags & requiredFlag != 0, payload: try r.raw(length))
             if let known = SectionType(rawValue: type) {
                 try known.check(section.payload, descriptorCount: descriptorCount)
+                if known == .descriptor {
+                    let index = try InventoryItem(section.payload, descriptorCount: descriptorCount).index
+                    guard named.insert(index).inserted else { throw DeviceError(EINVAL, "handover names descriptor \(index) twice") }
+                }
             } else if section.required {
                 throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
             }
@@ -85,13 +90,13 @@ public enum SectionType: UInt16, Sendable {
     /// One descriptor of the inventory: its index, role and name.
     case descriptor = 2
     /// A device's model state: its type and the model's own state stream.
-    case deviceState = 3
+    case modelState = 3
 
     func check(_ payload: [UInt8], descriptorCount: Int) throws(DeviceError) {
         switch self {
         case .writer: _ = try Writer(payload)
         case .descriptor: _ = try InventoryItem(payload, descriptorCount: descriptorCount)
-        case .deviceState: _ = try DeviceState(payload)
+        case .modelState: _ = try ModelState(payload)
         }
     }
 }
@@ -129,13 +134,13 @@ public struct InventoryItem: Equatable, Sendable {
     }
 
     public var section: Handover.Section {
-        var w = Payload()
-        w.u32(UInt32(index)); w.u16(rawRole); w.string(name)
+        var w = StateWriter()
+        w.u32(UInt32(index)); w.u16(rawRole); w.name(name)
         return Handover.Section(type: SectionType.descriptor.rawValue, required: false, payload: w.bytes)
     }
 
     public init(_ payload: [UInt8], descriptorCount: Int) throws(DeviceError) {
-        var r = PayloadReader(payload, what: "descriptor section")
+        var r = StateReader(fields: payload, what: "handover descriptor section")
         let i = Int(try r.u32())
         guard i < descriptorCount else {
             throw DeviceError(EINVAL, "handover names descriptor \(i) but \(descriptorCount) came with it")
@@ -143,7 +148,7 @@ public struct InventoryItem: Equatable, Sendable {
         index = i
         rawRole = try r.u16()
         role = DescriptorRole(rawValue: rawRole)
-        name = try r.string()
+        name = try r.name()
         try r.finish()
     }
 }
@@ -155,81 +160,38 @@ public struct Writer: Equatable, Sendable {
     public init(version: String, pid: Int32) { self.version = version; self.pid = pid }
 
     public var section: Handover.Section {
-        var w = Payload()
-        w.string(version); w.u32(UInt32(bitPattern: pid))
+        var w = StateWriter()
+        w.name(version); w.u32(UInt32(bitPattern: pid))
         return Handover.Section(type: SectionType.writer.rawValue, required: false, payload: w.bytes)
     }
 
     public init(_ payload: [UInt8]) throws(DeviceError) {
-        var r = PayloadReader(payload, what: "writer section")
-        version = try r.string()
+        var r = StateReader(fields: payload, what: "handover writer section")
+        version = try r.name()
         pid = Int32(bitPattern: try r.u32())
         try r.finish()
     }
 }
 
-/// A device's state: its type (as the catalog names it) and the bytes its
-/// model's `saveState` wrote, in that model's own versioned format.
-public struct DeviceState: Equatable, Sendable {
+/// A device model's state: its type (as the catalog names it) and the
+/// bytes its `saveState` wrote, in that model's own versioned format.
+/// (Not VFIOUser's `DeviceState`, the migration state machine's states.)
+public struct ModelState: Equatable, Sendable {
     public var type: String
     public var state: [UInt8]
     public init(type: String, state: [UInt8]) { self.type = type; self.state = state }
 
     public var section: Handover.Section {
-        var w = Payload()
-        w.string(type); w.u32(UInt32(state.count)); w.raw(state)
-        return Handover.Section(type: SectionType.deviceState.rawValue, required: true, payload: w.bytes)
+        var w = StateWriter()
+        w.name(type); w.u32(UInt32(state.count)); w.raw(state)
+        return Handover.Section(type: SectionType.modelState.rawValue, required: true, payload: w.bytes)
     }
 
     public init(_ payload: [UInt8]) throws(DeviceError) {
-        var r = PayloadReader(payload, what: "device state section")
-        type = try r.string()
+        var r = StateReader(fields: payload, what: "handover model state section")
+        type = try r.name()
         let n = Int(try r.u32())
         state = try r.raw(n)
         try r.finish()
-    }
-}
-
-// MARK: Payload fields
-
-/// Little-endian fields of a section.
-struct Payload {
-    var bytes: [UInt8] = []
-    mutating func u16(_ v: UInt16) { bytes += [UInt8(v & 0xff), UInt8(v >> 8)] }
-    mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
-    mutating func raw(_ b: [UInt8]) { bytes += b }
-    /// A u8 length and UTF-8 bytes.
-    mutating func string(_ s: String) {
-        let utf8 = Array(s.utf8.prefix(Handover.maxName))
-        bytes.append(UInt8(utf8.count)); bytes += utf8
-    }
-}
-
-/// Reads a section's fields; every read is bounds-checked.
-struct PayloadReader {
-    let bytes: [UInt8]
-    let what: String
-    var position = 0
-    init(_ bytes: [UInt8], what: String) { self.bytes = bytes; self.what = what }
-
-    mutating func take(_ n: Int) throws(DeviceError) -> ArraySlice<UInt8> {
-        guard n >= 0, bytes.count - position >= n else { throw DeviceError(EINVAL, "handover \(what) is truncated") }
-        defer { position += n }
-        return bytes[position..<(position + n)]
-    }
-    mutating func u16() throws(DeviceError) -> UInt16 { let b = try take(2); return UInt16(b[b.startIndex]) | UInt16(b[b.startIndex + 1]) << 8 }
-    mutating func u32() throws(DeviceError) -> UInt32 {
-        let b = try take(4)
-        return (0..<4).reduce(UInt32(0)) { $0 | UInt32(b[b.startIndex + $1]) << (8 * UInt32($1)) }
-    }
-    mutating func raw(_ n: Int) throws(DeviceError) -> [UInt8] { Array(try take(n)) }
-    mutating func string() throws(DeviceError) -> String {
-        let n = Int(try take(1).first!)
-        let b = try take(n)
-        guard let s = String(validating: b, as: UTF8.self) else { throw DeviceError(EINVAL, "handover \(what) has a name that is not UTF-8") }
-        return s
-    }
-    func finish() throws(DeviceError) {
-        guard position == bytes.count else { throw DeviceError(EINVAL, "handover \(what) has bytes left over") }
     }
 }

@@ -15,7 +15,7 @@ struct HandoverTests {
             Writer(version: "umdev 0.9", pid: 4242).section,
             InventoryItem(index: 0, role: .deviceListener, name: "mtty-2/listener").section,
             InventoryItem(index: 1, role: .clientConnection, name: "mtty-2/client").section,
-            DeviceState(type: "mtty-2", state: device.saveState()).section,
+            ModelState(type: "mtty-2", state: device.saveState()).section,
         ])
         return (h, device)
     }
@@ -32,7 +32,7 @@ struct HandoverTests {
         #expect(items.map(\.role) == [.deviceListener, .clientConnection])
         #expect(items.map(\.name) == ["mtty-2/listener", "mtty-2/client"])
         #expect(try Writer(try #require(read.sections(.writer).first).payload) == Writer(version: "umdev 0.9", pid: 4242))
-        let state = try DeviceState(try #require(read.sections(.deviceState).first).payload)
+        let state = try ModelState(try #require(read.sections(.modelState).first).payload)
         #expect(state.type == "mtty-2")
         let fresh = try MTTY(ports: 2)
         try fresh.restoreState(state.state, version: MTTY.stateVersion)
@@ -73,6 +73,19 @@ struct HandoverTests {
         #expect(failure(bytes, descriptors: 0) == "handover names descriptor 0 but 0 came with it")
     }
 
+    @Test func aDescriptorNamedTwiceIsRefused() throws {
+        let twice = Handover(sections: [InventoryItem(index: 0, role: .deviceListener, name: "a").section,
+                                        InventoryItem(index: 0, role: .clientConnection, name: "b").section])
+        #expect(failure(twice.encode(), descriptors: 1) == "handover names descriptor 0 twice")
+    }
+
+    @Test func aLongNameIsCutOnACharacterBoundary() throws {
+        let long = String(repeating: "é", count: 200)   // 400 bytes of UTF-8
+        let h = Handover(sections: [Writer(version: long, pid: 1).section])
+        let read = try Writer(try #require(Handover.decode(h.encode(), descriptorCount: 0).sections.first).payload)
+        #expect(read.version == String(repeating: "é", count: 127))
+    }
+
     @Test func aRoleFromANewerWriterIsReadAsUnknown() throws {
         var payload = InventoryItem(index: 0, role: .viewer, name: "v").section.payload
         payload[4] = 0xee; payload[5] = 0xee
@@ -86,7 +99,7 @@ struct HandoverTests {
         bytes[10] = 4   // flags: an unknown bit
         #expect(failure(bytes) == "handover section 1 has unknown flags 4")
         bytes = h.encode() + [0]
-        #expect(failure(bytes) == "handover state has bytes left over")
+        #expect(failure(bytes) == "handover has bytes left over")
         h.sections[0].payload += [7]
         #expect(failure(h.encode()) == "handover writer section has bytes left over")
         h.sections = [Handover.Section(type: SectionType.writer.rawValue, required: false, payload: [2, 0xff, 0xfe, 0, 0, 0, 0])]
