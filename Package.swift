@@ -163,19 +163,21 @@ let package = Package(
             path: "Tests/Conformance/suite",
             cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]),
 
+        // What the test targets share (hex test vectors).
+        .target(name: "TestSupport", path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "VFIOUserTests", dependencies: ["VFIOUser"], path: "Tests/VFIOUserTests",
                     swiftSettings: strict),
         .testTarget(name: "HandoverTests", dependencies: ["Handover", "PCI", "MTTY"], path: "Tests/HandoverTests",
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",
-            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket", "Lifecycle", "Descriptors",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket", "Lifecycle", "Descriptors", "TestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Tests/ServerTests",
             resources: [],
             swiftSettings: strict),
-        .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI", "CShim", "UnixSocket"], path: "Tests/MTTYTests",
+        .testTarget(name: "MTTYTests", dependencies: ["MTTY", "PCI", "CShim", "UnixSocket", "TestSupport"], path: "Tests/MTTYTests",
                     swiftSettings: strict),
         .testTarget(name: "DisplayTests", dependencies: ["MDPY", "MBochs", "PCI", "Viewer", "VFIOUser"], path: "Tests/DisplayTests",
                     swiftSettings: strict),

@@ -1,5 +1,6 @@
 import Glibc
 import PCI
+import TestSupport
 import Testing
 @testable import MTTY
 
@@ -8,24 +9,13 @@ import Testing
 /// a known register state): they must keep loading to the same registers.
 @Suite("mtty state streams written by earlier umdev still load")
 struct MTTYStateFixtureTests {
-    static func bytes(_ hex: String) -> [UInt8] {
-        let hex = hex.filter(\.isHexDigit)
-        var out: [UInt8] = []
-        var i = hex.startIndex
-        while i < hex.endIndex {
-            let j = hex.index(i, offsetBy: 2)
-            out.append(UInt8(hex[i..<j], radix: 16)!)
-            i = j
-        }
-        return out
-    }
 
     /// mtty-2, version 2: port 0 at divisor 12, 8 data bits with parity
     /// (LCR 0x1b), FIFO on at trigger 14, RX and line-status interrupts,
     /// "hi!" unread, received 123456 ns before the save; port 1 with 20
     /// bytes pushed into its 16-byte FIFO (overrun pending), THRE pending.
     /// Config space: I/O decoding on, interrupt line 10.
-    static let dualV2 = bytes("""
+    static let dualV2 = [UInt8](hex: """
         4d545459020002051b0b5ac10c0000b000036869210000000000000000000000000040e2010000000000020000a50100
         0002b00110303132333435363738393a3b3c3d3e3f40e201000000000048435332010000021002000700000000010000
         00010000000000000000000000000000000000000000000000484353320000000000000000000000000a010000230000
@@ -36,7 +26,7 @@ struct MTTYStateFixtureTests {
         """)
 
     /// The same device in version 1's layout (no receive idle time).
-    static let dualV1 = bytes("""
+    static let dualV1 = [UInt8](hex: """
         4d545459010002051b0b5ac10c0000b0000368692100000000000000000000000000020000a501000002b00110303132
         333435363738393a3b3c3d3e3f4843533201000002100200070000000001000000010000000000000000000000000000
         000000000000000000484353320000000000000000000000000a01000023000080230000002300000023000000000000
@@ -47,7 +37,7 @@ struct MTTYStateFixtureTests {
         """)
 
     /// mtty-1, version 2: every interrupt enabled, THRE pending, 'B' unread, 7 ns idle.
-    static let singleV2 = bytes("""
+    static let singleV2 = [UInt8](hex: """
         4d5454590200010f00007700000000b00101420000000000000000000000000000000700000000000000484353320100
         000210020007000000000100000000000000000000000000000000000000000000000000000048435332000000000000
         000000000000000100002300008023000000230000002300000000000000000000000000000000000000504349205365

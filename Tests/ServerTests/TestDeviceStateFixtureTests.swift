@@ -1,7 +1,8 @@
 import Glibc
 import PCI
-import Testing
 import TestDevice
+import TestSupport
+import Testing
 
 /// A test-device migration state as umdev wrote it before every model's
 /// state went through StateWriter (commit 66a0d8b: u8 version 1, BAR0,
@@ -39,10 +40,8 @@ struct TestDeviceStateFixtureTests {
     static var v1: [UInt8] {
         var s = [UInt8](repeating: 0, count: v1Size)
         for (offset, hex) in v1Runs {
-            let h = Array(hex.utf8)
-            for i in stride(from: 0, to: h.count, by: 2) {
-                s[offset + i / 2] = UInt8(String(decoding: h[i..<(i + 2)], as: UTF8.self), radix: 16)!
-            }
+            let run = [UInt8](hex: hex)
+            s.replaceSubrange(offset..<(offset + run.count), with: run)
         }
         return s
     }

@@ -2,6 +2,7 @@ import CShim
 import Foundation
 import Glibc
 import TestDevice
+import TestSupport
 import Testing
 import VFIOUser
 import VFIOUserClient
@@ -32,13 +33,7 @@ struct TranscriptReplayTests {
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
             guard let dir = object["dir"] as? String else { continue }
             let hex = object["payload_hex"] as? String ?? ""
-            var bytes: [UInt8] = []
-            var i = hex.startIndex
-            while i < hex.endIndex {
-                let j = hex.index(i, offsetBy: 2)
-                bytes.append(UInt8(hex[i..<j], radix: 16)!)
-                i = j
-            }
+            let bytes = [UInt8](hex: hex)
             out.append(Record(c2s: dir == "c2s", messageID: UInt16(object["msg_id"] as! Int), command: UInt16(object["command"] as! Int),
                               flags: UInt32(object["flags"] as! Int), size: object["size"] as! Int, nfds: object["nfds"] as! Int,
                               fdSizes: (object["fd_sizes"] as? [Any])?.compactMap { $0 as? Int } ?? [], payload: bytes,
