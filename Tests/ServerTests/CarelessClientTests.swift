@@ -91,8 +91,7 @@ struct CarelessClientTests {
     @Test("a client that stops reading replies is dropped after the stall timeout; other devices carry on")
     func stalledReaderDropped() throws {
         let path = socketPath("stall")
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
+        let quiet = quietLogger
         let server = try DeviceServer(host: DeviceHost(device: try TestDevice(mappable: true), typeName: "test"),
                                       path: path, logger: quiet, stallTimeout: 0.5)
         server.start()
@@ -183,8 +182,7 @@ func residentKiB(of pid: pid_t) -> Int {
 struct PollingTests {
     @Test("a server that spins for requests answers them like one that blocks, and still sees the client leave")
     func pollingServes() throws {
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
+        let quiet = quietLogger
         let path = socketPath("poll")
         let server = try DeviceServer(host: DeviceHost(device: try MTTY(ports: 2), typeName: "mtty-2"), path: path,
                                       logger: quiet, pollMicroseconds: 200)

@@ -14,7 +14,8 @@ private final class Watched {
     private let peer: Int32
     init() {
         var pair: [Int32] = [-1, -1]
-        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        // Close-on-exec: a child another test spawns meanwhile must not hold it open.
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
         fd = pair[0]
         peer = pair[1]
     }

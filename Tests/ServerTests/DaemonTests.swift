@@ -87,8 +87,7 @@ struct DaemonBudgetTests {
         #expect(mkdir(shared, 0o755) == 0 && chmod(shared, 0o755) == 0)
         defer { rmdir(shared + "/config"); rmdir(shared) }
         let config = DaemonConfiguration(runDirectory: shared, configDirectory: shared + "/config")
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
+        let logger = quietLogger
         do {
             _ = try Daemon(config, logger: logger)
             Issue.record("a 0755 run directory was accepted")

@@ -17,11 +17,9 @@ final class MemoryPeer {
     let endpoint: Endpoint<InMemoryChannel, ManualClock>
     private var nextID: UInt16 = 100
 
-    init(_ device: VFIODevice, type: String = "test", logger: Logger? = nil) {
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
+    init(_ device: VFIODevice, type: String = "test") {
         host = DeviceHost(device: device, typeName: type)
-        endpoint = Endpoint(host: host, channel: channel, clock: clock, logger: logger ?? quiet)
+        endpoint = Endpoint(host: host, channel: channel, clock: clock, logger: quietLogger)
         endpoint.attach()
     }
 
@@ -63,14 +61,6 @@ final class MemoryPeer {
         return r
     }
 
-    /// Asserts the connection still answers DEVICE_GET_INFO.
-    func expectAlive(sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(throws: Never.self, sourceLocation: sourceLocation) {
-            let r = try self.request(.deviceGetInfo, payload: le32(16) + le32(0) + le32(0) + le32(0))
-            #expect(!r.header.isError && r.payload.count == 16, sourceLocation: sourceLocation)
-        }
-    }
-
     /// A 1..8-byte REGION_READ; returns the value read (little-endian).
     func read(region: UInt32, offset: UInt64, count: UInt32) throws -> UInt64 {
         let r = try request(.regionRead, payload: le64(offset) + le32(region) + le32(count))
@@ -101,14 +91,10 @@ extension Header {
 final class MemoryServer {
     let host: DeviceHost
     let device: VFIODevice
-    let logger: Logger
 
     init(_ device: VFIODevice, type: String = "test") {
         self.device = device
         host = DeviceHost(device: device, typeName: type)
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
-        logger = quiet
     }
 
     convenience init(mappable: Bool = true) throws { self.init(try TestDevice(mappable: mappable)) }
@@ -116,7 +102,7 @@ final class MemoryServer {
     /// A new connection (the previous client's must have ended, as on the
     /// device socket, which serves one client at a time).
     func connect(negotiate: Bool = true) throws -> VFIOUserClient {
-        let c = VFIOUserClient(wire: MemoryWire(host: host, logger: logger))
+        let c = VFIOUserClient(wire: MemoryWire(host: host))
         if negotiate { try c.negotiate() }
         return c
     }
@@ -133,8 +119,8 @@ final class MemoryWire: ClientWire {
     private var ended = false
     var serverCommandHandler: ((Reply) throws(ClientError) -> Void)?
 
-    init(host: DeviceHost, logger: Logger) {
-        endpoint = Endpoint(host: host, channel: channel, clock: SystemClock(), logger: logger)
+    init(host: DeviceHost) {
+        endpoint = Endpoint(host: host, channel: channel, clock: SystemClock(), logger: quietLogger)
         endpoint.attach()
         channel.whenEmpty = { [unowned self] in self.answerServerCommands() }
     }

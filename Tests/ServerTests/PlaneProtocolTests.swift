@@ -18,9 +18,7 @@ final class LiveDisplay {
     let path: String
     init(_ live: LiveServer) throws {
         path = live.path + ".display"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        server = try DisplayServer(description: live.server.host.description, path: path, logger: logger)
+        server = try DisplayServer(description: live.server.host.description, path: path, logger: quietLogger)
         server.start()
     }
     func connect(planes: Bool = true) throws -> VFIOUserClient {
@@ -38,13 +36,7 @@ func setBochsMode(_ c: VFIOUserClient, width: Int, height: Int, x: Int = 0, y: I
     }
 }
 
-func planeClient(_ s: LiveServer) throws -> VFIOUserClient {
-    let c = try s.connect(negotiate: false)
-    try c.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
-    return c
-}
-
-func planeClient(_ s: MemoryServer) throws -> VFIOUserClient {
+func planeClient(_ s: some ServedDevice) throws -> VFIOUserClient {
     let c = try s.connect(negotiate: false)
     try c.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
     return c

@@ -10,10 +10,25 @@ import VFIOUser
 import VFIOUserClient
 import VFIOUserServer
 
+/// The logger the servers under test get: only what would be a crash.
+let quietLogger: Logger = {
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    return logger
+}()
+
 /// A unique socket path for one test.
 func socketPath(_ tag: String = "t") -> String {
     "/tmp/umdev-test-\(getpid())-\(tag)-\(UInt32.random(in: 0...UInt32.max)).sock"
 }
+
+/// A device a test connects clients to: over a socket (LiveServer) or over memory (MemoryServer).
+protocol ServedDevice {
+    func connect(negotiate: Bool) throws -> VFIOUserClient
+}
+
+extension LiveServer: ServedDevice {}
+extension MemoryServer: ServedDevice {}
 
 /// A device served in this process on its own thread, over a real socket:
 /// for tests of socket behaviour (threads, stalls, descriptors across
@@ -26,9 +41,7 @@ final class LiveServer {
     init(_ device: VFIODevice, type: String = "test") throws {
         self.device = device
         path = socketPath(type)
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        server = try DeviceServer(host: DeviceHost(device: device, typeName: type), path: path, logger: logger)
+        server = try DeviceServer(host: DeviceHost(device: device, typeName: type), path: path, logger: quietLogger)
         server.start()
     }
 
@@ -80,9 +93,7 @@ func drain(_ fd: Int32) -> UInt64 {
 
 /// Waits up to `ms` for an eventfd to be signalled and returns its counter.
 func waitSignal(_ fd: Int32, ms: Int32 = 2000) -> UInt64 {
-    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-    guard poll(&p, 1, ms) == 1 else { return 0 }
-    return drain(fd)
+    pollFor(fd, seconds: Double(ms) / 1000) & Int16(POLLIN) != 0 ? drain(fd) : 0
 }
 
 /// The umdev executable next to the test bundle.
