@@ -155,7 +155,7 @@ struct ChannelTests {
     /// transport reads on from the same descriptor, nothing read twice.
     @Test func aSocketTransportTakenApartMidStreamIsRebuiltFromItsState() throws {
         var sv: [Int32] = [-1, -1]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0)
         defer { close(sv[0]); close(sv[1]) }
         let a = rawMessage(id: 1, command: 4)
         let b = rawMessage(id: 2, command: 4, payload: le32(16) + le32(0) + le32(0) + le32(0))
