@@ -49,13 +49,17 @@ public final class Locked<Value>: @unchecked Sendable {
         return try body(&value)
     }
 
-    /// Waits until `ready(value)` holds or `timeout` seconds pass; returns
-    /// whether it holds. Woken by every `withLock`, so no polling.
+    /// Waits until `ready(value)` holds or `timeout` seconds pass (a
+    /// negative or NaN timeout looks once; at most a day is waited);
+    /// returns whether it holds. Woken by every `withLock`, so no polling.
+    /// Not to be called with the lock held (from `withLock` or `ready`).
     public func wait(timeout: Double, until ready: (Value) -> Bool) -> Bool {
+        let limit = timeout.isNaN ? 0 : min(max(timeout, 0), 86_400)
+        let whole = limit.rounded(.down)
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let ns = Int(deadline.tv_nsec) + Int((timeout - timeout.rounded(.down)) * 1e9)
-        deadline.tv_sec += Int(timeout) + ns / 1_000_000_000
+        let ns = Int(deadline.tv_nsec) + Int((limit - whole) * 1e9)
+        deadline.tv_sec += Int(whole) + ns / 1_000_000_000
         deadline.tv_nsec = ns % 1_000_000_000
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }

@@ -101,20 +101,21 @@ public final class VFIOUserClient {
     }
 
     /// Serves over an already connected socket, which the client owns from here.
-    public init(connected connection: consuming OwnedDescriptor) {
-        socket = connection.release().rawValue   // closed in deinit
-        wire = nil
-        sendBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
-        receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
+    public convenience init(connected connection: consuming OwnedDescriptor) {
+        self.init(socket: connection.release().rawValue, wire: nil)   // the socket is closed in deinit
     }
 
     /// A client whose messages go over `wire` instead of a socket.
-    public init(wire: ClientWire) {
-        socket = -1
+    public convenience init(wire: ClientWire) {
+        self.init(socket: -1, wire: wire)
+        wire.serverCommandHandler = { [unowned self] (m: Reply) throws(ClientError) in try self.serveDMA(m) }
+    }
+
+    private init(socket: Int32, wire: ClientWire?) {
+        self.socket = socket
         self.wire = wire
         sendBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
         receiveBuffer = .allocate(byteCount: Limits.maxMessageSize + 4096, alignment: 16)
-        wire.serverCommandHandler = { [unowned self] (m: Reply) throws(ClientError) in try self.serveDMA(m) }
     }
 
     /// Ends the connection now (the server sees the client leave); the

@@ -9,7 +9,9 @@ struct RequestPolicy {
     /// Commands refused with EPERM before they are decoded (nil: none).
     let refused: Set<Command>?
 
-    /// The device socket's: everything.
+    /// The device socket's: everything. Computed, not a stored static: on
+    /// the hot path it inlines to a constant nil and the check disappears,
+    /// where a `static let` would be a lazily initialised global to load.
     static var full: RequestPolicy { RequestPolicy(refused: nil) }
 
     /// The display socket's: nothing that changes the device or reads its registers.
