@@ -75,10 +75,14 @@ public final class MessageFramer {
     }
 
     /// Hands the first `count` descriptors of the last message to the caller, as one batch.
-    public func takeFDs(_ count: Int) -> ReceivedDescriptors {
+    public func takeFDs(_ count: Int) -> ReceivedDescriptors { ReceivedDescriptors(adoptingRaw: releaseFDs(count)) }
+
+    /// The first `count` descriptors of the last message, no longer the
+    /// framer's: for a holder that keeps them raw (a deferred message).
+    func releaseFDs(_ count: Int) -> [Int32] {
         var raw: [Int32] = []
         for i in 0..<min(count, fds.count) { raw.append(fds[i]); fds[i] = -1 }
-        return ReceivedDescriptors(adoptingRaw: raw)
+        return raw
     }
 
     /// Installs descriptors as those of the current message (a deferred

@@ -77,8 +77,6 @@ public final class Transport<Channel: MessageChannel> {
     public var maxFDs: Int { framer.maxFDs }
     /// Largest message accepted whole.
     public var maxMessageSize: Int { framer.maxMessageSize }
-    /// Descriptors of the message last returned by `receive`.
-    public var fds: [Int32] { framer.fds }
 
     /// True when a whole message is already buffered (no read needed).
     @inline(__always)
@@ -102,10 +100,8 @@ public final class Transport<Channel: MessageChannel> {
         if message.payload.count > 0 {
             (bytes.baseAddress! + Header.size).copyMemory(from: message.payload.baseAddress!, byteCount: message.payload.count)
         }
-        var kept: [Int32] = []
         // Held raw until the message is handled again: the transport owns them meanwhile.
-        for i in 0..<message.fdCount { kept.append(takeFD(i)?.release().rawValue ?? -1) }
-        deferred.items.append(Deferred(bytes: bytes, fds: kept))
+        deferred.items.append(Deferred(bytes: bytes, fds: framer.releaseFDs(message.fdCount)))
     }
 
     /// Whether deferred messages wait to be handled.
@@ -142,11 +138,6 @@ public final class Transport<Channel: MessageChannel> {
         try channel.send(UnsafeRawBufferPointer(start: sendBuffer.baseAddress!, count: length), fds: fds)
     }
 
-    /// Sends `bytes` and `fds` in one message.
-    public func send(_ bytes: UnsafeRawBufferPointer, fds: UnsafeBufferPointer<Int32> = UnsafeBufferPointer(start: nil, count: 0)) throws(TransportEnd) {
-        try channel.send(bytes, fds: fds)
-    }
-
     /// Finishes `w` as the successful reply to `h` and sends it, with a
     /// copy of `fd` when there is one (the descriptor stays its owner's).
     /// Nothing is sent if `h` asked for no reply.
@@ -170,8 +161,8 @@ public final class Transport<Channel: MessageChannel> {
 // MARK: Deferred messages
 
 /// A command that arrived while the server was waiting for the reply to
-    /// its own DMA request: kept whole, with its descriptors, to be handled
-    /// after that reply.
+/// its own DMA request: kept whole, with its descriptors, to be handled
+/// after that reply.
 struct Deferred {
     var bytes: UnsafeMutableRawBufferPointer
     var fds: [Int32]
