@@ -154,12 +154,8 @@ final class Viewer: @unchecked Sendable {
     }
 
     private func route(_ request: Request, header h: Header) throws {
-        if client == nil {
-            guard case .version = request else { throw ProtocolError.invalid("VERSION must come first") }
-        }
         var w = MessageWriter(transport.sendBuffer)
         if case .version(_, _, let caps) = request {
-            guard client == nil else { throw ProtocolError.invalid("VERSION already negotiated") }
             let answer = try Capabilities.serverReply(to: caps, offersMigration: false)
             answer.encodeVersionReply(&w)
             client = caps

@@ -24,8 +24,9 @@ struct RequestPolicy {
 /// The request path every connection shares: refuse what framing flagged
 /// (oversized: E2BIG; more descriptors than the framer holds or than
 /// `fdLimit`, the negotiated max_msg_fds: EINVAL), apply `policy`, decode,
-/// route, and turn a failure into one errno reply (none to a reply or a
-/// posted message). Only the end of the channel is thrown.
+/// hold VERSION to coming first and once, route, and turn a failure into
+/// one errno reply (none to a reply or a posted message). Only the end of
+/// the channel is thrown.
 @inline(__always)
 func handleMessage<C: MessageChannel>(_ m: InboundMessage, on transport: Transport<C>, policy: RequestPolicy,
                                       negotiated: Bool, fdLimit: Int, logger: Logger,
@@ -46,6 +47,11 @@ func handleMessage<C: MessageChannel>(_ m: InboundMessage, on transport: Transpo
             throw ProtocolError(EPERM, "the display socket does not change the device")
         }
         let request = try Request.decode(h, payload: m.payload, fdCount: m.fdCount)
+        if !negotiated {
+            guard case .version = request else { throw ProtocolError.invalid("VERSION must come first") }
+        } else if case .version = request {
+            throw ProtocolError.invalid("VERSION already negotiated")
+        }
         try route(request, h, m.fdCount)
     } catch let failure as ProtocolError {
         transport.closeFDs()
