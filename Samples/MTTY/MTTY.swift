@@ -243,7 +243,7 @@ public final class MTTY: VFIODevice {
             u.lastReceiveActivity = now >= idle ? now - idle : 0
             restored.append(u)
         }
-        let cfg = try r.raw(256)
+        let cfg = try r.raw(initialConfig.size)
         try r.finish()
         ports = restored
         config = initialConfig

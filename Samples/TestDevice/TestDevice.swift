@@ -228,7 +228,7 @@ public final class TestDevice: VFIODevice {
         } else {
             r = try StateReader(bytes, magic: Self.stateMagic, what: "test-device", version: version, readable: Self.readableStateVersions)
         }
-        let newBAR0 = try r.raw(4096), newBAR2 = try r.raw(32), newBAR1 = try r.raw(4096), cfg = try r.raw(256)
+        let newBAR0 = try r.raw(bar0.count), newBAR2 = try r.raw(bar2.count), newBAR1 = try r.raw(4096), cfg = try r.raw(initialConfig.size)
         try r.finish()
         bar0 = newBAR0
         bar2 = newBAR2
