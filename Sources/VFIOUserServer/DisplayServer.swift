@@ -124,6 +124,8 @@ final class Viewer: @unchecked Sendable {
     let description: DeviceDescription
     let logger: Logger
     private var client: Capabilities?
+    /// What a viewer may do: look, never change.
+    static let policy = RequestPolicy.readOnly
     /// Most descriptors a message may carry, as on the device socket.
     private var fdLimit = Limits.maxMessageFDs
 
@@ -148,7 +150,7 @@ final class Viewer: @unchecked Sendable {
 
     /// The device socket's request path, under the read-only policy.
     private func handle(_ m: InboundMessage) throws(TransportEnd) {
-        try handleMessage(m, on: transport, policy: .readOnly, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, _ in
+        try handleMessage(m, on: transport, policy: Self.policy, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, _ in
             try route(request, header: h)
         }
     }
@@ -162,7 +164,8 @@ final class Viewer: @unchecked Sendable {
             fdLimit = answer.maxMessageFDs
             return try transport.reply(w, to: h)
         }
-        guard try description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, writer: &w, transport: transport) else {
+        guard try description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, readOnlyMemory: Self.policy.readOnlyMemory,
+                                          writer: &w, transport: transport) else {
             throw ProtocolError(EPERM, "the display socket does not change the device")
         }
     }

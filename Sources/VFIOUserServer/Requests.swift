@@ -1,5 +1,7 @@
+import Descriptors
 import Glibc
 import Logging
+import SystemPackage
 import VFIOUser
 
 /// Which commands a connection may send once VERSION is done: the device
@@ -8,17 +10,21 @@ import VFIOUser
 struct RequestPolicy {
     /// Commands refused with EPERM before they are decoded (nil: none).
     let refused: Set<Command>?
+    /// Memory descriptors (region memfds, dmabufs) go out read-only, so a
+    /// mapping of them cannot write what the guest reads.
+    let readOnlyMemory: Bool
 
     /// The device socket's: everything. Computed, not a stored static: on
     /// the hot path it inlines to a constant nil and the check disappears,
     /// where a `static let` would be a lazily initialised global to load.
-    static var full: RequestPolicy { RequestPolicy(refused: nil) }
+    static var full: RequestPolicy { RequestPolicy(refused: nil, readOnlyMemory: false) }
 
-    /// The display socket's: nothing that changes the device or reads its registers.
+    /// The display socket's: nothing that changes the device or reads its
+    /// registers, and its memory only to look at.
     static let readOnly = RequestPolicy(refused: [
         .dmaMap, .dmaUnmap, .deviceSetIRQs, .regionRead, .regionWrite, .regionWriteMulti,
         .deviceReset, .dirtyPages, .deviceFeature, .migDataRead, .migDataWrite,
-    ])
+    ], readOnlyMemory: true)
 }
 
 /// The request path every connection shares: refuse what framing flagged
@@ -72,16 +78,27 @@ func handleMessage<C: MessageChannel>(_ m: InboundMessage, on transport: Transpo
 extension DeviceDescription {
     /// Answers the commands that only describe the device (the same on the
     /// device and the display socket). `gfx`: the client negotiated the
-    /// plane extension. Returns false for any other command.
-    func answerQuery<C: MessageChannel>(_ request: Request, header h: Header, gfx: Bool, writer w: inout MessageWriter,
-                                        transport: Transport<C>) throws -> Bool {
+    /// plane extension; `readOnlyMemory`: memory descriptors go out as
+    /// read-only views. Returns false for any other command.
+    func answerQuery<C: MessageChannel>(_ request: Request, header h: Header, gfx: Bool, readOnlyMemory: Bool = false,
+                                        writer w: inout MessageWriter, transport: Transport<C>) throws -> Bool {
+        /// The reply with `fd`: the device's own descriptor, or a read-only
+        /// one of the same memory (opened afresh through /proc, as mapping
+        /// permissions follow the open file, not the memory).
+        func reply(_ w: MessageWriter, sharing fd: FileDescriptor?) throws {
+            guard readOnlyMemory, let fd else { return try transport.reply(w, to: h, fd: fd) }
+            guard let view = OwnedDescriptor(adoptingRaw: open("/proc/self/fd/\(fd.rawValue)", O_RDONLY | O_CLOEXEC)) else {
+                throw ProtocolError(errno, "cannot open a read-only view of the device's memory")
+            }
+            try transport.reply(w, to: h, fd: view.fileDescriptor)
+        }
         switch request {
         case .deviceGetInfo:
             deviceInfo(into: &w)
             try transport.reply(w, to: h)
         case .deviceGetRegionInfo(let argsz, let index):
             let fd = try regionInfo(index: index, argsz: argsz, into: &w)
-            try transport.reply(w, to: h, fd: fd)
+            try reply(w, sharing: fd)
         case .deviceGetRegionIOFDs(_, let index):
             try regionIOFDs(index: index, into: &w)
             try transport.reply(w, to: h)
@@ -95,7 +112,7 @@ extension DeviceDescription {
         case .getGfxDmabuf(let id):
             guard gfx else { throw ProtocolError.invalid("unknown command") }
             let fd = try display.dmabuf(id: id, into: &w)
-            try transport.reply(w, to: h, fd: fd)
+            try reply(w, sharing: fd)
         default:
             return false
         }

@@ -333,6 +333,31 @@ struct DisplaySocketTests {
         #expect(try v.queryPlane(flags: VFIO.gfxPlaneDmabuf).width == 800)
     }
 
+    @Test("a viewer's descriptors show the device's memory and cannot write it")
+    func memoryIsReadOnly() throws {
+        let s = try LiveServer(try MBochs(type: .small), type: "mbochs-small")
+        let d = try LiveDisplay(s)
+        let vmm = try s.connect()
+        try setBochsMode(vmm, width: 800, height: 600, vram: 4 << 20)
+        try vmm.write(region: 0, offset: 0, bytes: [1, 2, 3, 4])
+        let v = try d.connect()
+        let vram = try v.regionInfo(0)
+        let dmabuf = try v.dmabuf(id: try v.queryPlane(flags: VFIO.gfxPlaneDmabuf).id)
+        for (what, fd, size) in [("VRAM", vram.fd, Int(vram.size)), ("dmabuf", dmabuf.descriptor.rawValue, Int(dmabuf.size))] {
+            #expect(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED && errno == EACCES, "\(what)")
+            #expect(pwrite(fd, [9], 1, 0) == -1, "\(what)")
+            let p = try #require(mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0))
+            #expect(p != MAP_FAILED && p.load(as: UInt32.self) == 0x0403_0201, "\(what) shows what the guest wrote")
+            munmap(p, size)
+        }
+        #expect(try vmm.read(region: 0, offset: 0, count: 4) == [1, 2, 3, 4])
+        // The VMM's own descriptor still maps for writing, as QEMU's does.
+        let own = try vmm.regionInfo(0)
+        let rw = mmap(nil, Int(own.size), PROT_READ | PROT_WRITE, MAP_SHARED, own.fd, 0)
+        #expect(rw != MAP_FAILED)
+        if let rw, rw != MAP_FAILED { munmap(rw, Int(own.size)) }
+    }
+
     @Test("two viewers at once while the VMM keeps writing registers")
     func viewersBesideAVMM() async throws {
         let s = try LiveServer(try MBochs(type: .medium), type: "mbochs-medium")
