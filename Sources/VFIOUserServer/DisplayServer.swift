@@ -104,16 +104,18 @@ public final class DisplayServer: @unchecked Sendable {
     /// Stops accepting, ends every viewer's connection, and waits (briefly)
     /// for their threads to finish.
     public func stop() {
-        let fds = state.withLock { s -> (Int32, [Int32]) in
-            if s.stopped { return (-1, []) }
+        let listen = state.withLock { s -> Int32 in
+            if s.stopped { return -1 }
             s.stopped = true
-            return (s.listen, Array(s.viewers))
+            // Under the lock: a viewer leaves the set before its socket is
+            // closed, so every number here is still that viewer's.
+            for v in s.viewers { shutdown(v, Int32(SHUT_RDWR)) }
+            return s.listen
         }
-        if fds.0 >= 0 { shutdown(fds.0, Int32(SHUT_RDWR)) }
-        for v in fds.1 { shutdown(v, Int32(SHUT_RDWR)) }
+        if listen >= 0 { shutdown(listen, Int32(SHUT_RDWR)) }
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         _ = waitForViewers(atMost: 0, timeout: 1)
-        if fds.0 >= 0 { close(fds.0); unlink(path) }
+        if listen >= 0 { close(listen); unlink(path) }
     }
 }
 
