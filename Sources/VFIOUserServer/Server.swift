@@ -330,14 +330,16 @@ public final class DeviceServer: @unchecked Sendable {
 
     /// Stops accepting, ends the current connection, and waits for the threads.
     public func stop() {
-        let (listen, connection) = locked { s -> (Int32, Int32) in
-            if s.stopped { return (-1, -1) }
+        let listen = locked { s -> Int32 in
+            if s.stopped { return -1 }
             s.stopped = true
-            return (s.listen, s.connection)
+            // Under the lock: the session vacates before it closes its
+            // socket, so this number is still the client's.
+            if s.connection >= 0 { shutdown(s.connection, Int32(SHUT_RDWR)) }
+            return s.listen
         }
         pthread_cond_broadcast(changed)
         if listen >= 0 { shutdown(listen, Int32(SHUT_RDWR)) }
-        if connection >= 0 { shutdown(connection, Int32(SHUT_RDWR)) }
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         if let t = locked({ s -> pthread_t? in defer { s.session = nil }; return s.session }) { pthread_join(t, nil) }
         if listen >= 0 { close(listen); if ownsSocketFile { unlink(path) } }
