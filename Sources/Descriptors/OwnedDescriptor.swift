@@ -1,4 +1,3 @@
-import Glibc
 import SystemPackage
 
 /// A file descriptor this value owns: it is closed when the value goes,
@@ -31,13 +30,6 @@ public struct OwnedDescriptor: ~Copyable {
         return fd
     }
 
-    /// A second descriptor for the same open file (close-on-exec).
-    public func duplicate() throws(Errno) -> OwnedDescriptor {
-        let copy = fcntl(fileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0)
-        guard copy >= 0 else { throw Errno(rawValue: errno) }
-        return OwnedDescriptor(adopting: FileDescriptor(rawValue: copy))
-    }
-
     deinit { try? fileDescriptor.close() }
 }
 
@@ -48,9 +40,6 @@ public struct ReceivedDescriptors: ~Copyable {
 
     /// Takes over every descriptor in `fds` (negative entries are none).
     public init(adoptingRaw fds: [CInt]) { self.fds = fds }
-
-    /// How many arrived.
-    public var count: Int { fds.count }
 
     /// Takes the `i`th descriptor out of the batch (nil when it was taken already).
     public mutating func take(_ i: Int) -> OwnedDescriptor? {
