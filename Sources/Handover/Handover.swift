@@ -64,14 +64,16 @@ public struct Handover: Equatable, Sendable {
             guard flags & ~requiredFlag == 0 else { throw DeviceError(EINVAL, "handover section \(type) has unknown flags \(flags)") }
             guard length <= r.remaining else { throw DeviceError(EINVAL, "handover section \(type) is longer than the handover") }
             let section = Section(type: type, required: flags & requiredFlag != 0, payload: try r.raw(length))
-            if let known = SectionType(rawValue: type) {
-                try known.check(section.payload, descriptorCount: descriptorCount)
-                if known == .descriptor {
-                    let index = try InventoryItem(section.payload, descriptorCount: descriptorCount).index
-                    guard named.insert(index).inserted else { throw DeviceError(EINVAL, "handover names descriptor \(index) twice") }
+            switch SectionType(rawValue: type) {
+            case .descriptor?:
+                let index = try InventoryItem(section.payload, descriptorCount: descriptorCount).index
+                guard named.insert(index).inserted else { throw DeviceError(EINVAL, "handover names descriptor \(index) twice") }
+            case .writer?: _ = try Writer(section.payload)
+            case .modelState?: _ = try ModelState(section.payload)
+            case nil:
+                guard !section.required else {
+                    throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
                 }
-            } else if section.required {
-                throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
             }
             sections.append(section)
         }
@@ -91,14 +93,6 @@ public enum SectionType: UInt16, Sendable {
     case descriptor = 2
     /// A device's model state: its type and the model's own state stream.
     case modelState = 3
-
-    func check(_ payload: [UInt8], descriptorCount: Int) throws(DeviceError) {
-        switch self {
-        case .writer: _ = try Writer(payload)
-        case .descriptor: _ = try InventoryItem(payload, descriptorCount: descriptorCount)
-        case .modelState: _ = try ModelState(payload)
-        }
-    }
 }
 
 /// What a descriptor is for: how the new process knows what to do with it.
