@@ -160,17 +160,19 @@ final class ControlConnection: @unchecked Sendable {
     /// place among the control clients) has happened.
     func serve(then done: () -> Void) {
         defer { done(); close(socket) }
-        var descriptor: Int32?
-        defer { if let d = descriptor { close(d) } }
+        var received: Int32?
         let response: ControlResponse
-        switch read(&descriptor) {
+        let bytes = read(&received)
+        // Owned here, for the length of the request; closed when it is answered.
+        let descriptor = received.flatMap { SharedDescriptor(adoptingRaw: $0) }
+        switch bytes {
         case .failure(let e):
             daemon.logger.warning("control client: \(e.message)")
             response = .failure(e)
         case .success(let bytes):
             do {
                 let request = try JSONDecoder().decode(ControlRequest.self, from: Data(bytes))
-                response = daemon.handle(request, descriptor: descriptor)
+                response = daemon.handle(request, descriptor: descriptor?.fileDescriptor)
             } catch let e as DecodingError {
                 response = .failure(LifecycleError(.invalid, "malformed request: \(DefinitionStore.describe(e))"))
             } catch {

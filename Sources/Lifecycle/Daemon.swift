@@ -213,9 +213,9 @@ public final class Daemon: @unchecked Sendable {
     // MARK: Requests
 
     /// Answers one control request. `descriptor` is the file the request
-    /// carried (migrate-save, migrate-load, compat from a saved state);
-    /// the caller closes it.
-    public func handle(_ request: ControlRequest, descriptor: Int32? = nil) -> ControlResponse {
+    /// carried (migrate-save, migrate-load, compat from a saved state),
+    /// borrowed for the request.
+    public func handle(_ request: ControlRequest, descriptor: FileDescriptor? = nil) -> ControlResponse {
         do {
             let takesDescriptor = ["migrate-save", "migrate-load", "compat"].contains(request.request)
             if descriptor != nil && !takesDescriptor {
@@ -301,8 +301,9 @@ public final class Daemon: @unchecked Sendable {
         return u
     }
 
-    static func file(_ fd: Int32?, writing: Bool) throws(LifecycleError) -> Int32 {
-        guard let fd else { throw LifecycleError(.invalid, "this request carries the state file as a descriptor (SCM_RIGHTS)") }
+    static func file(_ file: FileDescriptor?, writing: Bool) throws(LifecycleError) -> FileDescriptor {
+        guard let file else { throw LifecycleError(.invalid, "this request carries the state file as a descriptor (SCM_RIGHTS)") }
+        let fd = file.rawValue
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
             throw LifecycleError(.invalid, "the descriptor must be a regular file")
@@ -311,7 +312,7 @@ public final class Daemon: @unchecked Sendable {
         guard writing ? (mode == O_WRONLY || mode == O_RDWR) : (mode == O_RDONLY || mode == O_RDWR) else {
             throw LifecycleError(.invalid, "the file is not open for \(writing ? "writing" : "reading")")
         }
-        return fd
+        return file
     }
 
     private func running(_ uuid: String) throws(LifecycleError) -> Instance {
@@ -516,7 +517,8 @@ public final class Daemon: @unchecked Sendable {
 
     // MARK: Migration
 
-    func migrateSave(_ uuid: String, into fd: Int32) throws(LifecycleError) -> Int {
+    func migrateSave(_ uuid: String, into file: FileDescriptor) throws(LifecycleError) -> Int {
+        let fd = file.rawValue
         let instance = try running(uuid)
         let saved = instance.server.withIdleDevice { host -> Result<[UInt8], DeviceError> in
             do throws(DeviceError) { return .success(try host.saveMigrationState()) } catch { return .failure(error) }
@@ -544,9 +546,9 @@ public final class Daemon: @unchecked Sendable {
         return stream.count
     }
 
-    func migrateLoad(_ uuid: String, from fd: Int32) throws(LifecycleError) -> Int {
+    func migrateLoad(_ uuid: String, from file: FileDescriptor) throws(LifecycleError) -> Int {
         let instance = try running(uuid)
-        let stream = try Self.readAll(fd, limit: MigrationMachine.maxStream)
+        let stream = try Self.readAll(file, limit: MigrationMachine.maxStream)
         let source: MigrationIdentity
         do { source = try MigrationMachine.header(stream).0 } catch {
             throw LifecycleError(.invalid, "not a saved state: \(error.message)")
@@ -565,7 +567,8 @@ public final class Daemon: @unchecked Sendable {
         return stream.count
     }
 
-    static func readAll(_ fd: Int32, limit: Int) throws(LifecycleError) -> [UInt8] {
+    static func readAll(_ file: FileDescriptor, limit: Int) throws(LifecycleError) -> [UInt8] {
+        let fd = file.rawValue
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw LifecycleError(.system, "cannot read the state file: \(String(cString: strerror(errno)))") }
         guard st.st_size <= limit else { throw LifecycleError(.invalid, "the state file is larger than \(limit >> 20) MiB") }
@@ -584,7 +587,7 @@ public final class Daemon: @unchecked Sendable {
     /// compat: from a running instance (`from`) or a saved state (the
     /// descriptor), to a running instance (`to`) or a type with attributes.
     /// The same rule a resume applies, before any data moves.
-    func compat(_ request: ControlRequest, descriptor: Int32?, into r: inout ControlResponse) throws(LifecycleError) {
+    func compat(_ request: ControlRequest, descriptor: FileDescriptor?, into r: inout ControlResponse) throws(LifecycleError) {
         let source: MigrationIdentity
         switch (request.from, descriptor) {
         case (let from?, nil):
@@ -594,7 +597,7 @@ public final class Daemon: @unchecked Sendable {
         case (nil, let fd?):
             let file = try Self.file(fd, writing: false)
             var head = [UInt8](repeating: 0, count: MigrationMachine.magic.count + 4 + (64 << 10))
-            let n = head.withUnsafeMutableBytes { pread(file, $0.baseAddress, $0.count, 0) }
+            let n = head.withUnsafeMutableBytes { pread(file.rawValue, $0.baseAddress, $0.count, 0) }
             guard n >= 0 else { throw LifecycleError(.system, "cannot read the state file: \(String(cString: strerror(errno)))") }
             do { source = try MigrationMachine.header(Array(head[0..<n])).0 } catch {
                 throw LifecycleError(.invalid, "not a saved state: \(error.message)")
