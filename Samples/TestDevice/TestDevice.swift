@@ -232,7 +232,10 @@ public final class TestDevice: VFIODevice {
         try r.finish()
         bar0 = newBAR0
         bar2 = newBAR2
-        newBAR1.withUnsafeBytes { bar1.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
+        // Memory handed over on a live upgrade holds the client's pages as they are now.
+        if !bar1Memory.takeKeepContents() {
+            newBAR1.withUnsafeBytes { bar1.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
+        }
         config = initialConfig
         config.setBytes(0, cfg)
     }

@@ -106,6 +106,13 @@ ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
 /// caller treats that message as a framing error. Received fds are CLOEXEC.
 ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
                                     int *fds, int maxfds, int *nfds, int *truncated) {
+    ssize_t n;
+    do { n = umdev_recvmsg_once(sock, buf, len, flags, fds, maxfds, nfds, truncated); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t umdev_recvmsg_once(int sock, void *buf, size_t len, int flags,
+                                    int *fds, int maxfds, int *nfds, int *truncated) {
     struct iovec iov = { .iov_base = buf, .iov_len = len };
     union {
         char bytes[CMSG_SPACE(sizeof(int) * 64)];
@@ -120,7 +127,7 @@ ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
     *nfds = 0;
     *truncated = 0;
     ssize_t n;
-    do { n = umdev_raw_recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    n = umdev_raw_recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
     if (n < 0) return n;
     if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
@@ -221,3 +228,57 @@ int umdev_guarded_copy(void *dst, const void *src, size_t len) {
 
 const int umdev_seek_data = SEEK_DATA;
 const int umdev_seek_hole = SEEK_HOLE;
+
+
+/* ---- live upgrade ---- */
+
+static void on_kick(int signo) { (void)signo; }
+static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
+static void install_kick(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_kick;
+    sa.sa_flags = 0; /* no SA_RESTART: the point is EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGRTMIN + 1, &sa, NULL);
+}
+
+int umdev_install_kick_signal(void) {
+    pthread_once(&kick_once, install_kick);
+    return SIGRTMIN + 1;
+}
+
+int umdev_kick_thread(unsigned long thread) {
+    return pthread_kill((pthread_t)thread, SIGRTMIN + 1);
+}
+
+int umdev_block_only_signal(int signo) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(SIG_SETMASK, &set, NULL);
+}
+
+int umdev_allow_kick(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN + 1);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int umdev_wait_signal(int signo) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    int r;
+    do { r = sigwaitinfo(&set, &info); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -1 : (int)info.si_pid;
+}
+
+int umdev_set_cloexec(int fd, int on) {
+    int flags = fcntl(fd, F_GETFD);
+    if (flags < 0) return -1;
+    return fcntl(fd, F_SETFD, on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC));
+}

@@ -17,7 +17,31 @@ public final class SharedMemory {
     public let size: Int
     public let base: UnsafeMutableRawPointer
 
+    /// Whether the memory came from a previous process (a live upgrade)
+    /// and the next state restore must leave its contents alone: they are
+    /// the client's current pages, newer than any saved copy.
+    private var keepContentsOnRestore = false
+
+    /// True once, for memory that was handed over: what a model's restore
+    /// asks before it writes saved contents into the memory.
+    public func takeKeepContents() -> Bool {
+        defer { keepContentsOnRestore = false }
+        return keepContentsOnRestore
+    }
+
     public init(name: String, size: Int) throws(DeviceError) {
+        if let adopted = MemoryAdoption.claim(name: name, size: size) {
+            guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, adopted, 0), p != MAP_FAILED else {
+                let e = errno
+                close(adopted)
+                throw DeviceError(e, "mmap of the handed-over \(name) failed")
+            }
+            descriptor = OwnedDescriptor(adopting: FileDescriptor(rawValue: adopted))
+            self.size = size
+            self.base = p
+            keepContentsOnRestore = true
+            return
+        }
         let fd = umdev_memfd(name)
         guard fd >= 0 else { throw DeviceError(errno, "memfd_create(\(name)) failed") }
         guard ftruncate(fd, off_t(size)) == 0 else {
@@ -96,7 +120,8 @@ public final class SharedMemory {
     public func restorePages(_ data: [UInt8], at offset: Int) throws(DeviceError) -> Int {
         guard data.count >= offset + 4 else { throw DeviceError(EINVAL, "memory pages truncated") }
         let count = Int(data[offset]) | Int(data[offset + 1]) << 8 | Int(data[offset + 2]) << 16 | Int(data[offset + 3]) << 24
-        clear()
+        let keep = takeKeepContents()
+        if !keep { clear() }
         var at = offset + 4
         guard count <= size / Self.pageSize, data.count >= at + count * (4 + Self.pageSize) else {
             throw DeviceError(EINVAL, "memory pages truncated or too many")
@@ -104,9 +129,67 @@ public final class SharedMemory {
         for _ in 0..<count {
             let page = Int(data[at]) | Int(data[at + 1]) << 8 | Int(data[at + 2]) << 16 | Int(data[at + 3]) << 24
             guard page < size / Self.pageSize else { throw DeviceError(EINVAL, "memory page \(page) beyond the memory") }
-            data.withUnsafeBytes { (base + page * Self.pageSize).copyMemory(from: $0.baseAddress! + at + 4, byteCount: Self.pageSize) }
+            if !keep { data.withUnsafeBytes { (base + page * Self.pageSize).copyMemory(from: $0.baseAddress! + at + 4, byteCount: Self.pageSize) } }
             at += 4 + Self.pageSize
         }
         return at
+    }
+}
+
+/// Memory a previous process handed over on a live upgrade, offered to the
+/// device models about to be built: a `SharedMemory` made with the same
+/// name and size takes the memfd instead of creating one, so the client's
+/// mapping and the guest's data stay what they are.
+public enum MemoryAdoption {
+    private nonisolated(unsafe) static var offered: [Int32] = []
+    private nonisolated(unsafe) static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    /// Runs `body` (which builds the device) with `fds` on offer; returns
+    /// its result and the descriptors no memory claimed (the caller's). The
+    /// descriptors are given up: claimed ones are the memory's, and on a
+    /// throw every one is closed. One offer at a time, process-wide.
+    public static func offering<T>(_ fds: [Int32], _ body: () throws(DeviceError) -> T) throws(DeviceError) -> (T, unclaimed: [Int32]) {
+        pthread_mutex_lock(lock)
+        offered = fds
+        defer {
+            offered = []
+            pthread_mutex_unlock(lock)
+        }
+        do {
+            let value = try body()
+            return (value, offered)
+        } catch {
+            // What was claimed closes with the model that failed; the rest here.
+            for fd in offered { close(fd) }
+            throw error
+        }
+    }
+
+    /// The offered memfd made as `name`, `size` bytes long, if any.
+    static func claim(name: String, size: Int) -> Int32? {
+        guard !offered.isEmpty else { return nil }
+        for (i, fd) in offered.enumerated() {
+            var st = stat()
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) == size,
+                  memfdName(fd) == name else { continue }
+            offered.remove(at: i)
+            return fd
+        }
+        return nil
+    }
+
+    /// The name a memfd was created with (its /proc/self/fd link reads "/memfd:NAME (deleted)").
+    static func memfdName(_ fd: Int32) -> String? {
+        var buf = [CChar](repeating: 0, count: 512)
+        let n = readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        let link = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let prefix = "/memfd:", suffix = " (deleted)"
+        guard link.hasPrefix(prefix), link.hasSuffix(suffix) else { return nil }
+        return String(link.dropFirst(prefix.count).dropLast(suffix.count))
     }
 }

@@ -16,6 +16,20 @@ public struct DMAMap: Equatable, Sendable {
     public func encode(_ w: inout MessageWriter) {
         w.u32(argsz); w.u32(flags); w.u64(offset); w.u64(address); w.u64(size)
     }
+
+    /// What makes a window acceptable, whoever proposes it (a client's
+    /// DMA_MAP, or a handover from the previous process).
+    public func check(withDescriptor: Bool) throws(ProtocolError) {
+        let m = self
+        guard m.flags & ~(VFIO.dmaMapRead | VFIO.dmaMapWrite) == 0 else { throw .invalid("unknown DMA_MAP flags") }
+        guard m.size > 0 else { throw .invalid("DMA_MAP of zero bytes") }
+        guard m.address &+ m.size > m.address || m.address &+ m.size == 0 else { throw .invalid("DMA_MAP range wraps") }
+        let page = Limits.pageSize - 1
+        guard m.address & page == 0, m.size & page == 0 else { throw .invalid("DMA_MAP range not page aligned") }
+        guard !withDescriptor || m.offset & page == 0 else { throw .invalid("DMA_MAP file offset not page aligned") }
+        guard withDescriptor || m.offset == 0 else { throw .invalid("DMA_MAP offset without a descriptor") }
+        guard m.offset &+ m.size >= m.offset else { throw .invalid("DMA_MAP file range wraps") }
+    }
 }
 
 /// DMA_UNMAP payload (24 bytes); the reply echoes it.
@@ -182,14 +196,7 @@ public enum Request {
             guard fdCount <= 1 else { throw .invalid("DMA_MAP with more than one descriptor") }
             var m = DMAMap(flags: p.u32(4), offset: p.u64(8), address: p.u64(16), size: p.u64(24))
             m.argsz = p.u32(0)
-            guard m.flags & ~(VFIO.dmaMapRead | VFIO.dmaMapWrite) == 0 else { throw .invalid("unknown DMA_MAP flags") }
-            guard m.size > 0 else { throw .invalid("DMA_MAP of zero bytes") }
-            guard m.address &+ m.size > m.address || m.address &+ m.size == 0 else { throw .invalid("DMA_MAP range wraps") }
-            let page = Limits.pageSize - 1
-            guard m.address & page == 0, m.size & page == 0 else { throw .invalid("DMA_MAP range not page aligned") }
-            guard fdCount == 0 || m.offset & page == 0 else { throw .invalid("DMA_MAP file offset not page aligned") }
-            guard fdCount == 1 || m.offset == 0 else { throw .invalid("DMA_MAP offset without a descriptor") }
-            guard m.offset &+ m.size >= m.offset else { throw .invalid("DMA_MAP file range wraps") }
+            try m.check(withDescriptor: fdCount == 1)
             return .dmaMap(m)
 
         case .dmaUnmap:

@@ -73,12 +73,13 @@ public final class SocketChannel: MessageChannel {
         var truncated: Int32 = 0
         let space = framer.readSpace
         let n = framer.withFDSpace { room -> Int in
-            umdev_recvmsg(socket, space.baseAddress!, space.count, nonBlocking ? umdev_msg_dontwait() : 0,
+            umdev_recvmsg_once(socket, space.baseAddress!, space.count, nonBlocking ? umdev_msg_dontwait() : 0,
                           room.baseAddress!, Int32(room.count), &nfds, &truncated)
         }
         if n < 0 {
             let e = errno
             if e == EAGAIN || e == EWOULDBLOCK { return false }
+            if e == EINTR { throw .interrupted }
             throw .io(e)
         }
         if n == 0 {

@@ -15,6 +15,11 @@ public final class DMATable {
         public var flags: UInt32
         /// Host mapping of the window, or nil when it has no descriptor.
         public var mapping: UnsafeMutableRawPointer?
+        /// The descriptor the client sent (kept, so a live upgrade can hand
+        /// the same memory to the next process), -1 when none; and the
+        /// window's offset in it.
+        public var fd: Int32 = -1
+        public var fileOffset: UInt64 = 0
         public var readable: Bool { flags & VFIO.dmaMapRead != 0 }
         public var writable: Bool { flags & VFIO.dmaMapWrite != 0 }
         var end: UInt64 { address &+ size }
@@ -27,8 +32,8 @@ public final class DMATable {
     init(maxWindows: Int) { self.maxWindows = maxWindows }
     deinit { removeAll() }
 
-    /// Adds a window, mmapping `fd` when there is one; the descriptor is
-    /// closed when this returns (the mapping keeps the memory).
+    /// Adds a window, mmapping `fd` when there is one; the window keeps the
+    /// descriptor until it is unmapped.
     func map(_ m: DMAMap, fd: consuming OwnedDescriptor?) throws(ProtocolError) {
         let end = m.address &+ m.size
         let at = windows.firstIndex { $0.address >= m.address } ?? windows.count
@@ -54,6 +59,8 @@ public final class DMATable {
             let p = mmap(nil, Int(m.size), prot, MAP_SHARED, fd.rawValue, off_t(m.offset))
             guard let p, p != MAP_FAILED else { throw ProtocolError(errno == 0 ? EINVAL : errno, "mmap of DMA descriptor failed") }
             w.mapping = p
+            w.fd = fd.release().rawValue
+            w.fileOffset = m.offset
         }
         windows.insert(w, at: at)
     }
@@ -75,6 +82,15 @@ public final class DMATable {
 
     private func release(_ w: Window) {
         if let p = w.mapping { munmap(p, Int(w.size)) }
+        if w.fd >= 0 { close(w.fd) }
+    }
+
+    /// Adopts a window a previous process mapped (a live upgrade), under
+    /// the checks a client's DMA_MAP gets, so a handover cannot bring in
+    /// what a client could not. The descriptor is the window's from here.
+    func adopt(_ m: DMAMap, fd: consuming OwnedDescriptor?) throws(ProtocolError) {
+        try m.check(withDescriptor: fd != nil)
+        try map(m, fd: fd)
     }
 
     /// The window holding all of [iova, iova+count), if any.

@@ -146,17 +146,17 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     let clock: Clock
     let logger: Logger
     /// Client capabilities once VERSION succeeded.
-    @exclusivity(unchecked) public private(set) var client: Capabilities?
+    @exclusivity(unchecked) public internal(set) var client: Capabilities?
     public let dma: DMATable
     public let interrupts: InterruptState
     private lazy var guestMemory = GuestMemory<Channel, Clock>(endpoint: self)
     /// Per-region facts the hot path needs, flattened.
     private let regionSize: [UInt64]
     private let regionAccess: [UInt8] // bit0 read, bit1 write
-    @exclusivity(unchecked) private var nextRequestID: UInt16 = 0
+    @exclusivity(unchecked) var nextRequestID: UInt16 = 0
     /// Most descriptors a message may carry: what the VERSION reply named,
     /// or the spec's default of 1 when the client's proposal left it out.
-    @exclusivity(unchecked) private var fdLimit = Limits.maxMessageFDs
+    @exclusivity(unchecked) var fdLimit = Limits.maxMessageFDs
     @exclusivity(unchecked) private var pollIRQ: [(fd: Int32, index: Int, vector: Int, unmask: Bool)] = []
     /// Reused by every wait, so polling (a KVM resample fd, a pty) allocates nothing per message.
     @exclusivity(unchecked) private var pollSet: [pollfd] = []
@@ -187,12 +187,24 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     public func run() {
         attach()
         defer { detach() }
-        do {
-            try serve()
-        } catch {
-            logEnd(error)
+        while true {
+            do {
+                try serve()
+                return
+            } catch .interrupted {
+                // Between messages: the owner may hold the session here (a
+                // live upgrade), then serving goes on where it stopped.
+                whenInterrupted?()
+            } catch {
+                logEnd(error)
+                return
+            }
         }
     }
+
+    /// Called on the endpoint's thread, between messages, when a signal
+    /// interrupted its wait (DeviceServer parks a session this way).
+    public var whenInterrupted: (() -> Void)?
 
     /// Connects the device to this client: interrupts and guest memory go
     /// through this endpoint from here.
@@ -243,6 +255,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         switch error {
         case .closed: logger.debug("client disconnected")
         case .idle: logger.debug("channel idle")
+        case .interrupted: logger.debug("interrupted")
         case .framing(let why): logger.notice("closing connection: \(why)")
         case .io(ETIMEDOUT): logger.notice("closing connection: the client left replies unread for \(Double(transport.channel.stallLimit) / 1e9) s")
         case .io(let e): logger.notice("closing connection: socket error \(e)")
@@ -281,7 +294,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         }
         let n = try pollSet.withUnsafeMutableBufferPointer { (set) throws(TransportEnd) in try transport.channel.wait(set, timeout: timeout) }
         if n < 0 {
-            if errno == EINTR { return }
+            if errno == EINTR { throw .interrupted }
             throw .io(errno)
         }
         for i in 1..<pollSet.count where pollSet[i].revents != 0 {
@@ -468,7 +481,11 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             do {
                 try transport.send(length: length)
                 while true {
-                    guard let m = try transport.receive(includeDeferred: false) else { continue }
+                    let received: InboundMessage?
+                    // Mid-request: an interruption only retries the read; the
+                    // session stops for an upgrade after this request.
+                    do { received = try transport.receive(includeDeferred: false) } catch .interrupted { continue }
+                    guard let m = received else { continue }
                     if m.header.isReply && m.header.messageID == id && m.header.command == command.rawValue {
                         if m.header.isError { throw DeviceError(Int32(m.header.error), "client refused \(command.name)") }
                         if !write {
@@ -572,8 +589,10 @@ extension Endpoint where Channel == SocketChannel, Clock == SystemClock {
     /// Serves `host` on the connected `socket` (not closed here).
     /// `stallTimeout`: how long a client may leave replies unread (its
     /// socket buffer full) before the connection is dropped.
-    public convenience init(host: DeviceHost, socket: Int32, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+    /// `framer`: a fresh one, or one resuming a handed-over connection.
+    public convenience init(host: DeviceHost, socket: Int32, framer: MessageFramer = MessageFramer(), logger: Logger,
+                            stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
         self.init(host: host, channel: SocketChannel(socket: socket, stallLimit: UInt64(max(0.01, stallTimeout) * 1e9)),
-                  clock: SystemClock(), logger: logger, pollMicroseconds: pollMicroseconds)
+                  framer: framer, clock: SystemClock(), logger: logger, pollMicroseconds: pollMicroseconds)
     }
 }

@@ -284,16 +284,24 @@ public final class MessageFramer {
     /// caller takes apart a framer only between messages.
     public func takeState() -> State {
         closeFDs()
-        let state = State(bytes: Array(UnsafeRawBufferPointer(rebasing: buffer[start..<end])),
-                          pendingFDs: Array(pendingFDs[0..<pendingFDCount]),
-                          pendingFDOwner: pendingFDOwner >= 0 ? pendingFDOwner - start : -1,
-                          pendingOverflow: pendingOverflow, discard: discard)
+        let state = snapshot()
         for i in 0..<pendingFDCount { pendingFDs[i] = -1 }
         pendingFDCount = 0
         pendingOverflow = false
         pendingFDOwner = -1
         start = 0; end = 0; discard = 0
         return state
+    }
+
+    /// What the framer holds, without giving it up: its descriptors stay
+    /// the framer's (a live upgrade passes them across exec by number and
+    /// keeps serving from this framer if the upgrade fails). Taken between
+    /// messages, after the last message's descriptors were taken or closed.
+    public func snapshot() -> State {
+        State(bytes: Array(UnsafeRawBufferPointer(rebasing: buffer[start..<end])),
+              pendingFDs: Array(pendingFDs[0..<pendingFDCount]),
+              pendingFDOwner: pendingFDOwner >= 0 ? pendingFDOwner - start : -1,
+              pendingOverflow: pendingOverflow, discard: discard)
     }
 
     /// A framer that continues from `state` (it takes the descriptors). A

@@ -181,6 +181,66 @@ public final class InterruptState: InterruptSink {
 
     func mask(_ i: Int, _ j: Int) { vectors[i][j].masked = true }
 
+    // MARK: Handover
+
+    /// One vector's wiring and state, as a live upgrade carries it: the
+    /// descriptors by number (still this table's), -1 where none.
+    public struct VectorRecord: Equatable, Sendable {
+        public var index: Int
+        public var vector: Int
+        public var trigger: Int32
+        public var unmask: Int32
+        public var mask: Int32
+        public var masked: Bool
+        public var pending: Bool
+        public init(index: Int, vector: Int, trigger: Int32, unmask: Int32, mask: Int32, masked: Bool, pending: Bool) {
+            self.index = index; self.vector = vector; self.trigger = trigger; self.unmask = unmask; self.mask = mask
+            self.masked = masked; self.pending = pending
+        }
+    }
+
+    /// Every vector that is not as a fresh connection has it.
+    public var records: [VectorRecord] {
+        var out: [VectorRecord] = []
+        for i in vectors.indices {
+            for (j, v) in vectors[i].enumerated()
+            where v.trigger >= 0 || v.unmaskFD >= 0 || v.maskFD >= 0 || v.masked || v.pending {
+                out.append(VectorRecord(index: i, vector: j, trigger: v.trigger, unmask: v.unmaskFD, mask: v.maskFD,
+                                        masked: v.masked, pending: v.pending))
+            }
+        }
+        return out
+    }
+
+    /// Takes over a vector the previous process had wired, with its
+    /// descriptors (this table's from here, or closed when refused). The
+    /// rules SET_IRQS applies hold: the vector must exist, and only a
+    /// maskable index has mask state or mask/unmask eventfds.
+    func adopt(_ r: VectorRecord, trigger: consuming OwnedDescriptor?, unmask: consuming OwnedDescriptor?,
+               mask: consuming OwnedDescriptor?) throws(DeviceError) {
+        guard r.index >= 0, r.index < irqs.count, r.vector >= 0, r.vector < vectors[r.index].count else {
+            throw DeviceError(EINVAL, "handed-over IRQ vector \(r.index).\(r.vector) does not exist on this device")
+        }
+        let hasMaskState = unmask != nil || mask != nil || r.masked || r.pending
+        guard irqs[r.index].maskable || !hasMaskState else {
+            throw DeviceError(EINVAL, "handed-over IRQ index \(r.index) is not maskable")
+        }
+        var v = vectors[r.index][r.vector]
+        guard v.trigger < 0, v.unmaskFD < 0, v.maskFD < 0 else { throw DeviceError(EINVAL, "IRQ vector \(r.index).\(r.vector) handed over twice") }
+        v.trigger = trigger?.release().rawValue ?? -1
+        v.unmaskFD = unmask?.release().rawValue ?? -1
+        v.maskFD = mask?.release().rawValue ?? -1
+        v.masked = r.masked
+        v.pending = r.pending
+        vectors[r.index][r.vector] = v
+        publishRequestLine(r.index)
+        watchedChanged = true
+    }
+
+    /// The INTx level the device last reported, carried over so that the
+    /// next change is seen as the edge it is.
+    func adoptLevel(_ asserted: Bool) { intxLevel = asserted }
+
     /// A watched mask/unmask eventfd became readable.
     func watchedFired(fd: Int32, index: Int, vector: Int, unmask isUnmask: Bool) {
         var counter: UInt64 = 0

@@ -47,11 +47,23 @@ public final class DeviceServer: @unchecked Sendable {
         var clientPID: pid_t?
         var session: pthread_t?
         var stopped = false
+        /// A live upgrade asked for the device to hold still (`pause`).
+        var pauseRequested = false
+        /// The acceptor is waiting out a pause (it accepts nothing meanwhile).
+        var acceptorPaused = false
+        /// A thread is in `serve()`, accepting.
+        var acceptorRunning = false
+        /// The session is parked between messages; its endpoint, for the upgrade to read.
+        var parked: SocketEndpoint?
     }
     private var state: State
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var acceptThread: pthread_t?
+    /// Written to wake the acceptor out of its poll (pause, stop).
+    private let wake: Int32
+    /// The connection a handover brought, served first (`init(host:resuming:…)`).
+    private var resumedSession: (socket: Int32, endpoint: SocketEndpoint)?
 
     public convenience init(host: DeviceHost, path: String, logger: Logger, stallTimeout: Double = 5,
                             pollMicroseconds: Int = 0) throws(DeviceError) {
@@ -78,6 +90,26 @@ public final class DeviceServer: @unchecked Sendable {
                   stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
     }
 
+    /// Serves a device a previous process handed over (a live upgrade): its
+    /// listener, if it had one, and its attached client as an endpoint
+    /// already resumed (`Endpoint.resume`), which `serve` goes on serving
+    /// first. `ownsSocketFile`: whether the socket file is removed on stop,
+    /// as it would have been by the process that made it.
+    public convenience init(host: DeviceHost, handedOverListener listener: consuming OwnedDescriptor?, ownsSocketFile: Bool,
+                            client: SocketEndpoint?, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+        var path = ""
+        if let fd = listener?.fileDescriptor { path = InheritedSocket.boundPath(fd) ?? "" }
+        self.init(host: host, listening: listener, path: path, ownsSocketFile: ownsSocketFile && !path.isEmpty, logger: logger,
+                  stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+        if let client {
+            let socket = client.transport.channel.socket
+            resumedSession = (socket, client)
+            state.owner = .client
+            state.connection = socket
+            state.clientPID = Self.peerPID(socket)
+        }
+    }
+
     private init(host: DeviceHost, listening listener: consuming OwnedDescriptor?, path: String, ownsSocketFile: Bool, logger: Logger,
                  stallTimeout: Double, pollMicroseconds: Int) {
         self.host = host
@@ -88,6 +120,8 @@ public final class DeviceServer: @unchecked Sendable {
         self.pollMicroseconds = max(0, min(pollMicroseconds, 1_000_000))
         // The state owns the listener from here: `stop` shuts it down and closes it.
         state = State(listen: listener?.release().rawValue ?? -1)
+        wake = umdev_eventfd(0)
+        _ = umdev_install_kick_signal()
         pthread_mutex_init(lock, nil)
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
@@ -97,6 +131,7 @@ public final class DeviceServer: @unchecked Sendable {
     }
 
     deinit {
+        if wake >= 0 { close(wake) }
         pthread_cond_destroy(changed)
         pthread_mutex_destroy(lock)
         changed.deallocate()
@@ -123,9 +158,40 @@ public final class DeviceServer: @unchecked Sendable {
 
     /// Accepts connections on the calling thread until `stop`.
     public func serve() {
+        locked { $0.acceptorRunning = true }
+        defer {
+            locked { $0.acceptorRunning = false }
+            pthread_cond_broadcast(changed)
+        }
+        if let resumed = resumedSession {
+            resumedSession = nil
+            startSession(resumed.socket, endpoint: resumed.endpoint, peer: Self.peerPID(resumed.socket))
+        }
         while true {
             let listenFD = locked { $0.stopped ? -1 : $0.listen }
             guard listenFD >= 0 else { return }
+            // Wait for a connection or a wake-up; a pause holds the acceptor
+            // here, so nothing is accepted while a handover is written.
+            var set = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+            if poll(&set, 2, -1) < 0 {
+                if errno == EINTR { continue }
+                logger.error("poll on the listening socket: \(String(cString: strerror(errno)))")
+                return
+            }
+            if set[1].revents != 0 {
+                var counter: UInt64 = 0
+                _ = read(wake, &counter, 8)
+            }
+            let proceed = locked { s -> Bool in
+                while s.pauseRequested && !s.stopped {
+                    if !s.acceptorPaused { s.acceptorPaused = true; pthread_cond_broadcast(changed) }
+                    pthread_cond_wait(changed, lock)
+                }
+                s.acceptorPaused = false
+                return !s.stopped
+            }
+            guard proceed else { return }
+            guard set[0].revents != 0 else { continue }
             let c: Int32
             // The session owns the connection from here (closed on release).
             do { c = try UnixSocket.accept(FileDescriptor(rawValue: listenFD)).release().rawValue } catch {
@@ -135,22 +201,8 @@ public final class DeviceServer: @unchecked Sendable {
             let peer = Self.peerPID(c)
             switch claim(c, peer: peer) {
             case .granted:
-                // A client that stops reading replies must not hold the
-                // device's thread for ever: sends give up after a while.
-                var tv = timeval(tv_sec: 0, tv_usec: 200_000)
-                setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
                 logger.info("client connected", metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")"])
-                let session = Threads.start { self.runSession(c) }
-                if let session {
-                    locked { $0.session = session }
-                } else {
-                    // Out of threads or memory: say so to the client rather
-                    // than close on it without a word.
-                    let e = errno
-                    logger.error("cannot start a session thread: \(String(cString: strerror(e)))")
-                    vacate()
-                    refuse(c, errno: EAGAIN)
-                }
+                startSession(c, endpoint: nil, peer: peer)
             case .busy(let holder):
                 logger.notice("refusing a second client: the device is attached",
                               metadata: ["socket": "\(path)", "pid": "\(peer.map(String.init) ?? "?")",
@@ -173,6 +225,27 @@ public final class DeviceServer: @unchecked Sendable {
         setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         logger.info("serving the connected client", metadata: ["pid": "\(peer.map(String.init) ?? "?")"])
         runSession(c)
+    }
+
+    /// Serves the claimed connection `c` on a session thread of its own.
+    private func startSession(_ c: Int32, endpoint: SocketEndpoint?, peer: pid_t?) {
+        // A client that stops reading replies must not hold the
+        // device's thread for ever: sends give up after a while.
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // A resumed endpoint moves to the session thread and is touched by no other.
+        nonisolated(unsafe) let endpoint = endpoint
+        let session = Threads.start { self.runSession(c, endpoint: endpoint) }
+        if let session {
+            locked { $0.session = session }
+        } else {
+            // Out of threads or memory: say so to the client rather
+            // than close on it without a word.
+            let e = errno
+            logger.error("cannot start a session thread: \(String(cString: strerror(e)))")
+            vacate()
+            refuse(c, errno: EAGAIN)
+        }
     }
 
     private enum Claim { case granted, busy(pid_t?), stopped }
@@ -222,8 +295,11 @@ public final class DeviceServer: @unchecked Sendable {
         }
     }
 
-    private func runSession(_ c: Int32) {
-        let endpoint = Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+    private func runSession(_ c: Int32, endpoint resumed: SocketEndpoint? = nil) {
+        // Whatever mask the thread inherited, `pause` must be able to interrupt it.
+        _ = umdev_allow_kick()
+        let endpoint = resumed ?? Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+        endpoint.whenInterrupted = { [unowned self, unowned endpoint] in self.parkIfAsked(endpoint) }
         endpoint.run()
         release(c)
         logger.info("client disconnected", metadata: ["socket": "\(path)"])
@@ -277,6 +353,69 @@ public final class DeviceServer: @unchecked Sendable {
     static func peerPID(_ socket: Int32) -> pid_t? {
         let pid = umdev_peer_pid(socket)
         return pid > 0 ? pid : nil
+    }
+
+    // MARK: Holding still for a live upgrade
+
+    /// What a paused server is made of, for the handover: the listener, and
+    /// the attached client's socket and parked endpoint, if any. The
+    /// descriptors are still the server's.
+    public struct Paused {
+        public var listener: Int32?
+        public var connection: (socket: Int32, endpoint: SocketEndpoint)?
+    }
+
+    /// Stops the device between messages: the acceptor accepts nothing, the
+    /// session (if a client is attached) finishes the request it is on and
+    /// parks; a management borrow is waited out. Returns what the server
+    /// holds, to be written into a handover; `resume` undoes it. Nil when
+    /// the server has stopped or did not hold still within `seconds` (then
+    /// nothing is paused).
+    public func pause(seconds: Double = 5) -> Paused? {
+        let deadline = monotonicNanoseconds() + UInt64(max(0, seconds) * 1e9)
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard !state.stopped, !state.pauseRequested else { return nil }
+        state.pauseRequested = true
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+        while !state.stopped {
+            let acceptorHeld = !state.acceptorRunning || state.acceptorPaused
+            let sessionHeld = state.owner == .nobody || (state.owner == .client && state.parked != nil)
+            if acceptorHeld && sessionHeld {
+                return Paused(listener: state.listen >= 0 ? state.listen : nil,
+                              connection: state.parked.map { (state.connection, $0) })
+            }
+            let now = monotonicNanoseconds()
+            if now >= deadline { break }
+            if state.owner == .client, state.parked == nil, let session = state.session {
+                // Knock until it hears: a signal that lands between two
+                // system calls interrupts nothing, the next one will.
+                _ = umdev_kick_thread(UInt(bitPattern: Int(bitPattern: session)))
+            }
+            wait(until: min(deadline, now + 1_000_000))
+        }
+        state.pauseRequested = false
+        pthread_cond_broadcast(changed)
+        return nil
+    }
+
+    /// Ends a pause: the session goes on from the message it stopped at,
+    /// the acceptor accepts again.
+    public func resume() {
+        locked { $0.pauseRequested = false }
+        pthread_cond_broadcast(changed)
+    }
+
+    /// On the session thread, between messages: parks while a pause lasts.
+    private func parkIfAsked(_ endpoint: SocketEndpoint) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard state.pauseRequested else { return }
+        state.parked = endpoint
+        pthread_cond_broadcast(changed)
+        while state.pauseRequested && !state.stopped { pthread_cond_wait(changed, lock) }
+        state.parked = nil
     }
 
     // MARK: Management
@@ -339,6 +478,8 @@ public final class DeviceServer: @unchecked Sendable {
             return s.listen
         }
         pthread_cond_broadcast(changed)
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
         if listen >= 0 { shutdown(listen, Int32(SHUT_RDWR)) }
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         if let t = locked({ s -> pthread_t? in defer { s.session = nil }; return s.session }) { pthread_join(t, nil) }

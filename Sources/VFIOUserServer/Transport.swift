@@ -16,6 +16,10 @@ public enum TransportEnd: Error {
     /// A channel that cannot block (InMemoryChannel) has nothing more to
     /// give now: control goes back to whoever drives it.
     case idle
+    /// A signal interrupted the wait for input (EINTR): nothing was read,
+    /// the connection is intact. The server's own thread sends one to stop
+    /// a session between messages for a live upgrade.
+    case interrupted
 }
 
 /// One received message: its header, its payload (a view into the receive

@@ -47,6 +47,11 @@ ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
 /// into `fds` (count in *nfds). Descriptors beyond `maxfds`, or arriving in a
 /// truncated control message, are closed here and *truncated is set: the
 /// caller treats that message as a framing error. Received fds are CLOEXEC.
+/// A signal interrupts it (-1, EINTR): how a live upgrade stops a session.
+ssize_t umdev_recvmsg_once(int sock, void *buf, size_t len, int flags,
+                                    int *fds, int maxfds, int *nfds, int *truncated);
+
+/// `umdev_recvmsg_once`, retried on EINTR.
 ssize_t umdev_recvmsg(int sock, void *buf, size_t len, int flags,
                                     int *fds, int maxfds, int *nfds, int *truncated);
 
@@ -76,5 +81,33 @@ int umdev_poll_ns(void *fds, unsigned long nfds, long long timeout_ns);
 /// DMA): the SIGBUS is caught and the copy returns EFAULT instead of the
 /// process dying. 0 on success.
 int umdev_guarded_copy(void *dst, const void *src, size_t len);
+
+/* ---- live upgrade ---- */
+
+/// The signal that interrupts a session thread's blocking recvmsg or poll
+/// (EINTR) so it can stop at a message boundary for a live upgrade:
+/// SIGRTMIN+1, with a handler that does nothing, installed once without
+/// SA_RESTART. Returns the signal number.
+int umdev_install_kick_signal(void);
+
+/// Sends the kick signal to a thread (pthread_kill); 0 or an errno.
+int umdev_kick_thread(unsigned long thread);
+
+/// Sets the calling thread's signal mask (inherited by the threads it
+/// creates) to `signo` alone: blocked, so that only `umdev_wait_signal`
+/// receives it, and nothing else blocked, whatever mask the process was
+/// started with (a spawning parent's blocked signals are inherited across
+/// exec). 0 or an errno.
+int umdev_block_only_signal(int signo);
+
+/// Unblocks the kick signal in the calling thread. 0 or an errno.
+int umdev_allow_kick(void);
+
+/// Waits for a blocked `signo` (sigwaitinfo); returns the sender's pid (0
+/// if unknown), or -1 with errno.
+int umdev_wait_signal(int signo);
+
+/// Sets or clears FD_CLOEXEC; 0 or -1 with errno.
+int umdev_set_cloexec(int fd, int on);
 
 #endif
