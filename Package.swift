@@ -79,7 +79,9 @@ let package = Package(
         .target(name: "Descriptors", dependencies: [.product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Descriptors", swiftSettings: strict),
         // The handover format: what a running umdev hands the process that takes over.
-        .target(name: "Handover", dependencies: ["PCI"], path: "Sources/Handover", swiftSettings: strict),
+        .target(name: "Handover", dependencies: ["PCI", "VFIOUserServer", "CShim", "Descriptors", "Locking",
+                                                 .product(name: "SystemPackage", package: "swift-system"),
+                                                 .product(name: "Logging", package: "swift-log")], path: "Sources/Handover", swiftSettings: strict),
         .target(name: "PCI", dependencies: ["CShim", "VFIOUser", "Descriptors", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/PCI", swiftSettings: strict),
         // Transport, endpoint, DMA table, migration state machine.
@@ -132,7 +134,7 @@ let package = Package(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket", "Descriptors",
+                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket", "Descriptors", "Handover",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

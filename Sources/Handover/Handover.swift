@@ -70,6 +70,8 @@ public struct Handover: Equatable, Sendable {
                 guard named.insert(index).inserted else { throw DeviceError(EINVAL, "handover names descriptor \(index) twice") }
             case .writer?: _ = try Writer(section.payload)
             case .modelState?: _ = try ModelState(section.payload)
+            case .device?: _ = try DeviceSection(section.payload, descriptorCount: descriptorCount)
+            case .connection?: _ = try ConnectionSection(section.payload, descriptorCount: descriptorCount)
             case nil:
                 guard !section.required else {
                     throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
@@ -93,6 +95,11 @@ public enum SectionType: UInt16, Sendable {
     case descriptor = 2
     /// A device's model state: its type and the model's own state stream.
     case modelState = 3
+    /// A served device: its listener and the memory its regions hand out.
+    case device = 4
+    /// A device's attached client: socket, negotiated state, unhandled
+    /// bytes, DMA windows, IRQ wiring.
+    case connection = 5
 }
 
 /// What a descriptor is for: how the new process knows what to do with it.
@@ -110,6 +117,7 @@ public enum DescriptorRole: UInt16, Sendable, CaseIterable {
     case viewer = 11
     case controlListener = 12
     case stateMemory = 13
+    case pendingMessageDescriptor = 14
 }
 
 /// One descriptor of a device's inventory: which one (its index among the

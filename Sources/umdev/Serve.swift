@@ -2,6 +2,7 @@ import ArgumentParser
 import CommandSupport
 import Descriptors
 import Glibc
+import Handover
 import Lifecycle
 import Logging
 import MTTY
@@ -23,6 +24,9 @@ struct Serve: ParsableCommand {
         mbochs-*) also listens on a display socket, SOCKET.display unless
         --display-socket says otherwise: any number of viewers (umdev view) attach
         there while a VMM holds the device socket. Stop with SIGINT or SIGTERM.
+        SIGUSR2 upgrades in place: the binary now at the path umdev was started
+        from takes over the device and its client without the client noticing
+        (mtty with loopback ports and the test devices; see README, "Live upgrade").
         For many devices, budgets, UUIDs and definitions, run `umdev daemon`.
         """)
 
@@ -65,11 +69,18 @@ struct Serve: ParsableCommand {
     }
 
     func run() throws {
+        // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
+        LiveUpgrade.blockTrigger()
         logging.bootstrap()
         let logger = Logger(label: "umdev")
         guard let kind = Catalog.type(type) else {
             throw ValidationError("unknown device type '\(type)'; known: \(Catalog.all.map(\.id).joined(separator: ", "))")
         }
+        let incoming: LiveUpgrade.Incoming?
+        do { incoming = try LiveUpgrade.incoming() } catch {
+            throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
+        }
+        if let incoming { return try takeOver(incoming, kind: kind, logger: logger) }
         if printCapabilities {
             // The conventions: print, exit 0, ignore every other option.
             guard let d = BackendDescription(type: kind, binary: CommandLine.arguments[0]) else {
@@ -84,7 +95,7 @@ struct Serve: ParsableCommand {
         for s in serial where SerialBackend(argument: s) == nil {
             throw ValidationError("bad --serial '\(s)': use loopback, pty or unix:PATH")
         }
-        let device = try kind.make(Attributes(serial.enumerated().map { ("port\($0.offset)", $0.element) }))
+        let device = try makeDevice(kind)
         if let mtty = device as? MTTY {
             for (port, name) in mtty.backendNames.enumerated() {
                 logger.notice("port \(port): \(name ?? "loopback (what the guest sends comes back)")")
@@ -118,6 +129,8 @@ struct Serve: ParsableCommand {
             }
         }
         installTerminationHandler(paths: paths)
+        startUpgradeTrigger(server: server, ownsSocketFile: socketPath != nil && { if case .path = endpoint { return true } else { return false } }(),
+                            paths: paths, logger: logger)
         let place: String
         switch endpoint {
         case .path(let path): place = path
@@ -160,6 +173,107 @@ struct Serve: ParsableCommand {
         do { return .inherited(try InheritedSocket.check(activated[0].fd)) } catch {
             throw CommandFailure("the socket passed by socket activation: \(error)")
         }
+    }
+}
+
+// MARK: Live upgrade
+
+extension Serve {
+    /// Builds the device from what factory `kind` makes, with `--serial`'s backends.
+    func makeDevice(_ kind: DeviceType) throws(DeviceError) -> VFIODevice {
+        try kind.make(Attributes(serial.enumerated().map { ("port\($0.offset)", $0.element) }))
+    }
+
+    /// The rest of a live upgrade, in the new process: the device and its
+    /// client from the handover, then serving as before. With the check
+    /// flag set, only reads and rebuilds (the old process asks first), and
+    /// exits 0; any failure is the last line on stderr and exit status 1.
+    func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger) throws {
+        let server: DeviceServer
+        do {
+            server = try LiveUpgrade.restore(incoming, instance: "", logger: logger, pollMicroseconds: pollMicroseconds) { () throws(DeviceError) in
+                (try makeDevice(kind), kind.id)
+            }
+        } catch {
+            if incoming.checkOnly {
+                FileHandleOutput.standardError("cannot take over: \(error.message)")
+                Glibc.exit(1)
+            }
+            throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
+        }
+        if incoming.checkOnly { Glibc.exit(0) }
+        signal(SIGPIPE, SIG_IGN)
+        let paths = server.path.isEmpty ? [] : [server.path]
+        installTerminationHandler(paths: paths)
+        startUpgradeTrigger(server: server, ownsSocketFile: !paths.isEmpty, paths: paths, logger: logger)
+        let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
+        logger.notice("took over \(kind.id) from \(from); now umdev \(LiveUpgrade.umdevVersion)",
+                      metadata: ["client": "\(server.isAttached ? "attached" : "none")"])
+        ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (upgraded from \(from))")
+        server.serve()
+    }
+
+    /// SIGUSR2: check the binary at the path umdev was started from against
+    /// a handover, then hand over to it. Any failure leaves this process
+    /// serving as before, and says why.
+    func startUpgradeTrigger(server: DeviceServer, ownsSocketFile: Bool, paths: [String], logger: Logger) {
+        let binary = Self.startedFrom
+        let arguments = CommandLine.arguments
+        let refusal: String? = server.host.device is DisplayDevice ? "display devices cannot be handed over yet" : nil
+        LiveUpgrade.startTrigger(logger: logger) { sender in
+            logger.notice("upgrade requested\(sender > 0 ? " by pid \(sender)" : ""): handing over to \(binary)")
+            if let refusal { return logger.error("upgrade refused, still serving: \(refusal)") }
+            func handover() -> (bytes: [UInt8], fds: [Int32])? {
+                guard let paused = server.pause() else {
+                    logger.error("upgrade refused, still serving: the device did not stop between requests within 5 s")
+                    return nil
+                }
+                do {
+                    return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile)])
+                } catch {
+                    server.resume()
+                    logger.error("upgrade refused, still serving: \(error.message)")
+                    return nil
+                }
+            }
+            // First the check, with the device serving again meanwhile.
+            guard let trial = handover() else { return }
+            server.resume()
+            if let why = LiveUpgrade.check(binary: binary, arguments: arguments, handover: trial) {
+                return logger.error("upgrade failed, still serving: \(why)")
+            }
+            guard let final = handover() else { return }
+            ServiceManager.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)\nSTATUS=upgrading")
+            let why = LiveUpgrade.exec(binary: binary, arguments: arguments, handover: final)
+            server.resume()
+            logger.error("upgrade failed, still serving: \(why)")
+            ServiceManager.notify("READY=1\nSTATUS=upgrade failed: \(why)")
+        }
+    }
+
+    /// The path umdev was started from, absolute: what an upgrade execs
+    /// (whatever binary is there by then).
+    static let startedFrom: String = {
+        let arg0 = CommandLine.arguments.first ?? "umdev"
+        if arg0.hasPrefix("/") { return arg0 }
+        if arg0.contains("/") {
+            var cwd = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            guard getcwd(&cwd, cwd.count) != nil else { return arg0 }
+            return cwd.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } + "/" + arg0
+        }
+        for dir in (getenv("PATH").map { String(cString: $0) } ?? "").split(separator: ":") {
+            let candidate = "\(dir)/\(arg0)"
+            if access(candidate, X_OK) == 0 { return candidate.hasPrefix("/") ? candidate : arg0 }
+        }
+        return arg0
+    }()
+}
+
+enum FileHandleOutput {
+    /// One line on stderr, unbuffered (the process exits right after).
+    static func standardError(_ line: String) {
+        let text = line + "\n"
+        _ = text.withCString { write(2, $0, strlen($0)) }
     }
 }
 

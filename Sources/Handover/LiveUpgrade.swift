@@ -1,0 +1,364 @@
+import CShim
+import Descriptors
+import Glibc
+import Locking
+import Logging
+import PCI
+import SystemPackage
+import VFIOUserServer
+
+/// A live upgrade: a running umdev replaces itself with the binary now at
+/// the path it was started from, handing every device over at a message
+/// boundary, and the client notices nothing but a pause.
+///
+/// 1. A check: the new binary is started beside the old one with the
+///    handover (`UMDEV_HANDOVER_CHECK=1`); it reads it, builds the devices
+///    and restores their state, and exits 0 without serving. A binary that
+///    is missing, exits non-zero, crashes or cannot read the format fails
+///    here, and the old process never stopped serving.
+/// 2. The switch: the devices stop between messages again, a fresh
+///    handover is written, and the process execs the new binary (same pid)
+///    with it. If exec itself fails, the old process resumes.
+///
+/// The handover travels as a memfd (`UMDEV_HANDOVER`, its descriptor
+/// number) and the descriptors it names, inherited across exec and listed
+/// in order in `UMDEV_HANDOVER_FDS`.
+public enum LiveUpgrade {
+    /// The version this build of umdev reports in its handovers and logs.
+    public static let umdevVersion = "0.17.0"
+
+    static let handoverVariable = "UMDEV_HANDOVER"
+    static let descriptorsVariable = "UMDEV_HANDOVER_FDS"
+    static let checkVariable = "UMDEV_HANDOVER_CHECK"
+    /// Largest handover a reader accepts.
+    public static let maxHandover = 256 << 20
+    /// How long the check may take before it counts as failed.
+    static let checkSeconds = 20.0
+
+    // MARK: Writing
+
+    /// A device ready to be written into a handover.
+    public struct Device {
+        public var instance: String
+        public var host: DeviceHost
+        public var paused: DeviceServer.Paused
+        public var ownsSocketFile: Bool
+        public init(instance: String, host: DeviceHost, paused: DeviceServer.Paused, ownsSocketFile: Bool) {
+            self.instance = instance; self.host = host; self.paused = paused; self.ownsSocketFile = ownsSocketFile
+        }
+    }
+
+    /// The handover of paused devices: its bytes and the descriptors they
+    /// name (still the devices'). Refused, with the reason, for what this
+    /// build cannot carry yet.
+    public static func write(_ devices: [Device]) throws(DeviceError) -> (bytes: [UInt8], fds: [Int32]) {
+        var list = DescriptorList()
+        var sections = [Writer(version: umdevVersion, pid: getpid()).section]
+        for d in devices {
+            let prefix = d.instance.isEmpty ? "" : d.instance + "/"
+            guard d.host.migrationState == .running else {
+                throw DeviceError(EBUSY, "\(d.host.typeName): a migration is under way (state \(d.host.migrationState)); upgrade after it ends")
+            }
+            guard !d.host.device.hasHostEvents else {
+                throw DeviceError(ENOTSUP, "\(d.host.typeName): a serial backend other than loopback cannot be handed over yet")
+            }
+            guard d.host.device.migrationIdentity != nil else {
+                throw DeviceError(ENOTSUP, "\(d.host.typeName) does not save its state")
+            }
+            let listener = d.paused.listener.map { list.add($0, role: .deviceListener, name: prefix + "listener") }
+            var memory: [UInt32] = []
+            for (i, r) in d.host.description.regions.enumerated() {
+                if let m = r.mapping {
+                    let index = list.add(m.fd.rawValue, role: .regionMemory, name: prefix + "region\(i)")
+                    if !memory.contains(index) { memory.append(index) }
+                }
+            }
+            sections.append(DeviceSection(instance: d.instance, listener: listener, ownsSocketFile: d.ownsSocketFile,
+                                          regionMemory: memory).section)
+            sections.append(ModelState(type: d.host.typeName, state: d.host.device.saveState()).section)
+            if let c = d.paused.connection {
+                sections.append(ConnectionSection(instance: d.instance, socket: c.socket, live: c.endpoint.connectionState(),
+                                                  into: &list).section)
+            }
+        }
+        sections += list.inventory.map(\.section)
+        return (Handover(sections: sections).encode(), list.fds)
+    }
+
+    // MARK: Replacing the process
+
+    /// Checks the new binary against the handover (step 1). Nil when it
+    /// read it; otherwise why not, in words for the log and `umdev upgrade`.
+    public static func check(binary: String, arguments: [String], handover: (bytes: [UInt8], fds: [Int32])) -> String? {
+        guard access(binary, X_OK) == 0 else { return "\(binary): \(String(cString: strerror(errno)))" }
+        let passed: Passed
+        switch pass(handover) {
+        case .success(let p): passed = p
+        case .failure(let why): return why.text
+        }
+        defer { passed.end() }
+        var errPipe: [Int32] = [-1, -1]
+        guard pipe(&errPipe) == 0 else { return "pipe: \(String(cString: strerror(errno)))" }
+        defer { close(errPipe[0]) }
+        _ = umdev_set_cloexec(errPipe[0], 1)
+        _ = umdev_set_cloexec(errPipe[1], 1)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        var env = passed.environment + ["\(checkVariable)=1", "NOTIFY_SOCKET="]
+        env.removeAll { $0.hasPrefix("NOTIFY_SOCKET=") && $0 != "NOTIFY_SOCKET=" }
+        var child: pid_t = 0
+        let rc = withCStrings([binary] + arguments.dropFirst()) { argv in
+            withCStrings(env) { envp in posix_spawn(&child, binary, &actions, nil, argv, envp) }
+        }
+        close(errPipe[1])
+        // The child has its copies; ours go back to close-on-exec at once.
+        passed.end()
+        guard rc == 0 else { return "cannot start \(binary): \(String(cString: strerror(rc)))" }
+        var output: [UInt8] = []
+        let deadline = monotonicNanoseconds() + UInt64(checkSeconds * 1e9)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let now = monotonicNanoseconds()
+            if now >= deadline { kill(child, SIGKILL); break }
+            var p = pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, Int32((deadline - now) / 1_000_000) + 1)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { continue }
+            let n = read(errPipe[0], &buffer, buffer.count)
+            if n <= 0 { break }
+            if output.count < 64 << 10 { output += buffer[0..<n] }
+        }
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        let said = String(decoding: output, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        let termination = status & 0x7f
+        if termination == 0 && (status >> 8) & 0xff == 0 { return nil }
+        let how = termination == 0 ? "exited with status \((status >> 8) & 0xff)"
+            : "was killed by signal \(termination)\(termination == SIGKILL && monotonicNanoseconds() >= deadline ? " (the check took over \(Int(checkSeconds)) s)" : "")"
+        return "\(binary) \(how) while reading the handover" + (said.isEmpty ? "" : ": \(said)")
+    }
+
+    /// Execs the new binary with the handover (step 2). Returns only when
+    /// exec failed, with why; the caller resumes its devices.
+    public static func exec(binary: String, arguments: [String], handover: (bytes: [UInt8], fds: [Int32])) -> String {
+        let passed: Passed
+        switch pass(handover) {
+        case .success(let p): passed = p
+        case .failure(let why): return why.text
+        }
+        defer { passed.end() }
+        let env = passed.environment
+        _ = withCStrings([binary] + arguments.dropFirst()) { argv in
+            withCStrings(env) { envp in execve(binary, argv, envp) }
+        }
+        return "exec \(binary): \(String(cString: strerror(errno)))"
+    }
+
+    /// The handover made inheritable: a memfd holding the bytes, every
+    /// descriptor without close-on-exec, and the environment naming them.
+    private final class Passed {
+        let memfd: Int32
+        let fds: [Int32]
+        let environment: [String]
+        private var ended = false
+        init(memfd: Int32, fds: [Int32], environment: [String]) { self.memfd = memfd; self.fds = fds; self.environment = environment }
+
+        /// Back to close-on-exec, the memfd closed (a started child holds its own copies); once.
+        func end() {
+            guard !ended else { return }
+            ended = true
+            for fd in fds { _ = umdev_set_cloexec(fd, 1) }
+            close(memfd)
+        }
+    }
+
+    private static func pass(_ handover: (bytes: [UInt8], fds: [Int32])) -> Result<Passed, Why> {
+        let memfd = umdev_memfd("umdev-handover")
+        guard memfd >= 0 else { return .failure(Why("memfd_create: \(String(cString: strerror(errno)))")) }
+        let written = handover.bytes.withUnsafeBytes { b -> Int in
+            var done = 0
+            while done < b.count {
+                let n = Glibc.write(memfd, b.baseAddress! + done, b.count - done)
+                if n < 0 { if errno == EINTR { continue }; return -1 }
+                done += n
+            }
+            return done
+        }
+        guard written == handover.bytes.count, lseek(memfd, 0, SEEK_SET) == 0 else {
+            let e = errno
+            close(memfd)
+            return .failure(Why("writing the handover: \(String(cString: strerror(e)))"))
+        }
+        for fd in handover.fds + [memfd] { _ = umdev_set_cloexec(fd, 0) }
+        var env: [String] = []
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if !s.hasPrefix(handoverVariable + "=") && !s.hasPrefix(descriptorsVariable + "=") && !s.hasPrefix(checkVariable + "=") {
+                env.append(s)
+            }
+            p += 1
+        }
+        env.append("\(handoverVariable)=\(memfd)")
+        env.append("\(descriptorsVariable)=\(handover.fds.map(String.init).joined(separator: ","))")
+        return .success(Passed(memfd: memfd, fds: handover.fds, environment: env))
+    }
+
+    struct Why: Error { var text: String; init(_ t: String) { text = t } }
+
+    // MARK: Reading
+
+    /// A handover this process was started with.
+    public struct Incoming {
+        public var handover: Handover
+        public var pool: DescriptorPool
+        /// Only check it (step 1): build and restore, serve nothing, exit 0.
+        public var checkOnly: Bool
+        public var writer: Writer?
+    }
+
+    /// The handover in this process's environment, if any: read, decoded
+    /// as hostile input, and the variables removed (nothing this process
+    /// starts inherits them). Every descriptor it names is close-on-exec
+    /// again from here. Throws with the reason when it is unusable; the
+    /// named descriptors are closed then.
+    public static func incoming() throws(DeviceError) -> Incoming? {
+        guard let memText = getenv(handoverVariable).map({ String(cString: $0) }) else { return nil }
+        let listText = getenv(descriptorsVariable).map { String(cString: $0) } ?? ""
+        let checkOnly = getenv(checkVariable).map { String(cString: $0) == "1" } ?? false
+        unsetenv(handoverVariable); unsetenv(descriptorsVariable); unsetenv(checkVariable)
+        var fds: [Int32] = []
+        for part in listText.split(separator: ",", omittingEmptySubsequences: true) {
+            guard let fd = Int32(part), fd > 2, fcntl(fd, F_GETFD) >= 0, !fds.contains(fd) else {
+                for fd in fds { close(fd) }
+                throw DeviceError(EBADF, "\(descriptorsVariable) names '\(part)', not a descriptor this process holds")
+            }
+            _ = umdev_set_cloexec(fd, 1)
+            fds.append(fd)
+        }
+        let pool = DescriptorPool(fds)
+        guard let memfd = Int32(memText), memfd > 2, !fds.contains(memfd), fcntl(memfd, F_GETFD) >= 0 else {
+            throw DeviceError(EBADF, "\(handoverVariable) names '\(memText)', not a descriptor this process holds")
+        }
+        defer { close(memfd) }
+        var st = stat()
+        guard fstat(memfd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxHandover else {
+            throw DeviceError(EINVAL, "the handover is not a file of at most \(maxHandover >> 20) MiB")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        let n = bytes.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, 0) }
+        guard n == bytes.count else { throw DeviceError(EIO, "reading the handover: short read") }
+        let handover = try Handover.decode(bytes, descriptorCount: fds.count)
+        let writer = try handover.sections(.writer).first.map { (s) throws(DeviceError) in try Writer(s.payload) }
+        return Incoming(handover: handover, pool: pool, checkOnly: checkOnly, writer: writer)
+    }
+
+    /// One device of an incoming handover, rebuilt: `make` builds the
+    /// model (memory the handover brought is on offer while it runs); the
+    /// model state is restored and the connection, if one was attached,
+    /// resumed. `instance` picks the device ("" for `umdev serve`).
+    public static func restore(_ incoming: Incoming, instance: String, logger: Logger, stallTimeout: Double = 5,
+                               pollMicroseconds: Int = 0,
+                               make: () throws(DeviceError) -> (device: VFIODevice, typeName: String)) throws(DeviceError) -> DeviceServer {
+        let h = incoming.handover
+        let count = incoming.pool.count
+        var device: DeviceSection?
+        var model: ModelState?
+        var connection: ConnectionSection?
+        // A device's sections follow its device section.
+        var current: String?
+        for s in h.sections {
+            switch SectionType(rawValue: s.type) {
+            case .device?:
+                let d = try DeviceSection(s.payload, descriptorCount: count)
+                current = d.instance
+                if d.instance == instance { device = d }
+            case .modelState? where current == instance: model = try ModelState(s.payload)
+            case .connection?:
+                let c = try ConnectionSection(s.payload, descriptorCount: count)
+                if c.instance == instance { connection = c }
+            default: break
+            }
+        }
+        guard let device else { throw DeviceError(ENOENT, "the handover has no device '\(instance)'") }
+        guard let model else { throw DeviceError(EINVAL, "the handover has no model state for device '\(instance)'") }
+        var memory: [Int32] = []
+        for i in device.regionMemory { memory.append(try incoming.pool.take(i, for: "region memory")) }
+        let built = try MemoryAdoption.offering(memory) { () throws(DeviceError) in try make() }
+        for fd in built.unclaimed { close(fd) }
+        if !built.unclaimed.isEmpty { logger.warning("\(built.unclaimed.count) handed-over memory descriptor(s) matched no region; closed") }
+        let made = built.0
+        guard made.typeName == model.type else {
+            throw DeviceError(EINVAL, "the handover holds a \(model.type), this process serves a \(made.typeName)")
+        }
+        let host = DeviceHost(device: made.device, typeName: made.typeName)
+        guard model.state.count >= 6 else { throw DeviceError(EINVAL, "\(model.type) state is truncated") }
+        let version = Int(model.state[4]) | Int(model.state[5]) << 8
+        guard made.device.readableStateVersions.contains(version) else {
+            throw DeviceError(EINVAL, "\(model.type) state version \(version); this umdev reads \(made.device.readableStateVersions)")
+        }
+        try made.device.restoreState(model.state, version: version)
+        let listener = try device.listener.map { (i) throws(DeviceError) in try incoming.pool.take(i, for: "the listener") }
+        var client: SocketEndpoint?
+        if let connection {
+            let socket = try incoming.pool.take(connection.socket, for: "the client connection")
+            let state: ConnectionState
+            do { state = try connection.resolved(from: incoming.pool) } catch {
+                close(socket)
+                if let listener { close(listener) }
+                throw error
+            }
+            let framer: MessageFramer
+            do { framer = try MessageFramer(resuming: state.framer) } catch {
+                close(socket)
+                if let listener { close(listener) }
+                for w in state.windows where w.fd >= 0 { close(w.fd) }
+                for v in state.vectors { for fd in [v.trigger, v.unmask, v.mask] where fd >= 0 { close(fd) } }
+                throw DeviceError(EINVAL, "the handed-over connection's buffered bytes do not fit a framer")
+            }
+            let endpoint = SocketEndpoint(host: host, socket: socket, framer: framer, logger: logger,
+                                          stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+            do { try endpoint.resume(state) } catch {
+                close(socket)
+                if let listener { close(listener) }
+                throw error
+            }
+            client = endpoint
+        }
+        var owned: OwnedDescriptor? = listener.map { OwnedDescriptor(adopting: FileDescriptor(rawValue: $0)) }
+        return DeviceServer(host: host, handedOverListener: owned.take(), ownsSocketFile: device.ownsSocketFile, client: client,
+                            logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+    }
+
+    // MARK: The trigger
+
+    /// Blocks SIGUSR2 in the calling thread and every thread it starts from
+    /// here: call first thing, before any thread exists, so that only the
+    /// trigger's thread ever takes it.
+    public static func blockTrigger() {
+        _ = umdev_block_only_signal(SIGUSR2)
+    }
+
+    /// Starts the thread that waits for SIGUSR2 and runs `upgrade` for each
+    /// (one at a time; signals arriving meanwhile count once).
+    public static func startTrigger(logger: Logger, _ upgrade: @escaping @Sendable (_ sender: pid_t) -> Void) {
+        _ = Threads.start(detached: true) {
+            while true {
+                let sender = umdev_wait_signal(SIGUSR2)
+                if sender < 0 { logger.error("waiting for SIGUSR2: \(String(cString: strerror(errno)))"); return }
+                upgrade(sender)
+            }
+        }
+    }
+}
+
+/// Runs `body` with `strings` as a NULL-terminated C array.
+private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    let c = strings.map { strdup($0) } + [nil]
+    defer { for p in c { free(p) } }
+    return c.withUnsafeBufferPointer { body($0.baseAddress!) }
+}

@@ -1,0 +1,242 @@
+import CShim
+import Foundation
+import Glibc
+import Synchronization
+import TestDevice
+import Testing
+import VFIOUser
+import VFIOUserClient
+
+/// `umdev serve` started from a path of the test's own (a symlink to the
+/// built umdev), so the test decides what binary an upgrade finds there;
+/// its log goes to a file the test reads.
+private final class UpgradableServer {
+    let directory: String
+    let binary: String
+    let path: String
+    let log: String
+    let pid: pid_t
+    let manager: NotifySocket
+
+    init(type: String) throws {
+        directory = "/tmp/umdev-upgrade-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(directory, 0o700)
+        binary = directory + "/umdev"
+        path = directory + "/device.sock"
+        log = directory + "/log"
+        symlink(umdevExecutable(), binary)
+        manager = try NotifySocket()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let argv = [binary, "serve", "--type", type, "--socket", path, "--log-level", "info"]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var env = ProcessInfo.processInfo.environment
+        env.merge(manager.environment) { $1 }
+        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cEnv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, binary, &actions, nil, &cArgs, &cEnv)
+        guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(binary)") }
+        pid = child
+        let pid = child
+        manager.waitReady("umdev serve --type \(type)", exited: { waitpid(pid, nil, WNOHANG) != 0 })
+    }
+
+    /// Replaces what is at the binary's path with a shell script.
+    func replaceBinary(withScript body: String) {
+        unlink(binary)
+        let text = "#!/bin/sh\n" + body + "\n"
+        _ = FileManager.default.createFile(atPath: binary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755])
+    }
+
+    /// Puts the built umdev back at the binary's path.
+    func restoreBinary() {
+        unlink(binary)
+        symlink(umdevExecutable(), binary)
+    }
+
+    /// Sends SIGUSR2 and waits for the new process to say READY=1.
+    func upgrade(sourceLocation: SourceLocation = #_sourceLocation) {
+        kill(pid, SIGUSR2)
+        let pid = self.pid
+        manager.waitReady("the upgraded umdev", exited: { waitpid(pid, nil, WNOHANG) != 0 }, sourceLocation: sourceLocation)
+    }
+
+    /// Sends SIGUSR2 and waits until the log says the upgrade failed; returns that line.
+    func failedUpgrade(sourceLocation: SourceLocation = #_sourceLocation) -> String? {
+        let before = logText().components(separatedBy: "upgrade failed").count
+        kill(pid, SIGUSR2)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            let text = logText()
+            if text.components(separatedBy: "upgrade failed").count > before {
+                return text.split(separator: "\n").last { $0.contains("upgrade failed") }.map(String.init)
+            }
+            // The log is a file: polled, as a person tailing it would.
+            usleep(20_000)
+        }
+        Issue.record("no 'upgrade failed' line in the log within 30 s; the log:\n\(logText())", sourceLocation: sourceLocation)
+        return nil
+    }
+
+    func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    var isRunning: Bool { waitpid(pid, nil, WNOHANG) == 0 }
+
+    deinit {
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        for f in [binary, path, log] { unlink(f) }
+        rmdir(directory)
+    }
+}
+
+/// A client's state the test device keeps: a scratch register, a DMA
+/// window over the client's memfd, BAR1 mapped from the region's memfd,
+/// and INTx wired to an eventfd.
+private final class AttachedClient {
+    let client: VFIOUserClient
+    let ramFD: Int32
+    let ram: UnsafeMutableRawPointer
+    let bar1: UnsafeMutableRawPointer
+    let intx: Int32
+    let bar1Info: RegionInfo
+
+    init(path: String) throws {
+        client = try VFIOUserClient(path: path)
+        try client.negotiate()
+        try client.write32(region: 0, offset: TestDevice.Register.scratch, 0xfeed_f00d)
+        ramFD = umdev_memfd("guest-ram")
+        ftruncate(ramFD, 1 << 20)
+        ram = try #require(mmap(nil, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, ramFD, 0))
+        for i in 0..<64 { ram.storeBytes(of: UInt8(i ^ 0x5a), toByteOffset: 0x200 + i, as: UInt8.self) }
+        try client.dmaMap(address: 0x10_0000, size: 0x1_0000, fd: ramFD)
+        bar1Info = try client.regionInfo(1, argsz: 512)
+        try #require(bar1Info.fd >= 0, "BAR1 comes with its memory")
+        bar1 = try #require(mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, bar1Info.fd, off_t(bar1Info.offset)))
+        for i in 0..<256 { bar1.storeBytes(of: UInt8(truncatingIfNeeded: i * 7), toByteOffset: i, as: UInt8.self) }
+        intx = umdev_eventfd(0)
+        try client.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+    }
+
+    deinit {
+        munmap(ram, 1 << 20)
+        munmap(bar1, 4096)
+        close(ramFD)
+        close(intx)
+    }
+
+    /// Everything set up in `init` reads as it was, through the server.
+    func expectIntact(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        #expect(try client.read32(region: 0, offset: TestDevice.Register.scratch) == 0xfeed_f00d, sourceLocation: sourceLocation)
+        // The device's DMA engine copies from the window into its buffer.
+        try client.write32(region: 0, offset: TestDevice.Register.dmaAddress, 0x10_0200)
+        try client.write32(region: 0, offset: TestDevice.Register.dmaAddress + 4, 0)
+        try client.write32(region: 0, offset: TestDevice.Register.dmaLength, 64)
+        try client.write32(region: 0, offset: TestDevice.Register.dmaCommand, 1)
+        #expect(try client.read32(region: 0, offset: TestDevice.Register.dmaStatus) == 0, sourceLocation: sourceLocation)
+        #expect(try client.read(region: 0, offset: TestDevice.Register.dmaBuffer, count: 64) == (0..<64).map { UInt8($0 ^ 0x5a) },
+                sourceLocation: sourceLocation)
+        // BAR1: what the client wrote through its mapping is what the server reads.
+        #expect(try client.read(region: 1, offset: 0, count: 256) == (0..<256).map { UInt8(truncatingIfNeeded: $0 * 7) },
+                sourceLocation: sourceLocation)
+        // And a write through the server lands in the client's mapping: the same memory.
+        try client.write32(region: 1, offset: 0x800, 0x1234_5678)
+        #expect(bar1.load(fromByteOffset: 0x800, as: UInt32.self) == 0x1234_5678, sourceLocation: sourceLocation)
+    }
+
+    /// The doorbell raises INTx; it reaches the eventfd given before any upgrade.
+    func expectInterruptDelivered(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        var counter: UInt64 = 0
+        _ = read(intx, &counter, 8) // nothing, or an earlier edge
+        try client.write32(region: 0, offset: TestDevice.Register.status, 1)   // clear IS
+        try client.setIRQs(index: 0, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+        try client.write32(region: 0, offset: TestDevice.Register.doorbell, 1)
+        #expect(pollFor(intx, seconds: 10) & Int16(POLLIN) != 0, "INTx did not reach the eventfd", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("live upgrade of umdev serve (SIGUSR2)", .serialized)
+struct LiveUpgradeTests {
+    @Test func aClientStreamingRequestsSeesTwentyUpgradesAsNothing() throws {
+        let server = try UpgradableServer(type: "test")
+        let attached = try AttachedClient(path: server.path)
+        try attached.expectInterruptDelivered()
+        let stop = Atomic<Bool>(false)
+        let answered = Atomic<Int>(0)
+        let failures = Mutex<[String]>([])
+        nonisolated(unsafe) let client = attached.client
+        let streamer = Thread {
+            while !stop.load(ordering: .relaxed) {
+                do {
+                    let v = try client.read32(region: 0, offset: TestDevice.Register.scratch)
+                    if v != 0xfeed_f00d { failures.withLock { $0.append("read \(v)") } }
+                    answered.add(1, ordering: .relaxed)
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                    return
+                }
+            }
+        }
+        streamer.start()
+        for _ in 0..<20 {
+            let before = answered.load(ordering: .relaxed)
+            server.upgrade()
+            // Requests keep being answered after each upgrade.
+            let deadline = Date().addingTimeInterval(10)
+            while answered.load(ordering: .relaxed) < before + 10 && Date() < deadline && failures.withLock({ $0.isEmpty }) { usleep(1000) }
+        }
+        stop.store(true, ordering: .relaxed)
+        while !streamer.isFinished { usleep(1000) }
+        #expect(failures.withLock { $0 } == [])
+        #expect(answered.load(ordering: .relaxed) > 200)
+        #expect(server.isRunning)
+        #expect(server.logText().components(separatedBy: "took over test").count - 1 == 20)
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+    }
+
+    /// Each way an upgrade can fail leaves the old process serving, the
+    /// client unaware, and the reason in the log.
+    @Test func aFailedUpgradeChangesNothing() throws {
+        let server = try UpgradableServer(type: "test")
+        let attached = try AttachedClient(path: server.path)
+
+        unlink(server.binary)
+        let missing = server.failedUpgrade()
+        #expect(missing?.contains("No such file or directory") == true, "\(missing ?? "")")
+        try attached.expectIntact()
+
+        server.replaceBinary(withScript: "echo 'this binary refuses' >&2; exit 1")
+        let exits = server.failedUpgrade()
+        #expect(exits?.contains("exited with status 1") == true && exits?.contains("this binary refuses") == true, "\(exits ?? "")")
+        try attached.expectIntact()
+
+        // Dies by a signal while it holds the handover, as a crash while restoring does.
+        server.replaceBinary(withScript: "kill -SEGV $$")
+        let crashes = server.failedUpgrade()
+        #expect(crashes?.contains("killed by signal 11") == true, "\(crashes ?? "")")
+        try attached.expectIntact()
+
+        // The real umdev, given a handover whose version it does not read:
+        // the script rewrites the version field (bytes 4-5) to 99 first.
+        server.replaceBinary(withScript: """
+            printf 'c\\000' | dd of=/proc/self/fd/$UMDEV_HANDOVER bs=1 seek=4 conv=notrunc 2>/dev/null
+            exec \(umdevExecutable()) "$@"
+            """)
+        let version = server.failedUpgrade()
+        #expect(version?.contains("version 99") == true, "\(version ?? "")")
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+        #expect(server.isRunning)
+
+        // And with the binary back, the upgrade goes through.
+        server.restoreBinary()
+        server.upgrade()
+        try attached.expectIntact()
+    }
+}
