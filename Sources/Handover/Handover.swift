@@ -155,15 +155,20 @@ public struct InventoryItem: Equatable, Sendable {
     }
 }
 
-/// Who wrote a handover.
+/// Who wrote a handover, and when.
 public struct Writer: Equatable, Sendable {
     public var version: String
     public var pid: Int32
-    public init(version: String, pid: Int32) { self.version = version; self.pid = pid }
+    /// CLOCK_MONOTONIC (ns) when it was written: the same clock across exec,
+    /// so the reader can say how long taking over took.
+    public var writtenAt: UInt64
+    public init(version: String, pid: Int32, writtenAt: UInt64 = 0) {
+        self.version = version; self.pid = pid; self.writtenAt = writtenAt
+    }
 
     public var section: Handover.Section {
         var w = StateWriter()
-        w.name(version); w.u32(UInt32(bitPattern: pid))
+        w.name(version); w.u32(UInt32(bitPattern: pid)); w.u64(writtenAt)
         return Handover.Section(type: SectionType.writer.rawValue, required: false, payload: w.bytes)
     }
 
@@ -171,6 +176,7 @@ public struct Writer: Equatable, Sendable {
         var r = StateReader(fields: payload, what: "handover writer section")
         version = try r.name()
         pid = Int32(bitPattern: try r.u32())
+        writtenAt = try r.u64()
         try r.finish()
     }
 }

@@ -53,7 +53,7 @@ public enum LiveUpgrade {
     /// build cannot carry yet.
     public static func write(_ devices: [Device]) throws(DeviceError) -> (bytes: [UInt8], fds: [Int32]) {
         var list = DescriptorList()
-        var sections = [Writer(version: umdevVersion, pid: getpid()).section]
+        var sections = [Writer(version: umdevVersion, pid: getpid(), writtenAt: monotonicNanoseconds()).section]
         for d in devices {
             let prefix = d.instance.isEmpty ? "" : d.instance + "/"
             guard d.host.migrationState == .running else {

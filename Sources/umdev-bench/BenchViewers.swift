@@ -320,7 +320,9 @@ let umdevExecutable: String = {
 /// A program in a child process: `umdev ARGS` by default.
 final class ChildProcess {
     let pid: pid_t
-    init(_ arguments: [String], executable: String = umdevExecutable) throws {
+    /// `environment` adds to this process's; `stderrPath`, when given, receives the child's stderr.
+    init(_ arguments: [String], executable: String = umdevExecutable, environment: [String: String] = [:],
+         stderrPath: String? = nil) throws {
         let argv = [executable] + arguments
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
@@ -329,8 +331,19 @@ final class ChildProcess {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        if let stderrPath { posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_APPEND, 0o600) }
+        var env: [String] = []
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if !environment.keys.contains(where: { s.hasPrefix($0 + "=") }) { env.append(s) }
+            p += 1
+        }
+        env += environment.map { "\($0.key)=\($0.value)" }
+        var cEnv = env.map { strdup($0) } + [nil]
+        defer { cEnv.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, nil, &cArgs, environ)
+        let rc = posix_spawn(&child, executable, &actions, nil, &cArgs, &cEnv)
         guard rc == 0 else { throw CommandFailure("cannot start \(executable) \(arguments.first ?? ""): \(String(cString: strerror(rc)))") }
         pid = child
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandSupport
 import Glibc
+import Handover
 import Lifecycle
 import Logging
 import ServiceManager
@@ -80,8 +81,15 @@ struct DaemonCommand: ParsableCommand {
     }
 
     func run() throws {
+        // SIGUSR2 asks `umdev serve` for a live upgrade; the daemon cannot
+        // hand over yet, and must not die of the signal's default action.
+        LiveUpgrade.blockTrigger()
         logging.bootstrap()
         let logger = Logger(label: "umdev")
+        LiveUpgrade.startTrigger(logger: logger) { sender in
+            let by = sender > 0 ? " by pid \(sender)" : ""
+            logger.error("upgrade requested\(by), refused, still serving: the daemon cannot hand its instances over yet (umdev serve can)")
+        }
         var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,
                                          configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
         config.budgets = try budgets()

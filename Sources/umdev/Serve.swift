@@ -69,6 +69,7 @@ struct Serve: ParsableCommand {
     }
 
     func run() throws {
+        let started = monotonicNanoseconds()
         // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
         LiveUpgrade.blockTrigger()
         logging.bootstrap()
@@ -80,7 +81,7 @@ struct Serve: ParsableCommand {
         do { incoming = try LiveUpgrade.incoming() } catch {
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
-        if let incoming { return try takeOver(incoming, kind: kind, logger: logger) }
+        if let incoming { return try takeOver(incoming, kind: kind, logger: logger, started: started) }
         if printCapabilities {
             // The conventions: print, exit 0, ignore every other option.
             guard let d = BackendDescription(type: kind, binary: CommandLine.arguments[0]) else {
@@ -188,7 +189,7 @@ extension Serve {
     /// client from the handover, then serving as before. With the check
     /// flag set, only reads and rebuilds (the old process asks first), and
     /// exits 0; any failure is the last line on stderr and exit status 1.
-    func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger) throws {
+    func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger, started: UInt64) throws {
         let server: DeviceServer
         do {
             server = try LiveUpgrade.restore(incoming, instance: "", logger: logger, pollMicroseconds: pollMicroseconds) { () throws(DeviceError) in
@@ -207,8 +208,15 @@ extension Serve {
         installTerminationHandler(paths: paths)
         startUpgradeTrigger(server: server, ownsSocketFile: !paths.isEmpty, paths: paths, logger: logger)
         let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
-        logger.notice("took over \(kind.id) from \(from); now umdev \(LiveUpgrade.umdevVersion)",
-                      metadata: ["client": "\(server.isAttached ? "attached" : "none")"])
+        let restored = monotonicNanoseconds()
+        var timing: Logger.Metadata = ["client": "\(server.isAttached ? "attached" : "none")",
+                                       "restore_ms": "\(milliseconds(restored - started))"]
+        if let written = incoming.writer?.writtenAt, written > 0, written <= started {
+            // From the handover written to this process's first line of Swift: exec, loading, runtime start-up.
+            timing["startup_ms"] = "\(milliseconds(started - written))"
+            timing["total_ms"] = "\(milliseconds(restored - written))"
+        }
+        logger.notice("took over \(kind.id) from \(from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
         ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (upgraded from \(from))")
         server.serve()
     }
@@ -239,10 +247,15 @@ extension Serve {
             // First the check, with the device serving again meanwhile.
             guard let trial = handover() else { return }
             server.resume()
+            let checkStart = monotonicNanoseconds()
             if let why = LiveUpgrade.check(binary: binary, arguments: arguments, handover: trial) {
                 return logger.error("upgrade failed, still serving: \(why)")
             }
+            let pauseStart = monotonicNanoseconds()
+            logger.info("the new binary read the handover; switching", metadata: ["check_ms": "\(milliseconds(pauseStart - checkStart))"])
             guard let final = handover() else { return }
+            logger.info("handover written", metadata: ["pause_ms": "\(milliseconds(monotonicNanoseconds() - pauseStart))",
+                                                       "bytes": "\(final.bytes.count)", "descriptors": "\(final.fds.count)"])
             ServiceManager.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)\nSTATUS=upgrading")
             let why = LiveUpgrade.exec(binary: binary, arguments: arguments, handover: final)
             server.resume()
@@ -267,6 +280,12 @@ extension Serve {
         }
         return arg0
     }()
+}
+
+/// Nanoseconds as milliseconds with two decimals, for the log.
+func milliseconds(_ ns: UInt64) -> String {
+    let hundredths = (ns + 5_000) / 10_000
+    return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
 }
 
 enum FileHandleOutput {

@@ -18,7 +18,7 @@ private final class UpgradableServer {
     let pid: pid_t
     let manager: NotifySocket
 
-    init(type: String) throws {
+    init(type: String, extraArguments: [String] = []) throws {
         directory = "/tmp/umdev-upgrade-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         mkdir(directory, 0o700)
         binary = directory + "/umdev"
@@ -31,7 +31,7 @@ private final class UpgradableServer {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        let argv = [binary, "serve", "--type", type, "--socket", path, "--log-level", "info"]
+        let argv = [binary, "serve", "--type", type, "--socket", path, "--log-level", "info"] + extraArguments
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var env = ProcessInfo.processInfo.environment
@@ -66,20 +66,21 @@ private final class UpgradableServer {
         manager.waitReady("the upgraded umdev", exited: { waitpid(pid, nil, WNOHANG) != 0 }, sourceLocation: sourceLocation)
     }
 
-    /// Sends SIGUSR2 and waits until the log says the upgrade failed; returns that line.
-    func failedUpgrade(sourceLocation: SourceLocation = #_sourceLocation) -> String? {
-        let before = logText().components(separatedBy: "upgrade failed").count
+    /// Sends SIGUSR2 and waits until the log says the upgrade failed
+    /// (`marker`); returns that line.
+    func failedUpgrade(marker: String = "upgrade failed", sourceLocation: SourceLocation = #_sourceLocation) -> String? {
+        let before = logText().components(separatedBy: marker).count
         kill(pid, SIGUSR2)
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             let text = logText()
-            if text.components(separatedBy: "upgrade failed").count > before {
-                return text.split(separator: "\n").last { $0.contains("upgrade failed") }.map(String.init)
+            if text.components(separatedBy: marker).count > before {
+                return text.split(separator: "\n").last { $0.contains(marker) }.map(String.init)
             }
             // The log is a file: polled, as a person tailing it would.
             usleep(20_000)
         }
-        Issue.record("no 'upgrade failed' line in the log within 30 s; the log:\n\(logText())", sourceLocation: sourceLocation)
+        Issue.record("no '\(marker)' line in the log within 30 s; the log:\n\(logText())", sourceLocation: sourceLocation)
         return nil
     }
 
@@ -198,6 +199,48 @@ struct LiveUpgradeTests {
         #expect(server.logText().components(separatedBy: "took over test").count - 1 == 20)
         try attached.expectIntact()
         try attached.expectInterruptDelivered()
+    }
+
+    /// mtty-2: registers, bytes waiting in a receive FIFO, a pending
+    /// interrupt and the INTx eventfd all outlive three upgrades; an RX
+    /// interrupt raised after them reaches the eventfd given before.
+    @Test func mttyKeepsItsFIFOAndItsInterruptLine() throws {
+        let server = try UpgradableServer(type: "mtty-2")
+        let c = try VFIOUserClient(path: server.path)
+        try c.negotiate()
+        let intx = umdev_eventfd(0)
+        defer { close(intx) }
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        try c.write8(region: 0, offset: 7, 0x5a)          // scratch
+        try c.write8(region: 1, offset: 3, 0x03)          // port 1: 8N1
+        try c.write8(region: 0, offset: 2, 0x01)          // FIFO on
+        try c.write8(region: 0, offset: 1, 0x01)          // RX data interrupts
+        for b in Array("held".utf8) { try c.write8(region: 0, offset: 0, b) }   // loops back into the RX FIFO
+        #expect(waitSignal(intx) == 1)                    // RX data: INTx fired, now automasked
+        for _ in 0..<3 { server.upgrade() }
+        #expect(try c.read8(region: 0, offset: 7) == 0x5a)
+        #expect(try c.read8(region: 1, offset: 3) == 0x03)
+        #expect(try c.read8(region: 0, offset: 1) == 0x01)
+        // The bytes that waited in the FIFO across the upgrades, in order.
+        var got: [UInt8] = []
+        while try c.read8(region: 0, offset: 5) & 0x01 != 0 { got.append(try c.read8(region: 0, offset: 0)) }
+        #expect(got == Array("held".utf8))
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+        _ = drain(intx)
+        try c.write8(region: 0, offset: 0, 0x21)          // a new byte after the upgrades
+        #expect(waitSignal(intx) == 1, "the RX interrupt reached the eventfd registered before the upgrades")
+        #expect(try c.read8(region: 0, offset: 0) == 0x21)
+    }
+
+    /// What cannot be handed over yet is refused, and the device serves on.
+    @Test func whatCannotMoveYetIsRefusedWithTheReason() throws {
+        let server = try UpgradableServer(type: "mdpy-vga", extraArguments: ["--no-display-socket"])
+        let c = try VFIOUserClient(path: server.path)
+        try c.negotiate()
+        let line = server.failedUpgrade(marker: "upgrade refused")
+        #expect(line?.contains("display devices cannot be handed over yet") == true, "\(line ?? "")")
+        #expect(try c.deviceInfo().regionCount >= 9)
+        #expect(server.isRunning)
     }
 
     /// Each way an upgrade can fail leaves the old process serving, the
