@@ -99,12 +99,26 @@ def handover():
     def name(s):
         return bytes([len(s)]) + s.encode()
 
-    writer = section(1, False, name("umdev 0.9") + struct.pack("<I", 4242))
+    writer = section(1, False, name("umdev 0.9") + struct.pack("<IQ", 4242, 123456789))
     listener = section(2, False, struct.pack("<IH", 0, 1) + name("mtty-2/listener"))
     client = section(2, False, struct.pack("<IH", 1, 2) + name("mtty-2/client"))
     state = section(3, True, name("mtty-2") + struct.pack("<I", 6) + b"MTTY\x02\x00")
     unknown = section(999, False, b"\x01\x02\x03")
-    for sections, fds in (([writer, listener, client, state], 2), ([writer, unknown], 0), ([], 0)):
+    none = 0xFFFFFFFF
+    # device: instance, listener 0, owns the file, one region memory (descriptor 2).
+    device = section(4, True, name("") + struct.pack("<IBH", 0, 1, 1) + struct.pack("<I", 2))
+    # connection: socket 1, negotiated (QEMU's limits), 4 buffered bytes, no
+    # pending descriptors, one DMA window with descriptor 3, one INTx vector
+    # with trigger 4, masked.
+    caps = struct.pack("<IQQI", 16, 1 << 20, 4096, 65535) + struct.pack("<BQQ", 1, 4096, 256 << 20) + bytes([0, 0, 1]) \
+        + struct.pack("<I", 1) + bytes([15])
+    conn = name("") + struct.pack("<I", 1) + b"\x01" + caps + struct.pack("<IIHB", 16, 65535, 0, 0) \
+        + struct.pack("<I", 4) + b"\x00\x01\x02\x03" + b"\x00" + struct.pack("<iBI", -1, 0, 0) \
+        + struct.pack("<I", 1) + struct.pack("<QQQII", 0x100000, 0x10000, 0, 3, 3) \
+        + struct.pack("<I", 1) + struct.pack("<HHIIIB", 0, 0, 4, none, none, 1)
+    connection = section(5, True, conn)
+    for sections, fds in (([writer, listener, client, state], 2), ([writer, unknown], 0), ([], 0),
+                          ([writer, device, state, connection], 5)):
         write("handover", bytes([fds]) + b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections))
 
 

@@ -1,0 +1,77 @@
+import Foundation
+import Glibc
+import Handover
+import PCI
+import Testing
+import VFIOUserServer
+
+@Suite("handover: the device and connection sections")
+struct DeviceSectionTests {
+    /// A connection as a paused endpoint reports it, descriptors as numbers 100+.
+    func liveState() -> ConnectionState {
+        var caps = Capabilities()
+        caps.maxMessageFDs = 16
+        caps.migration = .init()
+        caps.gfxPlane = 1
+        return ConnectionState(
+            client: caps, fdLimit: 16, maxWindows: 65535, lastRequestID: 7, intxLevel: true,
+            framer: .init(bytes: [1, 2, 3], pendingFDs: [100], pendingFDOwner: 0, pendingOverflow: false, discard: 0),
+            windows: [.init(map: DMAMap(flags: 3, offset: 0x1000, address: 0x10_0000, size: 0x1_0000), fd: 101),
+                      .init(map: DMAMap(flags: 1, offset: 0, address: 0x20_0000, size: 0x1000), fd: -1)],
+            vectors: [.init(index: 0, vector: 0, trigger: 102, unmask: 103, mask: -1, masked: true, pending: true)])
+    }
+
+    @Test func aConnectionReadsBackAsWritten() throws {
+        var list = DescriptorList()
+        let listener = list.add(99, role: .deviceListener, name: "listener")
+        let written = ConnectionSection(instance: "", socket: 98, live: liveState(), into: &list)
+        let device = DeviceSection(instance: "", listener: listener, ownsSocketFile: true, regionMemory: [])
+        let h = Handover(sections: [device.section, written.section] + list.inventory.map(\.section))
+        let read = try Handover.decode(h.encode(), descriptorCount: list.fds.count)
+        #expect(list.fds == [99, 98, 100, 101, 102, 103])
+        let c = try ConnectionSection(try #require(read.sections(.connection).first).payload, descriptorCount: list.fds.count)
+        #expect(c.socket == 1)
+        #expect(c.state.client == liveState().client)
+        #expect(c.state.framer == ConnectionState.FramerState(bytes: [1, 2, 3], pendingFDs: [2], pendingFDOwner: 0,
+                                                                pendingOverflow: false, discard: 0))
+        #expect(c.state.windows.map(\.fd) == [3, -1])
+        #expect(c.state.windows.map(\.map) == liveState().windows.map(\.map))
+        #expect(c.state.vectors == [.init(index: 0, vector: 0, trigger: 4, unmask: 5, mask: -1, masked: true, pending: true)])
+        #expect(c.state.lastRequestID == 7 && c.state.intxLevel)
+        #expect(try DeviceSection(try #require(read.sections(.device).first).payload, descriptorCount: list.fds.count) == device)
+    }
+
+    @Test func anIndexBeyondTheDescriptorsIsRefused() throws {
+        var list = DescriptorList()
+        let section = ConnectionSection(instance: "", socket: 98, live: liveState(), into: &list).section
+        let h = Handover(sections: [section])
+        #expect(throws: DeviceError.self) { try Handover.decode(h.encode(), descriptorCount: list.fds.count - 1) }
+    }
+
+    @Test func aPoolHandsEachDescriptorOutOnce() throws {
+        let a = twoDescriptors()
+        let pool = DescriptorPool(a)
+        #expect(try pool.take(0, for: "x") == a[0])
+        #expect(throws: DeviceError.self) { try pool.take(0, for: "again") }
+        #expect(throws: DeviceError.self) { try pool.take(5, for: "out of range") }
+        close(a[0])
+        #expect(pool.closeUnclaimed() == 1)
+        #expect(fcntl(a[1], F_GETFD) < 0)
+    }
+
+    private func twoDescriptors() -> [Int32] { [dup(0), dup(0)] }
+
+    /// The seeds the fuzz target starts from include a real-shaped connection.
+    @Test func theFuzzSeedsDecode() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Fuzz/corpus/handover").standardized
+        let seeds = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+        #expect(seeds.count >= 4)
+        var withConnection = 0
+        for name in seeds {
+            let bytes = [UInt8](try Data(contentsOf: dir.appendingPathComponent(name)))
+            let h = try Handover.decode(Array(bytes.dropFirst()), descriptorCount: Int(bytes[0]))
+            withConnection += h.sections(.connection).count
+        }
+        #expect(withConnection == 1)
+    }
+}
