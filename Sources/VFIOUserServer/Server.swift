@@ -30,7 +30,7 @@ public final class DeviceServer: @unchecked Sendable {
     /// The socket's path: where it listens, or what an inherited socket is bound to ("" if unnamed).
     public let path: String
     /// Whether this server created the socket file (and so removes it on stop).
-    private let ownsSocketFile: Bool
+    public let ownsSocketFile: Bool
     let logger: Logger
     /// How long a client may leave replies unread before it is dropped.
     public let stallTimeout: Double
@@ -55,6 +55,9 @@ public final class DeviceServer: @unchecked Sendable {
         var acceptorRunning = false
         /// The session is parked between messages; its endpoint, for the upgrade to read.
         var parked: SocketEndpoint?
+        /// The thread serving the client now (a session thread, or the
+        /// caller of `serve(connection:)`): where `pause` knocks.
+        var serving: pthread_t?
     }
     private var state: State
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -165,6 +168,14 @@ public final class DeviceServer: @unchecked Sendable {
         }
         if let resumed = resumedSession {
             resumedSession = nil
+            if locked({ $0.listen < 0 }) {
+                // A connected socket with no listener behind it (`--fd`):
+                // served on this thread, and serving ends when it leaves.
+                var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+                setsockopt(resumed.socket, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                runSession(resumed.socket, endpoint: resumed.endpoint)
+                return
+            }
             startSession(resumed.socket, endpoint: resumed.endpoint, peer: Self.peerPID(resumed.socket))
         }
         while true {
@@ -298,6 +309,8 @@ public final class DeviceServer: @unchecked Sendable {
     private func runSession(_ c: Int32, endpoint resumed: SocketEndpoint? = nil) {
         // Whatever mask the thread inherited, `pause` must be able to interrupt it.
         _ = umdev_allow_kick()
+        locked { $0.serving = pthread_self() }
+        defer { locked { $0.serving = nil } }
         let endpoint = resumed ?? Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
         endpoint.whenInterrupted = { [unowned self, unowned endpoint] in self.parkIfAsked(endpoint) }
         endpoint.run()
@@ -388,7 +401,7 @@ public final class DeviceServer: @unchecked Sendable {
             }
             let now = monotonicNanoseconds()
             if now >= deadline { break }
-            if state.owner == .client, state.parked == nil, let session = state.session {
+            if state.owner == .client, state.parked == nil, let session = state.serving {
                 // Knock until it hears: a signal that lands between two
                 // system calls interrupts nothing, the next one will.
                 _ = umdev_kick_thread(UInt(bitPattern: Int(bitPattern: session)))

@@ -204,9 +204,10 @@ extension Serve {
         }
         if incoming.checkOnly { Glibc.exit(0) }
         signal(SIGPIPE, SIG_IGN)
-        let paths = server.path.isEmpty ? [] : [server.path]
+        // A socket file the previous process made is this one's to remove; one it was given is not.
+        let paths = server.ownsSocketFile ? [server.path] : []
         installTerminationHandler(paths: paths)
-        startUpgradeTrigger(server: server, ownsSocketFile: !paths.isEmpty, paths: paths, logger: logger)
+        startUpgradeTrigger(server: server, ownsSocketFile: server.ownsSocketFile, paths: paths, logger: logger)
         let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
         let restored = monotonicNanoseconds()
         var timing: Logger.Metadata = ["client": "\(server.isAttached ? "attached" : "none")",
@@ -219,6 +220,10 @@ extension Serve {
         logger.notice("took over \(kind.id) from \(from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
         ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (upgraded from \(from))")
         server.serve()
+        if server.path.isEmpty {
+            logger.notice("the client left; a connected socket serves no one else")
+            server.stop()
+        }
     }
 
     /// SIGUSR2: check the binary at the path umdev was started from against
