@@ -161,11 +161,6 @@ public final class DeviceServer: @unchecked Sendable {
 
     /// Accepts connections on the calling thread until `stop`.
     public func serve() {
-        locked { $0.acceptorRunning = true }
-        defer {
-            locked { $0.acceptorRunning = false }
-            pthread_cond_broadcast(changed)
-        }
         if let resumed = resumedSession {
             resumedSession = nil
             if locked({ $0.listen < 0 }) {
@@ -177,6 +172,11 @@ public final class DeviceServer: @unchecked Sendable {
                 return
             }
             startSession(resumed.socket, endpoint: resumed.endpoint, peer: Self.peerPID(resumed.socket))
+        }
+        locked { $0.acceptorRunning = true }
+        defer {
+            locked { $0.acceptorRunning = false }
+            pthread_cond_broadcast(changed)
         }
         while true {
             let listenFD = locked { $0.stopped ? -1 : $0.listen }

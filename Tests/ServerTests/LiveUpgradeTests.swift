@@ -1,7 +1,9 @@
 import CShim
+import Descriptors
 import Foundation
 import Glibc
 import Synchronization
+import SystemPackage
 import TestDevice
 import Testing
 import VFIOUser
@@ -18,7 +20,8 @@ private final class UpgradableServer {
     let pid: pid_t
     let manager: NotifySocket
 
-    init(type: String, extraArguments: [String] = []) throws {
+    /// `connected`: serve this socket as descriptor 3 (`--fd 3`) instead of a listening path.
+    init(type: String, extraArguments: [String] = [], connected: Int32? = nil) throws {
         directory = "/tmp/umdev-upgrade-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         mkdir(directory, 0o700)
         binary = directory + "/umdev"
@@ -31,7 +34,9 @@ private final class UpgradableServer {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        let argv = [binary, "serve", "--type", type, "--socket", path, "--log-level", "info"] + extraArguments
+        if let connected { posix_spawn_file_actions_adddup2(&actions, connected, 3) }
+        let place = connected == nil ? ["--socket", path] : ["--fd", "3"]
+        let argv = [binary, "serve", "--type", type] + place + ["--log-level", "info"] + extraArguments
         var cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var env = ProcessInfo.processInfo.environment
@@ -63,7 +68,9 @@ private final class UpgradableServer {
     func upgrade(sourceLocation: SourceLocation = #_sourceLocation) {
         kill(pid, SIGUSR2)
         let pid = self.pid
-        manager.waitReady("the upgraded umdev", exited: { waitpid(pid, nil, WNOHANG) != 0 }, sourceLocation: sourceLocation)
+        if manager.waitReady("the upgraded umdev", exited: { waitpid(pid, nil, WNOHANG) != 0 }, sourceLocation: sourceLocation) == nil {
+            Issue.record("the server's log:\n\(logText())", sourceLocation: sourceLocation)
+        }
     }
 
     /// Sends SIGUSR2 and waits until the log says the upgrade failed
@@ -230,6 +237,27 @@ struct LiveUpgradeTests {
         try c.write8(region: 0, offset: 0, 0x21)          // a new byte after the upgrades
         #expect(waitSignal(intx) == 1, "the RX interrupt reached the eventfd registered before the upgrades")
         #expect(try c.read8(region: 0, offset: 0) == 0x21)
+    }
+
+    /// A client on a connected socket the server was given (`--fd`) is
+    /// handed over as well, and the server still ends when it leaves.
+    @Test func aConnectedSocketGivenWithFdMovesToo() throws {
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        let server = try UpgradableServer(type: "test", connected: pair[1])
+        close(pair[1])
+        let c = VFIOUserClient(connected: OwnedDescriptor(adopting: FileDescriptor(rawValue: pair[0])))
+        try c.negotiate()
+        try c.write32(region: 0, offset: TestDevice.Register.scratch, 0xabcd_0123)
+        server.upgrade()
+        server.upgrade()
+        #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0xabcd_0123)
+        // VERSION was negotiated before: a second one is refused, by the new process.
+        #expect(throws: ClientError.remote(EINVAL)) { try c.negotiate() }
+        c.disconnect()
+        let deadline = Date().addingTimeInterval(20)
+        while server.isRunning && Date() < deadline { usleep(10_000) }
+        #expect(!server.isRunning, "the server ends when its only client leaves")
     }
 
     /// What cannot be handed over yet is refused, and the device serves on.
