@@ -1,6 +1,6 @@
 // libFuzzer target: any bytes as a handover from another process. Decoding
 // must return a handover or an error, never trap; what decodes must encode
-// to the same bytes.
+// to the same bytes, and so must each device and connection section.
 //
 // Input: byte 0 = how many descriptors came with it (mod 64), then the bytes.
 import FuzzDriver
@@ -13,6 +13,16 @@ public func fuzzHandover(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
     if let h = try? Handover.decode(bytes, descriptorCount: descriptors) {
         precondition(h.encode() == bytes, "a handover that decodes encodes to other bytes")
+        // Each device and connection section the decoder accepted reads as
+        // the same fields when written again.
+        for s in h.sections(.device) {
+            precondition((try? DeviceSection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
+                         "a device section encodes to other bytes")
+        }
+        for s in h.sections(.connection) {
+            precondition((try? ConnectionSection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
+                         "a connection section encodes to other bytes")
+        }
     }
     return 0
 }

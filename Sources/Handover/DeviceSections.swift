@@ -85,12 +85,21 @@ public struct DeviceSection: Equatable, Sendable {
         instance = try r.name()
         let l = try r.u32()
         listener = l == none ? nil : try checked(l, descriptorCount, "the listener")
-        ownsSocketFile = try r.u8() != 0
+        ownsSocketFile = try flag(&r, "owns-socket-file")
         let n = Int(try r.u16())
         var memory: [UInt32] = []
         for _ in 0..<n { memory.append(try checked(try r.u32(), descriptorCount, "region memory")) }
         regionMemory = memory
         try r.finish()
+    }
+}
+
+/// A one-byte boolean: 0 or 1, nothing else (so what decodes encodes back to the same bytes).
+private func flag(_ r: inout StateReader, _ what: String) throws(DeviceError) -> Bool {
+    switch try r.u8() {
+    case 0: return false
+    case 1: return true
+    case let v: throw DeviceError(EINVAL, "handover: \(what) is \(v), not 0 or 1")
     }
 }
 
@@ -178,20 +187,31 @@ public struct ConnectionSection: Sendable {
         case 0: client = nil
         case 1:
             var c = Capabilities()
-            c.maxMessageFDs = Int(try r.u32()); c.maxDataTransferSize = Int(clamping: try r.u64())
+            c.maxMessageFDs = Int(try r.u32())
+            let transfer = try r.u64()
+            guard transfer <= UInt64(Int.max) else { throw DeviceError(EINVAL, "handover connection section: max_data_xfer_size \(transfer)") }
+            c.maxDataTransferSize = Int(transfer)
             c.pageSizes = try r.u64(); c.maxDMAMaps = Int(try r.u32())
-            let migration = try r.u8() != 0
+            let migration = try flag(&r, "migration")
             let pageSize = try r.u64(), bitmap = try r.u64()
+            guard migration || (pageSize == 0 && bitmap == 0) else {
+                throw DeviceError(EINVAL, "handover connection section: migration limits without migration")
+            }
             c.migration = migration ? Capabilities.Migration(pageSize: pageSize, maxBitmapSize: bitmap) : nil
-            c.writeMultiple = try r.u8() != 0; c.twinSocket = try r.u8() != 0
-            let gfx = try r.u8() != 0
+            c.writeMultiple = try flag(&r, "write_multiple"); c.twinSocket = try flag(&r, "twin_socket")
+            let gfx = try flag(&r, "display-plane")
             let gfxVersion = try r.u32()
+            guard gfx || gfxVersion == 0 else { throw DeviceError(EINVAL, "handover connection section: a display-plane version without the plane") }
             c.gfxPlane = gfx ? Int(gfxVersion) : nil
-            c.named = Capabilities.Limit(rawValue: try r.u8())
+            let named = try r.u8()
+            guard named & ~Capabilities.Limit.all.rawValue == 0 else {
+                throw DeviceError(EINVAL, "handover connection section: named-limits bits \(named)")
+            }
+            c.named = Capabilities.Limit(rawValue: named)
             client = c
         case let v: throw DeviceError(EINVAL, "handover connection section: negotiated flag \(v)")
         }
-        let fdLimit = Int(try r.u32()), maxWindows = Int(try r.u32()), lastID = try r.u16(), intx = try r.u8() != 0
+        let fdLimit = Int(try r.u32()), maxWindows = Int(try r.u32()), lastID = try r.u16(), intx = try flag(&r, "INTx level")
         let byteCount = Int(try r.u32())
         guard byteCount <= Limits.maxMessageSize + 4096 else {
             throw DeviceError(EINVAL, "handover connection section: \(byteCount) buffered bytes is more than a framer holds")
@@ -204,7 +224,7 @@ public struct ConnectionSection: Sendable {
         var pending: [Int32] = []
         for _ in 0..<pendingCount { pending.append(Int32(try checked(try r.u32(), descriptorCount, "a pending message"))) }
         let owner = Int(Int32(bitPattern: try r.u32()))
-        let overflow = try r.u8() != 0
+        let overflow = try flag(&r, "descriptor overflow")
         let discard = Int(try r.u32())
         let windowCount = Int(try r.u32())
         guard windowCount <= Limits.maxDMAMaps, windowCount <= r.remaining / 36 else {

@@ -75,3 +75,17 @@ struct DeviceSectionTests {
         #expect(withConnection == 1)
     }
 }
+
+extension DeviceSectionTests {
+    /// A boolean byte is 0 or 1: anything else is refused, not read as true.
+    @Test func aFlagOtherThanZeroOrOneIsRefused() throws {
+        var list = DescriptorList()
+        var payload = ConnectionSection(instance: "", socket: 98, live: liveState(), into: &list).section.payload
+        // name (1 byte: empty), socket (4), negotiated (1): the negotiated flag is byte 5.
+        payload[5] = 2
+        #expect(throws: DeviceError.self) { try ConnectionSection(payload, descriptorCount: list.fds.count) }
+        var device = DeviceSection(instance: "", listener: nil, ownsSocketFile: true, regionMemory: []).section.payload
+        device[5] = 7   // the owns-socket-file byte, after the name (1) and the listener (4)
+        #expect(throws: DeviceError.self) { try DeviceSection(device, descriptorCount: 0) }
+    }
+}
