@@ -22,11 +22,13 @@ public enum ServiceManager {
     /// Sends `state` (newline-separated assignments: `READY=1`,
     /// `STATUS=…`, `STOPPING=1`, `FDSTORE=1` …) in one datagram, with `fds`
     /// attached. Returns false when no manager listens or the send failed:
-    /// a service runs the same without one.
+    /// a service runs the same without one. The send never blocks: a
+    /// manager that stops reading (its queue full) costs a notification,
+    /// never a device's service.
     @discardableResult
     public static func notify(_ state: String, fds: [Int32] = []) -> Bool {
         guard let path = notifySocket else { return false }
-        let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard s >= 0 else { return false }
         defer { close(s) }
         var addr = sockaddr_un()
