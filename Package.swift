@@ -79,7 +79,7 @@ let package = Package(
         .target(name: "Descriptors", dependencies: [.product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Descriptors", swiftSettings: strict),
         // The handover format: what a running umdev hands the process that takes over.
-        .target(name: "Handover", dependencies: ["PCI", "VFIOUserServer", "CShim", "Descriptors", "Locking",
+        .target(name: "Handover", dependencies: ["PCI", "VFIOUserServer", "CShim", "Descriptors", "Locking", "UnixSocket",
                                                  .product(name: "SystemPackage", package: "swift-system"),
                                                  .product(name: "Logging", package: "swift-log")], path: "Sources/Handover", swiftSettings: strict),
         .target(name: "PCI", dependencies: ["CShim", "VFIOUser", "Descriptors", .product(name: "SystemPackage", package: "swift-system")],
@@ -126,7 +126,7 @@ let package = Package(
         // definitions, discovery, compatibility, the control socket.
         .target(name: "Lifecycle",
                 dependencies: ["PCI", "VFIOUserServer", "UnixSocket", "CShim", "Locking", "TestDevice", "MTTY", "MDPY", "MBochs",
-                               "Descriptors", .product(name: "SystemPackage", package: "swift-system"),
+                               "Descriptors", "Handover", "ServiceManager", .product(name: "SystemPackage", package: "swift-system"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Lifecycle", swiftSettings: strict),
 

@@ -68,15 +68,22 @@ public struct DeviceSection: Equatable, Sendable {
     public var ownsSocketFile: Bool
     /// Indices of the memory the regions hand out (memfds), in region order.
     public var regionMemory: [UInt32]
+    /// The path the socket file is at, when it has one. (The listener's own
+    /// address may be the name it was bound to before it was renamed into
+    /// place.) Written last, and only when known: a section without it
+    /// reads as one from before it was added.
+    public var socketPath: String?
 
-    public init(instance: String, listener: UInt32?, ownsSocketFile: Bool, regionMemory: [UInt32]) {
+    public init(instance: String, listener: UInt32?, ownsSocketFile: Bool, regionMemory: [UInt32], socketPath: String? = nil) {
         self.instance = instance; self.listener = listener; self.ownsSocketFile = ownsSocketFile; self.regionMemory = regionMemory
+        self.socketPath = socketPath.flatMap { $0.isEmpty ? nil : $0 }
     }
 
     public var section: Handover.Section {
         var w = StateWriter()
         w.name(instance); w.u32(listener ?? none); w.u8(ownsSocketFile ? 1 : 0)
         w.u16(UInt16(regionMemory.count)); for m in regionMemory { w.u32(m) }
+        if let socketPath { w.name(socketPath) }
         return Handover.Section(type: SectionType.device.rawValue, required: true, payload: w.bytes)
     }
 
@@ -90,6 +97,15 @@ public struct DeviceSection: Equatable, Sendable {
         var memory: [UInt32] = []
         for _ in 0..<n { memory.append(try checked(try r.u32(), descriptorCount, "region memory")) }
         regionMemory = memory
+        if r.remaining > 0 {
+            let path = try r.name()
+            guard path.hasPrefix("/"), !path.utf8.contains(0) else {
+                throw DeviceError(EINVAL, "handover device section: the socket path \"\(path.prefix(64))\" is not absolute")
+            }
+            socketPath = path
+        } else {
+            socketPath = nil
+        }
         try r.finish()
     }
 }

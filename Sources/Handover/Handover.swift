@@ -72,6 +72,8 @@ public struct Handover: Equatable, Sendable {
             case .modelState?: _ = try ModelState(section.payload)
             case .device?: _ = try DeviceSection(section.payload, descriptorCount: descriptorCount)
             case .connection?: _ = try ConnectionSection(section.payload, descriptorCount: descriptorCount)
+            case .daemon?: _ = try DaemonSection(section.payload, descriptorCount: descriptorCount)
+            case .instance?: _ = try InstanceSection(section.payload)
             case nil:
                 guard !section.required else {
                     throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
@@ -100,6 +102,11 @@ public enum SectionType: UInt16, Sendable {
     /// A device's attached client: socket, negotiated state, unhandled
     /// bytes, DMA windows, IRQ wiring.
     case connection = 5
+    /// `umdev daemon` itself: its control socket, and the control
+    /// connection that asked for the upgrade.
+    case daemon = 6
+    /// A daemon instance: UUID, type, attributes; its device's sections follow.
+    case instance = 7
 }
 
 /// What a descriptor is for: how the new process knows what to do with it.
@@ -118,6 +125,8 @@ public enum DescriptorRole: UInt16, Sendable, CaseIterable {
     case controlListener = 12
     case stateMemory = 13
     case pendingMessageDescriptor = 14
+    /// A control connection waiting for an answer (`umdev upgrade`'s).
+    case controlConnection = 15
 }
 
 /// One descriptor of a device's inventory: which one (its index among the

@@ -5,6 +5,7 @@ import Locking
 import Logging
 import PCI
 import SystemPackage
+import UnixSocket
 import VFIOUserServer
 
 /// A live upgrade: a running umdev replaces itself with the binary now at
@@ -43,17 +44,39 @@ public enum LiveUpgrade {
         public var host: DeviceHost
         public var paused: DeviceServer.Paused
         public var ownsSocketFile: Bool
-        public init(instance: String, host: DeviceHost, paused: DeviceServer.Paused, ownsSocketFile: Bool) {
+        /// Where the socket file is ("" if it has none).
+        public var socketPath: String
+        /// Sections written just before the device's own (a daemon's instance section).
+        public var preface: [Handover.Section]
+        public init(instance: String, host: DeviceHost, paused: DeviceServer.Paused, ownsSocketFile: Bool, socketPath: String,
+                    preface: [Handover.Section] = []) {
             self.instance = instance; self.host = host; self.paused = paused; self.ownsSocketFile = ownsSocketFile
+            self.socketPath = socketPath; self.preface = preface
+        }
+    }
+
+    /// What `umdev daemon` hands over besides its devices.
+    public struct DaemonPart {
+        public var controlListener: Int32
+        public var ownsControlFile: Bool
+        /// The control connection that asked for the upgrade, to be answered by the new process.
+        public var requester: Int32?
+        public init(controlListener: Int32, ownsControlFile: Bool, requester: Int32?) {
+            self.controlListener = controlListener; self.ownsControlFile = ownsControlFile; self.requester = requester
         }
     }
 
     /// The handover of paused devices: its bytes and the descriptors they
     /// name (still the devices'). Refused, with the reason, for what this
     /// build cannot carry yet.
-    public static func write(_ devices: [Device]) throws(DeviceError) -> (bytes: [UInt8], fds: [Int32]) {
+    public static func write(_ devices: [Device], daemon: DaemonPart? = nil) throws(DeviceError) -> (bytes: [UInt8], fds: [Int32]) {
         var list = DescriptorList()
         var sections = [Writer(version: umdevVersion, pid: getpid(), writtenAt: monotonicNanoseconds()).section]
+        if let daemon {
+            let listener = list.add(daemon.controlListener, role: .controlListener, name: "control")
+            let requester = daemon.requester.map { list.add($0, role: .controlConnection, name: "control/upgrade-requester") }
+            sections.append(DaemonSection(controlListener: listener, ownsControlFile: daemon.ownsControlFile, requester: requester).section)
+        }
         for d in devices {
             let prefix = d.instance.isEmpty ? "" : d.instance + "/"
             guard d.host.migrationState == .running else {
@@ -73,8 +96,9 @@ public enum LiveUpgrade {
                     if !memory.contains(index) { memory.append(index) }
                 }
             }
+            sections += d.preface
             sections.append(DeviceSection(instance: d.instance, listener: listener, ownsSocketFile: d.ownsSocketFile,
-                                          regionMemory: memory).section)
+                                          regionMemory: memory, socketPath: d.socketPath).section)
             sections.append(ModelState(type: d.host.typeName, state: d.host.device.saveState()).section)
             if let c = d.paused.connection {
                 sections.append(ConnectionSection(instance: d.instance, socket: c.socket, live: c.endpoint.connectionState(),
@@ -303,6 +327,14 @@ public enum LiveUpgrade {
         }
         try made.device.restoreState(model.state, version: version)
         let listener = try device.listener.map { (i) throws(DeviceError) in try incoming.pool.take(i, for: "the listener") }
+        if let listener, let path = device.socketPath {
+            // The path must be the listener's: the name it is bound to, or the one that name was renamed to.
+            let bound = InheritedSocket.boundPath(FileDescriptor(rawValue: listener)) ?? ""
+            guard bound == path || (bound.hasPrefix(path + ".") && bound.hasSuffix(".new")) else {
+                close(listener)
+                throw DeviceError(EINVAL, "the handover puts device '\(instance)' at \(path), but its listener is bound to \(bound.isEmpty ? "no path" : bound)")
+            }
+        }
         var client: SocketEndpoint?
         if let connection {
             let socket = try incoming.pool.take(connection.socket, for: "the client connection")
@@ -330,7 +362,7 @@ public enum LiveUpgrade {
             client = endpoint
         }
         var owned: OwnedDescriptor? = listener.map { OwnedDescriptor(adopting: FileDescriptor(rawValue: $0)) }
-        return DeviceServer(host: host, handedOverListener: owned.take(), ownsSocketFile: device.ownsSocketFile, client: client,
+        return DeviceServer(host: host, handedOverListener: owned.take(), path: device.socketPath, ownsSocketFile: device.ownsSocketFile, client: client,
                             logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
     }
 
@@ -361,4 +393,10 @@ private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeM
     let c = strings.map { strdup($0) } + [nil]
     defer { for p in c { free(p) } }
     return c.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+/// Nanoseconds as milliseconds with two decimals, for the log.
+public func milliseconds(_ ns: UInt64) -> String {
+    let hundredths = (ns + 5_000) / 10_000
+    return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
 }

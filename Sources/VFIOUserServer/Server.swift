@@ -98,10 +98,12 @@ public final class DeviceServer: @unchecked Sendable {
     /// already resumed (`Endpoint.resume`), which `serve` goes on serving
     /// first. `ownsSocketFile`: whether the socket file is removed on stop,
     /// as it would have been by the process that made it.
-    public convenience init(host: DeviceHost, handedOverListener listener: consuming OwnedDescriptor?, ownsSocketFile: Bool,
-                            client: SocketEndpoint?, logger: Logger, stallTimeout: Double = 5, pollMicroseconds: Int = 0) {
+    /// `path`: where the socket file is, if the handover says (else what the listener is bound to).
+    public convenience init(host: DeviceHost, handedOverListener listener: consuming OwnedDescriptor?, path given: String? = nil,
+                            ownsSocketFile: Bool, client: SocketEndpoint?, logger: Logger, stallTimeout: Double = 5,
+                            pollMicroseconds: Int = 0) {
         var path = ""
-        if let fd = listener?.fileDescriptor { path = InheritedSocket.boundPath(fd) ?? "" }
+        if let fd = listener?.fileDescriptor { path = given ?? InheritedSocket.boundPath(fd) ?? "" }
         self.init(host: host, listening: listener, path: path, ownsSocketFile: ownsSocketFile && !path.isEmpty, logger: logger,
                   stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
         if let client {

@@ -242,7 +242,8 @@ extension Serve {
                     return nil
                 }
                 do {
-                    return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile)])
+                    return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile,
+                                                   socketPath: server.path)])
                 } catch {
                     server.resume()
                     logger.error("upgrade refused, still serving: \(error.message)")
@@ -287,11 +288,6 @@ extension Serve {
     }()
 }
 
-/// Nanoseconds as milliseconds with two decimals, for the log.
-func milliseconds(_ ns: UInt64) -> String {
-    let hundredths = (ns + 5_000) / 10_000
-    return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
-}
 
 enum FileHandleOutput {
     /// One line on stderr, unbuffered (the process exits right after).
