@@ -84,6 +84,7 @@ public struct ControlResponse: Codable, Equatable, Sendable {
     public var target: MigrationIdentity?
     public var bytes: Int?
     public var released: String?
+    public var upgrade: UpgradeInfo?
 
     public init(ok: Bool = true) { self.ok = ok }
 
@@ -98,6 +99,18 @@ public struct ControlResponse: Codable, Equatable, Sendable {
 /// by the client closing its side), one JSON response ended by a newline.
 /// A request about a state file carries the file's descriptor (SCM_RIGHTS)
 /// with its first bytes.
+/// How a live upgrade went, as the new process tells the client that asked.
+public struct UpgradeInfo: Codable, Equatable, Sendable {
+    /// The daemon's process id: the same before and after (exec).
+    public var pid: Int32
+    public var previousVersion: String
+    public var version: String
+    /// Instances handed over.
+    public var instances: Int
+
+    enum CodingKeys: String, CodingKey { case pid, previousVersion = "previous_version", version, instances }
+}
+
 public enum ControlWire {
     /// Requests larger than this are refused.
     public static let maxRequest = 64 << 10
@@ -172,7 +185,7 @@ final class ControlConnection: @unchecked Sendable {
         case .success(let bytes):
             do {
                 let request = try JSONDecoder().decode(ControlRequest.self, from: Data(bytes))
-                response = daemon.handle(request, descriptor: descriptor?.fileDescriptor)
+                response = daemon.handle(request, descriptor: descriptor?.fileDescriptor, connection: socket)
             } catch let e as DecodingError {
                 response = .failure(LifecycleError(.invalid, "malformed request: \(DefinitionStore.describe(e))"))
             } catch {

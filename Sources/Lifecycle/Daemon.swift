@@ -1,6 +1,7 @@
 import CShim
 import Foundation
 import Glibc
+import Handover
 import Logging
 import PCI
 import Locking
@@ -23,6 +24,10 @@ public struct DaemonConfiguration: Sendable {
     /// A listening control socket handed in (socket activation), used
     /// instead of creating one at `controlSocket`; its file is left alone.
     public var inheritedControlSocket: FileDescriptor?
+    /// What a live upgrade execs (the path umdev was started from) and
+    /// with which arguments; `umdev upgrade --binary` names another.
+    public var binary = "/proc/self/exe"
+    public var arguments: [String] = CommandLine.arguments
 
     public init(runDirectory: String, configDirectory: String) {
         self.runDirectory = runDirectory
@@ -70,27 +75,58 @@ public final class Daemon: @unchecked Sendable {
         var busy: Set<String> = []
         var definitions: [String: Definition] = [:]
     }
-    private let state: Locked<State>
+    let state: Locked<State>
 
-    private struct Control {
+    struct Control {
         var listen: Int32
+        /// Whether `shutdown` removes the control socket's file.
+        var ownsFile: Bool
         var clients = 0
         var stopped = false
+        /// A live upgrade asked the acceptor to accept nothing for now.
+        var pauseRequested = false
+        /// The acceptor is waiting out a pause.
+        var acceptorHeld = false
+        /// A live upgrade is under way (one at a time).
+        var upgrading = false
     }
-    private let control: Locked<Control>
+    let control: Locked<Control>
+    /// Wakes the acceptor from its poll (a pause, a stop).
+    let wake: Int32
     private var acceptThread: pthread_t?
+    /// The control connection that asked for the upgrade this process took
+    /// over from, waiting for its answer (`answerUpgrade`).
+    var upgradeRequester: Int32?
+    /// The instances a live upgrade brought, not serving until `start`.
+    private var restored: [Instance] = []
 
     /// Creates the directories, claims the control socket, loads the
-    /// definitions and starts the `auto` ones.
-    public init(_ configuration: DaemonConfiguration, logger: Logger) throws(LifecycleError) {
+    /// definitions and starts the `auto` ones. Given a live upgrade's
+    /// handover (`incoming`), takes the control socket and every instance
+    /// from it instead (auto definitions are running already).
+    public init(_ configuration: DaemonConfiguration, logger: Logger, takingOver incoming: LiveUpgrade.Incoming? = nil) throws(LifecycleError) {
         self.configuration = configuration
         self.logger = logger
         for dir in [configuration.runDirectory, configuration.configDirectory] { try Self.makePrivateDirectory(dir) }
         store = DefinitionStore(directory: configuration.configDirectory)
         let path = configuration.controlSocket
+        wake = umdev_eventfd(0)
         // The control state owns the listener from here; `stop` closes it.
         let fd: Int32
-        if let inherited = configuration.inheritedControlSocket {
+        var ownsFile = configuration.inheritedControlSocket == nil
+        var handedOver: [InstanceSection] = []
+        if let incoming {
+            let daemon: DaemonSection
+            (daemon, handedOver) = try Self.daemonSections(incoming)
+            fd = try Self.takeControlSocket(daemon, from: incoming.pool)
+            ownsFile = daemon.ownsControlFile
+            upgradeRequester = try daemon.requester.map { (i) throws(LifecycleError) in
+                do throws(DeviceError) { return try incoming.pool.take(i, for: "the upgrade's requester") } catch {
+                    close(fd)
+                    throw LifecycleError(.invalid, error.message)
+                }
+            }
+        } else if let inherited = configuration.inheritedControlSocket {
             fd = inherited.rawValue
         } else {
             if (try? UnixSocket.connect(path: path)) != nil {
@@ -100,13 +136,21 @@ public final class Daemon: @unchecked Sendable {
                 throw LifecycleError(.system, "cannot listen on \(path): \(String(cString: strerror(error.errno)))")
             }
         }
-        control = Locked(Control(listen: fd))
+        control = Locked(Control(listen: fd, ownsFile: ownsFile))
         let (definitions, skipped) = store.load()
         for (file, reason) in skipped {
             logger.error("skipping definition \(file): \(reason)")
         }
         state = Locked(State(budgets: Budgets(configuration.budgets), definitions: definitions))
         logger.notice("\(definitions.count) definition(s) in \(configuration.configDirectory)")
+        if let incoming {
+            do { try restore(handedOver, from: incoming) } catch {
+                if let r = upgradeRequester { close(r) }
+                close(fd)
+                throw error
+            }
+            return
+        }
         for uuid in definitions.keys.sorted() where definitions[uuid]?.start == .auto {
             do {
                 let info = try start(uuid: uuid, type: nil, attributes: nil)
@@ -116,6 +160,11 @@ public final class Daemon: @unchecked Sendable {
             }
         }
     }
+
+    deinit { close(wake) }
+
+    /// Keeps an instance a handover brought until `start` serves it.
+    func appendRestored(_ instance: Instance) { restored.append(instance) }
 
     /// mkdir -p, the last component owner-only. An existing directory must
     /// already be ours and owner-only: it is never chmodded, since a
@@ -145,6 +194,8 @@ public final class Daemon: @unchecked Sendable {
 
     /// Serves the control socket on a thread of its own.
     public func start() {
+        for i in restored { i.startServing() }
+        restored = []
         guard let t = Threads.start({ self.acceptLoop() }) else { preconditionFailure("cannot start the control socket's thread") }
         acceptThread = t
     }
@@ -158,10 +209,12 @@ public final class Daemon: @unchecked Sendable {
             return c.listen
         }
         guard fd >= 0 else { return }
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
         Glibc.shutdown(fd, Int32(SHUT_RDWR))
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         close(fd)
-        if configuration.inheritedControlSocket == nil { unlink(configuration.controlSocket) }
+        if control.withLock({ $0.ownsFile }) { unlink(configuration.controlSocket) }
         let all = state.withLock { s -> [Instance] in
             let all = s.order.compactMap { s.instances[$0] }
             s.instances = [:]
@@ -178,8 +231,27 @@ public final class Daemon: @unchecked Sendable {
 
     private func acceptLoop() {
         while true {
-            let listenFD = control.withLock { $0.stopped ? -1 : $0.listen }
+            let (listenFD, paused) = control.withLock { ($0.stopped ? -1 : $0.listen, $0.pauseRequested) }
             guard listenFD >= 0 else { return }
+            if paused {
+                // A live upgrade is writing the handover: connections wait
+                // in the backlog, for whichever process serves next.
+                control.withLock { $0.acceptorHeld = true }
+                while !control.wait(timeout: 3600, until: { !$0.pauseRequested || $0.stopped }) {}
+                control.withLock { $0.acceptorHeld = false }
+                continue
+            }
+            var set = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+            if poll(&set, 2, -1) < 0 {
+                if errno == EINTR { continue }
+                logger.error("poll on the control socket: \(String(cString: strerror(errno)))")
+                return
+            }
+            if set[1].revents != 0 {
+                var counter: UInt64 = 0
+                _ = read(wake, &counter, 8)
+            }
+            guard set[0].revents != 0, !control.withLock({ $0.pauseRequested }) else { continue }
             let c: Int32
             // The client's thread owns the connection from here.
             do { c = try UnixSocket.accept(FileDescriptor(rawValue: listenFD)).release().rawValue } catch {
@@ -215,7 +287,9 @@ public final class Daemon: @unchecked Sendable {
     /// Answers one control request. `descriptor` is the file the request
     /// carried (migrate-save, migrate-load, compat from a saved state),
     /// borrowed for the request.
-    public func handle(_ request: ControlRequest, descriptor: FileDescriptor? = nil) -> ControlResponse {
+    /// `connection`: the control connection it came on, for `upgrade` to
+    /// hand over (the new process answers it).
+    public func handle(_ request: ControlRequest, descriptor: FileDescriptor? = nil, connection: Int32? = nil) -> ControlResponse {
         do {
             let takesDescriptor = ["migrate-save", "migrate-load", "compat"].contains(request.request)
             if descriptor != nil && !takesDescriptor {
@@ -280,6 +354,9 @@ public final class Daemon: @unchecked Sendable {
                 r.bytes = try migrateLoad(try Self.uuid(request.uuid), from: try Self.file(descriptor, writing: false))
             case "compat":
                 try compat(request, descriptor: descriptor, into: &r)
+            case "upgrade":
+                // Returns only if this process goes on; the new one answers otherwise.
+                throw upgrade(binary: request.path, requester: connection)
             default:
                 throw LifecycleError(.invalid, "unknown request \"\(request.request.prefix(64))\"; known: \(Self.requests.joined(separator: ", "))")
             }
@@ -293,7 +370,7 @@ public final class Daemon: @unchecked Sendable {
 
     public static let requests = ["types", "list", "start", "stop", "define", "undefine", "modify",
                                   "attribute-get", "attribute-set", "attribute-has", "reset",
-                                  "migrate-save", "migrate-load", "compat"]
+                                  "migrate-save", "migrate-load", "compat", "upgrade"]
 
     static func uuid(_ s: String?) throws(LifecycleError) -> String {
         guard let s else { throw LifecycleError(.invalid, "this request needs a uuid") }

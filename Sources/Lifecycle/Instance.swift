@@ -1,4 +1,5 @@
 import Glibc
+import Handover
 import Logging
 import MBochs
 import MTTY
@@ -28,45 +29,110 @@ final class Instance: @unchecked Sendable {
     /// Runtime attributes set since creation.
     private let runtime: Locked<[String: String]>
 
-    /// Builds the device, applies `attributes` in order, and starts serving
-    /// it on `socket` (and its display on `displayPath`).
-    init(uuid: String, type: DeviceType, attributes: Attributes, socket: String, displayPath: String?,
-         logger: Logger) throws(LifecycleError) {
+    private init(uuid: String, type: DeviceType, given: Attributes, runtime settings: [String: String],
+                 server: DeviceServer, display: DisplayServer?) {
         self.uuid = uuid
         self.type = type
-        given = attributes
+        self.given = given
+        runtime = Locked(settings)
+        self.server = server
+        self.display = display
+        let device = server.host.device
+        profile = DeviceProfile(device: device)
+        identity = device.migrationIdentity
+        readable = device.readableStateVersions
+        lines = (device as? MTTY)?.backendNames ?? []
+        planes = (device as? DisplayDevice)?.planes
+    }
+
+    /// Builds the device, applies `attributes` in order, and starts serving
+    /// it on `socket` (and its display on `displayPath`).
+    convenience init(uuid: String, type: DeviceType, attributes: Attributes, socket: String, displayPath: String?,
+                     logger: Logger) throws(LifecycleError) {
+        let (device, settings) = try Self.make(type, attributes)
+        let deviceLogger = Self.logger(logger, uuid)
+        let host = DeviceHost(device: device, typeName: type.id)
+        let server: DeviceServer
+        do { server = try DeviceServer(host: host, path: socket, logger: deviceLogger, pollMicroseconds: Self.poll(attributes)) } catch {
+            throw LifecycleError(.system, "cannot listen on \(socket): \(error.message)")
+        }
+        var display: DisplayServer?
+        if let displayPath {
+            do { display = try DisplayServer(description: host.description, path: displayPath, logger: deviceLogger) } catch {
+                server.stop()
+                throw LifecycleError(.system, "cannot listen on \(displayPath): \(error.message)")
+            }
+        }
+        self.init(uuid: uuid, type: type, given: attributes, runtime: settings, server: server, display: display)
+        startServing()
+    }
+
+    /// An instance a live upgrade handed over (`section`, and its device's
+    /// sections in `incoming`): the device rebuilt as it was created, its
+    /// state, listener and client restored. Not serving until `startServing`.
+    static func restored(_ section: InstanceSection, from incoming: LiveUpgrade.Incoming, logger: Logger) throws(LifecycleError) -> Instance {
+        let uuid = section.uuid
+        guard UUIDs.canonical(uuid) == uuid else { throw LifecycleError(.invalid, "the handover names an instance \"\(uuid.prefix(64))\", not a UUID") }
+        guard let type = Catalog.type(section.type) else {
+            throw LifecycleError(.invalid, "the handover holds \(uuid) of type \(section.type.prefix(64)), which this umdev does not know")
+        }
+        let given = Attributes(section.given.map { ($0.name, $0.value) })
+        if let problem = Validation.problem(type: type, attributes: given) { throw LifecycleError(.invalid, "the handover's \(uuid): \(problem)") }
+        var settings: [String: String] = [:]
+        for p in section.runtime {
+            guard let spec = type.attribute(p.name), spec.kind == .runtime, spec.problem(with: p.value) == nil else {
+                throw LifecycleError(.invalid, "the handover's \(uuid) sets \(p.name.prefix(64)), not a runtime attribute of \(type.id) with a valid value")
+            }
+            settings[p.name] = p.value
+        }
+        guard type.display.kind == "none" else {
+            throw LifecycleError(.invalid, "the handover holds \(uuid), a \(type.id): this umdev cannot take a display device over")
+        }
+        let server: DeviceServer
+        do throws(DeviceError) {
+            server = try LiveUpgrade.restore(incoming, instance: uuid, logger: Self.logger(logger, uuid),
+                                             pollMicroseconds: Self.poll(given)) { () throws(DeviceError) in
+                do throws(LifecycleError) { return (try Self.make(type, given).device, type.id) } catch { throw DeviceError(EINVAL, error.message) }
+            }
+        } catch {
+            throw LifecycleError(.invalid, "\(uuid): \(error.message)")
+        }
+        return Instance(uuid: uuid, type: type, given: given, runtime: settings, server: server, display: nil)
+    }
+
+    /// The device `type` makes with `attributes`, runtime ones applied in order.
+    private static func make(_ type: DeviceType, _ attributes: Attributes) throws(LifecycleError) -> (device: VFIODevice, runtime: [String: String]) {
         let device: VFIODevice
         do { device = try type.make(attributes) } catch {
             throw LifecycleError(.system, "cannot create the \(type.id) device: \(error.message)")
         }
         var settings: [String: String] = [:]
         for (name, value) in attributes.list where type.attribute(name)?.kind == .runtime {
-            try Self.apply(name, value, to: device)
+            try apply(name, value, to: device)
             settings[name] = value
         }
-        runtime = Locked(settings)
-        profile = DeviceProfile(device: device)
-        identity = device.migrationIdentity
-        readable = device.readableStateVersions
-        lines = (device as? MTTY)?.backendNames ?? []
-        planes = (device as? DisplayDevice)?.planes
-        var deviceLogger = logger
-        deviceLogger[metadataKey: "uuid"] = "\(uuid)"
-        let host = DeviceHost(device: device, typeName: type.id)
-        let poll = Int(attributes["poll_us"] ?? "0") ?? 0
-        do { server = try DeviceServer(host: host, path: socket, logger: deviceLogger, pollMicroseconds: poll) } catch {
-            throw LifecycleError(.system, "cannot listen on \(socket): \(error.message)")
-        }
-        if let displayPath {
-            do { display = try DisplayServer(description: host.description, path: displayPath, logger: deviceLogger) } catch {
-                server.stop()
-                throw LifecycleError(.system, "cannot listen on \(displayPath): \(error.message)")
-            }
-        } else {
-            display = nil
-        }
+        return (device, settings)
+    }
+
+    private static func logger(_ logger: Logger, _ uuid: String) -> Logger {
+        var l = logger
+        l[metadataKey: "uuid"] = "\(uuid)"
+        return l
+    }
+
+    private static func poll(_ attributes: Attributes) -> Int { Int(attributes["poll_us"] ?? "0") ?? 0 }
+
+    /// Starts the device's and the display's threads.
+    func startServing() {
         server.start()
         display?.start()
+    }
+
+    /// What a handover carries of it besides the device.
+    var section: InstanceSection {
+        let settings = runtime.withLock { $0 }
+        return InstanceSection(uuid: uuid, type: type.id, given: given.list.map { .init($0.name, $0.value) },
+                               runtime: settings.keys.sorted().map { .init($0, settings[$0]!) })
     }
 
     /// Stops serving and removes both sockets; the device goes with the instance.

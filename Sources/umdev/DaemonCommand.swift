@@ -4,6 +4,7 @@ import Glibc
 import Handover
 import Lifecycle
 import Logging
+import PCI
 import ServiceManager
 import SystemPackage
 import UnixSocket
@@ -24,7 +25,10 @@ struct DaemonCommand: ParsableCommand {
         the kernel samples account them: mtty 24 ports (mtty-1 takes 1, mtty-2 2), mdpy 4
         instances, mbochs 256 MiB of video memory. Change them with --budget POOL=N.
 
-        SIGINT or SIGTERM stops every instance and exits; definitions stay.
+        SIGINT or SIGTERM stops every instance and exits; definitions stay. SIGUSR2 (or
+        `umdev upgrade`) upgrades in place: the binary now at the path the daemon was
+        started from takes over the control socket and every instance, its clients
+        attached (see README, "Live upgrade"; display types are not handed over yet).
         """)
 
     @Option(name: .customLong("run-dir"), help: ArgumentHelp(
@@ -81,20 +85,22 @@ struct DaemonCommand: ParsableCommand {
     }
 
     func run() throws {
-        // SIGUSR2 asks `umdev serve` for a live upgrade; the daemon cannot
-        // hand over yet, and must not die of the signal's default action.
+        let started = monotonicNanoseconds()
+        // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
         LiveUpgrade.blockTrigger()
         logging.bootstrap()
         let logger = Logger(label: "umdev")
-        LiveUpgrade.startTrigger(logger: logger) { sender in
-            let by = sender > 0 ? " by pid \(sender)" : ""
-            logger.error("upgrade requested\(by), refused, still serving: the daemon cannot hand its instances over yet (umdev serve can)")
+        let incoming: LiveUpgrade.Incoming?
+        do { incoming = try LiveUpgrade.incoming() } catch {
+            throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
         var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,
                                          configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
         config.budgets = try budgets()
         config.stopTimeout = stopTimeout
-        config.inheritedControlSocket = try activatedControlSocket()
+        config.binary = Serve.startedFrom
+        // After a live upgrade the control socket comes with the handover.
+        config.inheritedControlSocket = incoming == nil ? try activatedControlSocket() : nil
         // Every thread the daemon starts inherits this mask, so SIGINT and
         // SIGTERM arrive here, in sigwait, and nowhere else.
         signal(SIGPIPE, SIG_IGN)
@@ -104,8 +110,30 @@ struct DaemonCommand: ParsableCommand {
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         let daemon: Daemon
-        do { daemon = try Daemon(config, logger: logger) } catch { throw CommandFailure(error.message) }
+        do { daemon = try Daemon(config, logger: logger, takingOver: incoming) } catch {
+            if incoming?.checkOnly == true {
+                FileHandleOutput.standardError("cannot take over: \(error.message)")
+                Glibc.exit(1)
+            }
+            throw CommandFailure(incoming == nil ? error.message : "cannot take over from the previous umdev: \(error.message)")
+        }
+        if incoming?.checkOnly == true { Glibc.exit(0) }
+        if let leftover = incoming?.pool.closeUnclaimed(), leftover > 0 {
+            logger.warning("\(leftover) handed-over descriptor(s) nothing claimed; closed")
+        }
         daemon.start()
+        LiveUpgrade.startTrigger(logger: logger) { _ in _ = daemon.upgrade(binary: nil, requester: nil) }
+        if let incoming {
+            let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
+            let restored = monotonicNanoseconds()
+            var timing: Logger.Metadata = ["instances": "\(daemon.instanceCount)", "restore_ms": "\(milliseconds(restored - started))"]
+            if let written = incoming.writer?.writtenAt, written > 0, written <= started {
+                timing["startup_ms"] = "\(milliseconds(started - written))"
+                timing["total_ms"] = "\(milliseconds(restored - written))"
+            }
+            logger.notice("took over \(daemon.instanceCount) instance(s) from \(from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
+            daemon.answerUpgrade(from: incoming.writer)
+        }
         let control = config.inheritedControlSocket.map { "inherited descriptor \($0.rawValue)" + (InheritedSocket.boundPath($0).map { " (\($0))" } ?? "") }
             ?? config.controlSocket
         logger.notice("control socket \(control)")

@@ -571,3 +571,36 @@ struct Compat: ParsableCommand {
         if answer.compatible != true { throw ExitCode(2) }
     }
 }
+
+struct Upgrade: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Upgrade the running daemon in place, its instances and their clients kept.",
+        discussion: """
+        The daemon checks the new binary against a handover of everything it serves, then
+        execs it (same pid); the new process takes over the control socket and every
+        instance with its client, and answers here. If the binary is missing, fails, or
+        cannot read the handover, the daemon goes on serving as before and this command
+        exits 1 with the reason. Display types are not handed over yet: an instance of
+        one makes the daemon refuse. SIGUSR2 to the daemon does the same as this command
+        without --binary. See README, "Live upgrade".
+        """)
+
+    @Option(name: .long, help: ArgumentHelp(
+        "The binary to upgrade to, an absolute path (default: the path the daemon was started from).", valueName: "path"))
+    var binary: String?
+
+    @OptionGroup var control: ControlOptions
+
+    func validate() throws {
+        if let binary, !binary.hasPrefix("/") { throw ValidationError("--binary takes an absolute path") }
+    }
+
+    func run() throws {
+        var request = ControlRequest("upgrade")
+        request.path = binary
+        let answer = try control.call(request)
+        if control.dumpjson { return try printJSON(answer) }
+        guard let u = answer.upgrade else { throw CommandFailure("the daemon answered without saying how the upgrade went") }
+        print("upgraded the umdev daemon (pid \(u.pid)) from \(u.previousVersion) to \(u.version); \(u.instances) instance(s) handed over")
+    }
+}

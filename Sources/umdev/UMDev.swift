@@ -16,7 +16,7 @@ struct UMDev: ParsableCommand {
         """,
         subcommands: [
             Serve.self, DaemonCommand.self, Types.self, List.self, Start.self, Stop.self, Define.self, Undefine.self,
-            Modify.self, Attribute.self, Reset.self, MigrateSave.self, MigrateLoad.self, Compat.self,
+            Modify.self, Attribute.self, Reset.self, MigrateSave.self, MigrateLoad.self, Compat.self, Upgrade.self,
             Info.self, View.self, BackendJSON.self,
         ],
         defaultSubcommand: nil)

@@ -106,7 +106,7 @@ private final class UpgradableServer {
 /// A client's state the test device keeps: a scratch register, a DMA
 /// window over the client's memfd, BAR1 mapped from the region's memfd,
 /// and INTx wired to an eventfd.
-private final class AttachedClient {
+final class AttachedClient {
     let client: VFIOUserClient
     let ramFD: Int32
     let ram: UnsafeMutableRawPointer

@@ -1,0 +1,200 @@
+import CShim
+import Glibc
+import Handover
+import PCI
+import ServiceManager
+import UnixSocket
+import VFIOUserServer
+
+// A live upgrade of `umdev daemon` (SIGUSR2, or `umdev upgrade` over the
+// control socket): the daemon checks the new binary against a handover of
+// everything it serves, then stops between messages, writes the handover
+// again and execs the binary (LiveUpgrade). The new process takes over
+// the control socket, every instance with its UUID, attributes, device,
+// listener and client, and answers the control connection that asked.
+
+extension Daemon {
+    /// How long an upgrade waits for control requests already running to
+    /// finish before it gives up (they are short: one request each).
+    static let drainSeconds = 5.0
+
+    /// Replaces this process with `binary` (default: the path umdev was
+    /// started from), handing everything over. Returns only if the upgrade
+    /// did not happen, with why; every instance is then serving as before.
+    /// `requester`: the control connection that asked, which the new process
+    /// answers.
+    public func upgrade(binary requested: String?, requester: Int32?) -> LifecycleError {
+        let binary = requested ?? configuration.binary
+        let asker = requester == nil ? "SIGUSR2" : "a control client"
+        guard binary.hasPrefix("/"), binary.utf8.count < Int(PATH_MAX), !binary.utf8.contains(0) else {
+            return LifecycleError(.invalid, "the binary to upgrade to is an absolute path, not \"\(binary.prefix(256))\"")
+        }
+        let began = control.withLock { c -> LifecycleError? in
+            if c.stopped { return LifecycleError(.busy, "the daemon is stopping") }
+            if c.upgrading { return LifecycleError(.busy, "an upgrade is already under way") }
+            c.upgrading = true
+            return nil
+        }
+        if let began { return refused(began) }
+        defer { control.withLock { $0.upgrading = false } }
+        logger.notice("upgrade requested (\(asker)): handing over to \(binary)")
+        // First the check, with every instance serving again meanwhile.
+        let trial: (bytes: [UInt8], fds: [Int32])
+        switch handover(requester: requester, holdControl: false) {
+        case .failure(let e): return refused(e)
+        case .success(let (h, resume)): trial = h; resume()
+        }
+        let checkStart = monotonicNanoseconds()
+        var arguments = configuration.arguments
+        if !arguments.isEmpty { arguments[0] = binary }
+        if let why = LiveUpgrade.check(binary: binary, arguments: arguments, handover: trial) {
+            logger.error("upgrade failed, still serving: \(why)")
+            return LifecycleError(.system, why)
+        }
+        let pauseStart = monotonicNanoseconds()
+        logger.info("the new binary read the handover; switching", metadata: ["check_ms": "\(milliseconds(pauseStart - checkStart))"])
+        let final: (bytes: [UInt8], fds: [Int32])
+        let resume: () -> Void
+        switch handover(requester: requester, holdControl: true) {
+        case .failure(let e): return refused(e)
+        case .success(let (h, r)): (final, resume) = (h, r)
+        }
+        logger.info("handover written", metadata: ["pause_ms": "\(milliseconds(monotonicNanoseconds() - pauseStart))",
+                                                   "bytes": "\(final.bytes.count)", "descriptors": "\(final.fds.count)",
+                                                   "instances": "\(instanceCount)"])
+        ServiceManager.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)\nSTATUS=upgrading")
+        let why = LiveUpgrade.exec(binary: binary, arguments: arguments, handover: final)
+        resume()
+        logger.error("upgrade failed, still serving: \(why)")
+        ServiceManager.notify("READY=1\nSTATUS=upgrade failed: \(why)")
+        return LifecycleError(.system, why)
+    }
+
+    private func refused(_ e: LifecycleError) -> LifecycleError {
+        logger.error("upgrade refused, still serving: \(e.message)")
+        return e
+    }
+
+    /// Everything paused and written into a handover, with what undoes the
+    /// pause. `holdControl`: also stop accepting control connections and
+    /// wait for the running ones (but the requester's) to finish, so the
+    /// instances and budgets cannot change before exec.
+    private func handover(requester: Int32?, holdControl: Bool)
+        -> Result<((bytes: [UInt8], fds: [Int32]), () -> Void), LifecycleError> {
+        var paused: [DeviceServer] = []
+        var heldControl = false
+        let resume = { [self] in
+            for s in paused { s.resume() }
+            if heldControl { control.withLock { $0.pauseRequested = false } }
+        }
+        if holdControl {
+            control.withLock { $0.pauseRequested = true }
+            heldControl = true
+            var one: UInt64 = 1
+            _ = write(wake, &one, 8)
+            let others = requester == nil ? 0 : 1
+            guard control.wait(timeout: Self.drainSeconds, until: { $0.acceptorHeld || $0.stopped }),
+                  control.wait(timeout: Self.drainSeconds, until: { $0.clients <= others || $0.stopped }) else {
+                let running = control.withLock { $0.clients } - others
+                resume()
+                return .failure(LifecycleError(.busy, "\(running) control request(s) still running after \(Int(Self.drainSeconds)) s"))
+            }
+        }
+        let (instances, busy, listener, ownsFile) = state.withLock { s in
+            (s.order.compactMap { s.instances[$0] }, s.busy, control.withLock { $0.listen }, control.withLock { $0.ownsFile })
+        }
+        if holdControl, let uuid = busy.first {
+            resume()
+            return .failure(LifecycleError(.busy, "\(uuid) is being started or stopped"))
+        }
+        if let display = instances.first(where: { $0.type.display.kind != "none" }) {
+            resume()
+            return .failure(LifecycleError(.busy, "\(display.uuid) is a \(display.type.id): display devices cannot be handed over yet"))
+        }
+        var devices: [LiveUpgrade.Device] = []
+        for i in instances {
+            guard let p = i.server.pause() else {
+                resume()
+                return .failure(LifecycleError(.busy, "\(i.uuid) did not stop between requests within 5 s"))
+            }
+            paused.append(i.server)
+            devices.append(.init(instance: i.uuid, host: i.server.host, paused: p, ownsSocketFile: i.server.ownsSocketFile,
+                                 socketPath: i.server.path,
+                                 preface: [i.section.section]))
+        }
+        do {
+            let h = try LiveUpgrade.write(devices, daemon: .init(controlListener: listener, ownsControlFile: ownsFile, requester: requester))
+            return .success((h, resume))
+        } catch {
+            resume()
+            return .failure(LifecycleError(.busy, error.message))
+        }
+    }
+
+    // MARK: The new process
+
+    /// The daemon's section and its instances' of a handover.
+    static func daemonSections(_ incoming: LiveUpgrade.Incoming) throws(LifecycleError) -> (DaemonSection, [InstanceSection]) {
+        let count = incoming.pool.count
+        do throws(DeviceError) {
+            let daemons = try incoming.handover.sections(.daemon).map { (s) throws(DeviceError) in try DaemonSection(s.payload, descriptorCount: count) }
+            guard daemons.count == 1 else {
+                throw DeviceError(EINVAL, daemons.isEmpty ? "the handover is not a daemon's (umdev serve wrote it?)" : "the handover has \(daemons.count) daemon sections")
+            }
+            let instances = try incoming.handover.sections(.instance).map { (s) throws(DeviceError) in try InstanceSection(s.payload) }
+            return (daemons[0], instances)
+        } catch {
+            throw LifecycleError(.invalid, error.message)
+        }
+    }
+
+    /// The control socket the handover brought, checked to be a listening UNIX socket.
+    static func takeControlSocket(_ d: DaemonSection, from pool: DescriptorPool) throws(LifecycleError) -> Int32 {
+        let fd: Int32
+        do throws(DeviceError) { fd = try pool.take(d.controlListener, for: "the control socket") } catch { throw LifecycleError(.invalid, error.message) }
+        do {
+            guard case .listening = try InheritedSocket.check(fd) else {
+                close(fd)
+                throw LifecycleError(.invalid, "the handed-over control socket is connected, not listening")
+            }
+        } catch let e as SocketError {
+            close(fd)
+            throw LifecycleError(.invalid, "the handed-over control socket: \(e)")
+        } catch let e as LifecycleError {
+            throw e
+        } catch {
+            close(fd)
+            throw LifecycleError(.invalid, "the handed-over control socket: \(error)")
+        }
+        return fd
+    }
+
+    /// Rebuilds the handed-over instances, their budgets committed again;
+    /// they serve from `start`.
+    func restore(_ sections: [InstanceSection], from incoming: LiveUpgrade.Incoming) throws(LifecycleError) {
+        for section in sections {
+            let instance = try Instance.restored(section, from: incoming, logger: logger)
+            try state.withLock { s throws(LifecycleError) in
+                guard s.instances[instance.uuid] == nil else { throw LifecycleError(.invalid, "the handover holds \(instance.uuid) twice") }
+                do throws(LifecycleError) { try s.budgets.commit(instance.type) } catch {
+                    throw LifecycleError(.budget, "the handover's \(instance.uuid) does not fit: \(error.message)")
+                }
+                s.instances[instance.uuid] = instance
+                s.order.append(instance.uuid)
+            }
+            appendRestored(instance)
+        }
+    }
+
+    /// Answers the control connection that asked for the upgrade this
+    /// process took over from (nothing if SIGUSR2 asked).
+    public func answerUpgrade(from previous: Writer?) {
+        guard let socket = upgradeRequester else { return }
+        upgradeRequester = nil
+        var r = ControlResponse()
+        r.upgrade = UpgradeInfo(pid: getpid(), previousVersion: previous?.version ?? "", version: LiveUpgrade.umdevVersion,
+                                instances: instanceCount)
+        ControlConnection.reply(r, on: socket, wait: false)
+        close(socket)
+    }
+}

@@ -1,0 +1,227 @@
+import CShim
+import Foundation
+import Glibc
+import Lifecycle
+import Synchronization
+import TestDevice
+import Testing
+import VFIOUser
+import VFIOUserClient
+
+/// `umdev daemon` started from a path of the test's own (a symlink to the
+/// built umdev), so the test decides what binary an upgrade finds there;
+/// its log goes to a file the test reads.
+private final class UpgradableDaemon {
+    let directory: String
+    let binary: String
+    let run: String
+    let log: String
+    let pid: pid_t
+    let manager: NotifySocket
+
+    init() throws {
+        directory = "/tmp/umdev-dupgrade-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(directory, 0o700)
+        binary = directory + "/umdev"
+        run = directory + "/run"
+        log = directory + "/log"
+        symlink(umdevExecutable(), binary)
+        manager = try NotifySocket()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let argv = [binary, "daemon", "--run-dir", run, "--config-dir", directory + "/config", "--budget", "mtty=8",
+                    "--log-level", "info"]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var env = ProcessInfo.processInfo.environment
+        env.merge(manager.environment) { $1 }
+        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cEnv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, binary, &actions, nil, &cArgs, &cEnv)
+        guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(binary)") }
+        pid = child
+        let pid = child
+        manager.waitReady("umdev daemon", exited: { waitpid(pid, nil, WNOHANG) != 0 })
+    }
+
+    /// A lifecycle command against this daemon.
+    func umdev(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(arguments + ["--run-dir", run]) }
+
+    func socket(_ uuid: String) -> String { "\(run)/\(uuid).sock" }
+
+    /// Replaces what is at the binary's path with a shell script.
+    func replaceBinary(withScript body: String) {
+        unlink(binary)
+        _ = FileManager.default.createFile(atPath: binary, contents: Data("#!/bin/sh\n\(body)\n".utf8),
+                                           attributes: [.posixPermissions: 0o755])
+    }
+
+    func restoreBinary() {
+        unlink(binary)
+        symlink(umdevExecutable(), binary)
+    }
+
+    func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    var isRunning: Bool { waitpid(pid, nil, WNOHANG) == 0 }
+
+    deinit {
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        _ = try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+@Suite("live upgrade of umdev daemon (umdev upgrade, SIGUSR2)", .serialized)
+struct DaemonUpgradeTests {
+    static let testUUID = "0b5e7d2c-4a1f-4c3e-9d8b-7a6f5e4d3c2b"
+    static let mttyUUID = "9c8d7e6f-5a4b-4c3d-8e2f-1a0b9c8d7e6f"
+    static let definedUUID = "4f3e2d1c-0b9a-4877-a655-443322110099"
+
+    /// Twenty `umdev upgrade`s while a client streams requests to one
+    /// instance: every request is answered, and the instances (UUIDs,
+    /// attributes, state, clients), budgets and definitions are what they
+    /// were; the devices' registers, DMA window, mapped BAR, FIFO and
+    /// interrupts work as before.
+    @Test func twentyUpgradesMoveEveryInstanceAndTheBookkeeping() throws {
+        let daemon = try UpgradableDaemon()
+        #expect(try daemon.umdev(["start", "--uuid", Self.testUUID, "--type", "test"]).status == 0)
+        #expect(try daemon.umdev(["start", "--uuid", Self.mttyUUID, "--type", "mtty-2", "--attr", "label=console"]).status == 0)
+        #expect(try daemon.umdev(["define", "--uuid", Self.testUUID]).status == 0)
+        #expect(try daemon.umdev(["define", "--uuid", Self.definedUUID, "--type", "mtty-1", "--auto"]).status == 0)
+        #expect(try daemon.umdev(["attribute", "set", "label", "renamed", "--uuid", Self.mttyUUID]).status == 0)
+
+        let attached = try AttachedClient(path: daemon.socket(Self.testUUID))
+        let serial = try VFIOUserClient(path: daemon.socket(Self.mttyUUID))
+        try serial.negotiate()
+        let intx = umdev_eventfd(0)
+        defer { close(intx) }
+        try serial.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        try serial.write8(region: 0, offset: 7, 0x5a)      // scratch
+        try serial.write8(region: 0, offset: 2, 0x01)      // FIFO on
+        try serial.write8(region: 0, offset: 1, 0x01)      // RX data interrupts
+        for b in Array("kept".utf8) { try serial.write8(region: 0, offset: 0, b) }
+        #expect(waitSignal(intx) == 1)
+
+        let listed = try daemon.umdev(["list", "--dumpjson"]).out
+        let types = try daemon.umdev(["types", "--dumpjson"]).out
+        let defined = try daemon.umdev(["list", "--defined", "--dumpjson"]).out
+        #expect(listed.contains("attached") && listed.contains("console"))
+
+        let stop = Atomic<Bool>(false)
+        let answered = Atomic<Int>(0)
+        let failures = Mutex<[String]>([])
+        nonisolated(unsafe) let client = attached.client
+        let streamer = Thread {
+            while !stop.load(ordering: .relaxed) {
+                do {
+                    let v = try client.read32(region: 0, offset: TestDevice.Register.scratch)
+                    if v != 0xfeed_f00d { failures.withLock { $0.append("read \(v)") } }
+                    answered.add(1, ordering: .relaxed)
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                    return
+                }
+            }
+        }
+        streamer.start()
+        for round in 0..<20 {
+            let before = answered.load(ordering: .relaxed)
+            let up = try daemon.umdev(["upgrade"])
+            #expect(up.status == 0, "upgrade \(round): \(up.err)")
+            #expect(up.out.contains("(pid \(daemon.pid))") && up.out.contains("2 instance(s) handed over"), "\(up.out)")
+            let deadline = Date().addingTimeInterval(10)
+            while answered.load(ordering: .relaxed) < before + 10 && Date() < deadline && failures.withLock({ $0.isEmpty }) { usleep(1000) }
+        }
+        stop.store(true, ordering: .relaxed)
+        while !streamer.isFinished { usleep(1000) }
+        #expect(failures.withLock { $0 } == [])
+        #expect(answered.load(ordering: .relaxed) > 200)
+        #expect(daemon.isRunning)
+        #expect(daemon.logText().components(separatedBy: "took over 2 instance(s)").count - 1 == 20)
+
+        // The bookkeeping: the same instances, budgets and definitions.
+        #expect(try daemon.umdev(["list", "--dumpjson"]).out == listed)
+        #expect(try daemon.umdev(["types", "--dumpjson"]).out == types)
+        #expect(try daemon.umdev(["list", "--defined", "--dumpjson"]).out == defined)
+        #expect(try daemon.umdev(["attribute", "get", "label", "--uuid", Self.mttyUUID]).out == "renamed\n")
+        // A second instance under a running UUID is still refused, and the mtty budget still counts both ports.
+        #expect(try daemon.umdev(["start", "--uuid", Self.mttyUUID, "--type", "mtty-1"]).status != 0)
+
+        // The devices.
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+        #expect(try serial.read8(region: 0, offset: 7) == 0x5a)
+        var got: [UInt8] = []
+        while try serial.read8(region: 0, offset: 5) & 0x01 != 0 { got.append(try serial.read8(region: 0, offset: 0)) }
+        #expect(got == Array("kept".utf8))
+        try serial.setIRQs(index: 0, flags: VFIO.irqSetDataNone | VFIO.irqSetActionUnmask, count: 1)
+        _ = drain(intx)
+        try serial.write8(region: 0, offset: 0, 0x21)
+        #expect(waitSignal(intx) == 1, "the RX interrupt reached the eventfd registered before the upgrades")
+
+        // Lifecycle commands work on the new process: stop, start, and SIGTERM cleans up.
+        #expect(try daemon.umdev(["stop", "--uuid", Self.mttyUUID, "--force"]).status == 0)
+        #expect(try daemon.umdev(["start", "--uuid", Self.definedUUID]).status == 0)
+        kill(daemon.pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(20)
+        while daemon.isRunning && Date() < deadline { usleep(10_000) }
+        #expect(!daemon.isRunning)
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: daemon.run)) ?? []
+        #expect(left == [], "sockets left behind: \(left)")
+    }
+
+    /// Each way an upgrade can fail: `umdev upgrade` exits 1 with the
+    /// reason, the log says it, and every instance serves on as before.
+    @Test func aFailedUpgradeChangesNothing() throws {
+        let daemon = try UpgradableDaemon()
+        #expect(try daemon.umdev(["start", "--uuid", Self.testUUID, "--type", "test"]).status == 0)
+        let attached = try AttachedClient(path: daemon.socket(Self.testUUID))
+
+        func failing(_ arguments: [String] = [], _ reason: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let up = try daemon.umdev(["upgrade"] + arguments)
+            #expect(up.status != 0, sourceLocation: sourceLocation)
+            #expect(up.err.contains(reason), "\(up.err)", sourceLocation: sourceLocation)
+            #expect(daemon.logText().contains(reason), sourceLocation: sourceLocation)
+            try attached.expectIntact(sourceLocation: sourceLocation)
+        }
+        try failing(["--binary", daemon.directory + "/nowhere"], "No such file or directory")
+        unlink(daemon.binary)
+        try failing([], "No such file or directory")
+        daemon.replaceBinary(withScript: "echo 'this binary refuses' >&2; exit 1")
+        try failing([], "exited with status 1 while reading the handover: this binary refuses")
+        daemon.replaceBinary(withScript: "kill -SEGV $$")
+        try failing([], "killed by signal 11")
+        daemon.replaceBinary(withScript: """
+            printf 'c\\000' | dd of=/proc/self/fd/$UMDEV_HANDOVER bs=1 seek=4 conv=notrunc 2>/dev/null
+            exec \(umdevExecutable()) "$@"
+            """)
+        try failing([], "version 99")
+        daemon.restoreBinary()
+
+        // A display instance is refused for now, with the reason; stopped, the upgrade goes through.
+        let display = "7d6c5b4a-3928-4716-a504-f3e2d1c0b9a8"
+        #expect(try daemon.umdev(["start", "--uuid", display, "--type", "mbochs-small"]).status == 0)
+        try failing([], "display devices cannot be handed over yet")
+        #expect(try daemon.umdev(["stop", "--uuid", display]).status == 0)
+
+        // A control request carries no relative binary.
+        var request = ControlRequest("upgrade")
+        request.path = "umdev"
+        let answer = try ControlWire.call(request, path: daemon.run + "/control.sock")
+        #expect(!answer.ok && answer.error?.code == "invalid")
+
+        // SIGUSR2 upgrades as `umdev upgrade` does.
+        kill(daemon.pid, SIGUSR2)
+        let deadline = Date().addingTimeInterval(30)
+        while !daemon.logText().contains("took over 1 instance(s)") && Date() < deadline { usleep(20_000) }
+        #expect(daemon.logText().contains("took over 1 instance(s)"))
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+        #expect(daemon.isRunning)
+    }
+}
