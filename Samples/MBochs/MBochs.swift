@@ -50,7 +50,7 @@ public final class MBochs: DisplayDevice {
     @exclusivity(unchecked) public private(set) var dispi: DispiRegisters
     @exclusivity(unchecked) public private(set) var edid: EDIDRegion
     /// The id the next new layout gets.
-    @exclusivity(unchecked) private var nextPlaneID: UInt32 = 1
+    @exclusivity(unchecked) public private(set) var nextPlaneID: UInt32 = 1
     /// The plane last published (compared on every register write, so a
     /// repeated identical mode set publishes nothing).
     @exclusivity(unchecked) public private(set) var plane = DisplayPlane.disabled(.dmabuf)
@@ -303,6 +303,12 @@ public final class MBochs: DisplayDevice {
         dispi = DispiRegisters(vramSize: type.vramSize, stored: registers, bigEndianFramebuffer: bigEndian)
         edid.restore(blob: blob, size: size, link: link)
         updatePlane()
+    }
+
+    public func adoptNextPlaneID(_ id: UInt32) -> Bool {
+        guard id != 0 else { return false }
+        nextPlaneID = id
+        return true
     }
 
     // MARK: Lifecycle

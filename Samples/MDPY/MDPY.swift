@@ -74,7 +74,8 @@ public final class MDPY: DisplayDevice {
         plane = DisplayPlane(kind: .region, fourcc: DRMFormat.xrgb8888, width: type.width, height: type.height,
                              stride: type.stride, size: UInt64(type.stride) * UInt64(type.height),
                              region: Self.displayRegion, offset: 0, id: 1)
-        paintGradient()
+        // A framebuffer taken over on a live upgrade holds the guest's picture.
+        if !framebuffer.wasHandedOver { paintGradient() }
         planes.publish(plane)
     }
 

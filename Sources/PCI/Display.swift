@@ -105,6 +105,21 @@ public final class PlanePublisher: Sendable {
         return nil
     }
 
+    /// The recent enabled planes, by slot: what a live upgrade hands over
+    /// so the new process answers the same ids with the same layouts.
+    public func recentPlanes() -> [DisplayPlane] {
+        recentCells.map { $0.load(kind: kind) }.filter { $0.isEnabled && $0.id != 0 }
+    }
+
+    /// Puts planes a previous process showed back among the recent ones
+    /// (before the device publishes again). Called by the device's owner only.
+    public func seedRecent(_ planes: [DisplayPlane]) {
+        for p in planes where p.isEnabled && p.id != 0 {
+            recentCells[Int(p.id % UInt32(Self.recentCount))].store(p)
+        }
+        sequence.add(1, ordering: .releasing)
+    }
+
     /// How many times a plane was published: a reader can tell cheaply
     /// whether anything changed since it last looked.
     public var generation: UInt64 { sequence.load(ordering: .acquiring) }
@@ -159,4 +174,15 @@ public protocol DisplayDevice: VFIODevice {
     var planes: PlanePublisher { get }
     /// The memory the plane's region is backed by (framebuffer or VRAM).
     var planeMemory: SharedMemory { get }
+    /// The id the next new layout gets (a live upgrade hands it over so ids
+    /// are never reused for another layout).
+    var nextPlaneID: UInt32 { get }
+    /// Takes a previous process's next id; refused (false) when out of range.
+    func adoptNextPlaneID(_ id: UInt32) -> Bool
+}
+
+extension DisplayDevice {
+    /// A device with one fixed plane (mdpy) hands out no new ids.
+    public var nextPlaneID: UInt32 { 0 }
+    public func adoptNextPlaneID(_ id: UInt32) -> Bool { id == 0 }
 }

@@ -1,6 +1,7 @@
 import CShim
 import Descriptors
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// Device memory the client can map: a memfd of `size` bytes, mapped into
@@ -21,6 +22,10 @@ public final class SharedMemory {
     /// and the next state restore must leave its contents alone: they are
     /// the client's current pages, newer than any saved copy.
     private var keepContentsOnRestore = false
+    /// Whether this memory is a previous process's memfd, taken over on a
+    /// live upgrade: its contents are the client's current ones, so a
+    /// model must not initialise them (paint, clear) when it is built.
+    public let wasHandedOver: Bool
 
     /// True once, for memory that was handed over: what a model's restore
     /// asks before it writes saved contents into the memory.
@@ -40,6 +45,7 @@ public final class SharedMemory {
             self.size = size
             self.base = p
             keepContentsOnRestore = true
+            wasHandedOver = true
             return
         }
         let fd = umdev_memfd(name)
@@ -62,6 +68,7 @@ public final class SharedMemory {
         descriptor = OwnedDescriptor(adopting: FileDescriptor(rawValue: fd))
         self.size = size
         self.base = p
+        wasHandedOver = false
     }
 
     deinit {
@@ -90,7 +97,14 @@ public final class SharedMemory {
     /// per page u32 index and its 4096 bytes. Only the file's data ranges are
     /// read (SEEK_DATA/SEEK_HOLE), so an untouched, sparse memory costs
     /// nothing to save and stays sparse.
+    ///
+    /// Inside `savingForHandover` on the calling thread, the list is only
+    /// the marker `contentsTravelAsDescriptor`: the memfd itself goes with
+    /// the handover, so copying its pages would only lengthen the pause.
     public func savePages() -> [UInt8] {
+        if Self.handoverThread.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: pthread_self())) {
+            return withUnsafeBytes(of: Self.contentsTravelAsDescriptor.littleEndian) { Array($0) }
+        }
         var out: [UInt8] = [0, 0, 0, 0]
         var count: UInt32 = 0
         let seekData = umdev_seek_data, seekHole = umdev_seek_hole
@@ -121,6 +135,11 @@ public final class SharedMemory {
         guard data.count >= offset + 4 else { throw DeviceError(EINVAL, "memory pages truncated") }
         let count = Int(data[offset]) | Int(data[offset + 1]) << 8 | Int(data[offset + 2]) << 16 | Int(data[offset + 3]) << 24
         let keep = takeKeepContents()
+        if count == Int(Self.contentsTravelAsDescriptor) {
+            // Only a handover writes it, and only for memory that travels with it.
+            guard keep else { throw DeviceError(EINVAL, "the state leaves the memory's contents to a handed-over descriptor this memory did not take") }
+            return offset + 4
+        }
         if !keep { clear() }
         var at = offset + 4
         guard count <= size / Self.pageSize, data.count >= at + count * (4 + Self.pageSize) else {
@@ -133,6 +152,23 @@ public final class SharedMemory {
             at += 4 + Self.pageSize
         }
         return at
+    }
+}
+
+extension SharedMemory {
+    /// A page count no memory has: "the contents are in the memfd that
+    /// travels with this state" (a live upgrade's handover only).
+    public static let contentsTravelAsDescriptor: UInt32 = 0xffff_ffff
+    private static let handoverThread = Atomic<UInt>(0)
+
+    /// Runs `body` (which saves device states into a live upgrade's
+    /// handover) with every `savePages` on this thread writing the marker
+    /// instead of the pages. Other threads (a migration saving meanwhile)
+    /// still save the pages.
+    public static func savingForHandover<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        handoverThread.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .relaxed)
+        defer { handoverThread.store(0, ordering: .relaxed) }
+        return try body()
     }
 }
 
