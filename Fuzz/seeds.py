@@ -117,8 +117,22 @@ def handover():
         + struct.pack("<I", 1) + struct.pack("<QQQII", 0x100000, 0x10000, 0, 3, 3) \
         + struct.pack("<I", 1) + struct.pack("<HHIIIB", 0, 0, 4, none, none, 1)
     connection = section(5, True, conn)
+    # daemon: control listener 0, owns its file, asked by control connection 1.
+    daemon = section(6, True, struct.pack("<IBI", 0, 1, 1))
+    def text(s):
+        return struct.pack("<H", len(s)) + s.encode()
+    uuid = "0b5e7d2c-4a1f-4c3e-9d8b-7a6f5e4d3c2b"
+    instance = section(7, True, name(uuid) + name("mbochs-small") + struct.pack("<H", 1) + text("label") + text("console")
+                       + struct.pack("<H", 0))
+    # display: listener 2, owns its file, next id 3, two recent dmabuf planes (ids 1, 2).
+    plane1 = struct.pack("<BIIIIQIQI", 2, 0x34325258, 640, 480, 2560, 2560 * 480, 0, 0, 1)
+    plane2 = struct.pack("<BIIIIQIQI", 2, 0x34325258, 800, 600, 3200, 3200 * 600, 0, 0, 2)
+    display = section(8, True, name(uuid) + struct.pack("<IB", 2, 1) + name("/run/umdev/" + uuid + ".display")
+                      + struct.pack("<IB", 3, 2) + plane1 + plane2)
+    mbochs = section(4, True, name(uuid) + struct.pack("<IBH", 3, 1, 1) + struct.pack("<I", 4))
     for sections, fds in (([writer, listener, client, state], 2), ([writer, unknown], 0), ([], 0),
-                          ([writer, device, state, connection], 5)):
+                          ([writer, device, state, connection], 5),
+                          ([writer, daemon, instance, mbochs, display, state], 5)):
         write("handover", bytes([fds]) + b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections))
 
 

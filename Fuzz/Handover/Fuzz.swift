@@ -1,6 +1,6 @@
 // libFuzzer target: any bytes as a handover from another process. Decoding
 // must return a handover or an error, never trap; what decodes must encode
-// to the same bytes, and so must each device and connection section.
+// to the same bytes, and so must each section the decoder checks.
 //
 // Input: byte 0 = how many descriptors came with it (mod 64), then the bytes.
 import FuzzDriver
@@ -22,6 +22,17 @@ public func fuzzHandover(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         for s in h.sections(.connection) {
             precondition((try? ConnectionSection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
                          "a connection section encodes to other bytes")
+        }
+        for s in h.sections(.daemon) {
+            precondition((try? DaemonSection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
+                         "a daemon section encodes to other bytes")
+        }
+        for s in h.sections(.instance) {
+            precondition((try? InstanceSection(s.payload))?.section.payload == s.payload, "an instance section encodes to other bytes")
+        }
+        for s in h.sections(.display) {
+            precondition((try? DisplaySection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
+                         "a display section encodes to other bytes")
         }
     }
     return 0

@@ -74,6 +74,7 @@ public struct Handover: Equatable, Sendable {
             case .connection?: _ = try ConnectionSection(section.payload, descriptorCount: descriptorCount)
             case .daemon?: _ = try DaemonSection(section.payload, descriptorCount: descriptorCount)
             case .instance?: _ = try InstanceSection(section.payload)
+            case .display?: _ = try DisplaySection(section.payload, descriptorCount: descriptorCount)
             case nil:
                 guard !section.required else {
                     throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
@@ -107,6 +108,8 @@ public enum SectionType: UInt16, Sendable {
     case daemon = 6
     /// A daemon instance: UUID, type, attributes; its device's sections follow.
     case instance = 7
+    /// A display device's display socket and the plane ids it handed out.
+    case display = 8
 }
 
 /// What a descriptor is for: how the new process knows what to do with it.

@@ -48,10 +48,23 @@ public enum LiveUpgrade {
         public var socketPath: String
         /// Sections written just before the device's own (a daemon's instance section).
         public var preface: [Handover.Section]
+        /// A display device's display socket, if it has one.
+        public var display: DisplaySocket?
         public init(instance: String, host: DeviceHost, paused: DeviceServer.Paused, ownsSocketFile: Bool, socketPath: String,
-                    preface: [Handover.Section] = []) {
+                    preface: [Handover.Section] = [], display: DisplaySocket? = nil) {
             self.instance = instance; self.host = host; self.paused = paused; self.ownsSocketFile = ownsSocketFile
-            self.socketPath = socketPath; self.preface = preface
+            self.socketPath = socketPath; self.preface = preface; self.display = display
+        }
+    }
+
+    /// A display socket: its listener (still the display server's), where
+    /// its file is and whether the server removes it on stop.
+    public struct DisplaySocket {
+        public var listener: Int32
+        public var path: String
+        public var ownsSocketFile: Bool
+        public init(listener: Int32, path: String, ownsSocketFile: Bool) {
+            self.listener = listener; self.path = path; self.ownsSocketFile = ownsSocketFile
         }
     }
 
@@ -99,7 +112,17 @@ public enum LiveUpgrade {
             sections += d.preface
             sections.append(DeviceSection(instance: d.instance, listener: listener, ownsSocketFile: d.ownsSocketFile,
                                           regionMemory: memory, socketPath: d.socketPath).section)
-            sections.append(ModelState(type: d.host.typeName, state: d.host.device.saveState()).section)
+            if let display = d.host.device as? DisplayDevice {
+                let listener = d.display.map { list.add($0.listener, role: .displayListener, name: prefix + "display") }
+                sections.append(DisplaySection(instance: d.instance, listener: listener, ownsSocketFile: d.display?.ownsSocketFile ?? false,
+                                               socketPath: d.display?.path ?? "", nextPlaneID: display.nextPlaneID,
+                                               recent: display.planes.recentPlanes()).section)
+            } else if d.display != nil {
+                throw DeviceError(EINVAL, "\(d.host.typeName) has no display, but a display socket was given")
+            }
+            // Memory that travels as a descriptor keeps its pages: only a marker is saved for it.
+            let state = SharedMemory.savingForHandover { d.host.device.saveState() }
+            sections.append(ModelState(type: d.host.typeName, state: state).section)
             if let c = d.paused.connection {
                 sections.append(ConnectionSection(instance: d.instance, socket: c.socket, live: c.endpoint.connectionState(),
                                                   into: &list).section)
@@ -287,12 +310,13 @@ public enum LiveUpgrade {
     /// resumed. `instance` picks the device ("" for `umdev serve`).
     public static func restore(_ incoming: Incoming, instance: String, logger: Logger, stallTimeout: Double = 5,
                                pollMicroseconds: Int = 0,
-                               make: () throws(DeviceError) -> (device: VFIODevice, typeName: String)) throws(DeviceError) -> DeviceServer {
+                               make: () throws(DeviceError) -> (device: VFIODevice, typeName: String)) throws(DeviceError) -> Restored {
         let h = incoming.handover
         let count = incoming.pool.count
         var device: DeviceSection?
         var model: ModelState?
         var connection: ConnectionSection?
+        var display: DisplaySection?
         // A device's sections follow its device section.
         var current: String?
         for s in h.sections {
@@ -302,6 +326,7 @@ public enum LiveUpgrade {
                 current = d.instance
                 if d.instance == instance { device = d }
             case .modelState? where current == instance: model = try ModelState(s.payload)
+            case .display? where current == instance: display = try DisplaySection(s.payload, descriptorCount: count)
             case .connection?:
                 let c = try ConnectionSection(s.payload, descriptorCount: count)
                 if c.instance == instance { connection = c }
@@ -325,6 +350,12 @@ public enum LiveUpgrade {
         guard made.device.readableStateVersions.contains(version) else {
             throw DeviceError(EINVAL, "\(model.type) state version \(version); this umdev reads \(made.device.readableStateVersions)")
         }
+        if let d = made.device as? DisplayDevice {
+            // Before the state: restoring it publishes the plane, which then finds its old id.
+            if let display { try adoptPlanes(display, into: d) }
+        } else if display != nil {
+            throw DeviceError(EINVAL, "the handover gives the \(model.type) a display, which it does not have")
+        }
         try made.device.restoreState(model.state, version: version)
         let listener = try device.listener.map { (i) throws(DeviceError) in try incoming.pool.take(i, for: "the listener") }
         if let listener, let path = device.socketPath {
@@ -335,19 +366,44 @@ public enum LiveUpgrade {
                 throw DeviceError(EINVAL, "the handover puts device '\(instance)' at \(path), but its listener is bound to \(bound.isEmpty ? "no path" : bound)")
             }
         }
+        var displaySocket: DisplaySocket?
+        if let display, let index = display.listener {
+            let fd: Int32
+            do { fd = try incoming.pool.take(index, for: "the display socket") } catch {
+                if let listener { close(listener) }
+                throw error
+            }
+            let bound = InheritedSocket.boundPath(FileDescriptor(rawValue: fd)) ?? ""
+            let listening: Bool
+            if case .listening? = try? InheritedSocket.check(fd) { listening = true } else { listening = false }
+            guard listening, display.socketPath.isEmpty || bound == display.socketPath
+                    || (bound.hasPrefix(display.socketPath + ".") && bound.hasSuffix(".new")) else {
+                close(fd)
+                if let listener { close(listener) }
+                throw DeviceError(EINVAL, "the handover's display socket for '\(instance)' is not a socket listening at \(display.socketPath)")
+            }
+            displaySocket = DisplaySocket(listener: fd, path: display.socketPath, ownsSocketFile: display.ownsSocketFile && !display.socketPath.isEmpty)
+        }
         var client: SocketEndpoint?
         if let connection {
-            let socket = try incoming.pool.take(connection.socket, for: "the client connection")
+            let socket: Int32
+            do { socket = try incoming.pool.take(connection.socket, for: "the client connection") } catch {
+                if let listener { close(listener) }
+                if let displaySocket { close(displaySocket.listener) }
+                throw error
+            }
             let state: ConnectionState
             do { state = try connection.resolved(from: incoming.pool) } catch {
                 close(socket)
                 if let listener { close(listener) }
+                if let displaySocket { close(displaySocket.listener) }
                 throw error
             }
             let framer: MessageFramer
             do { framer = try MessageFramer(resuming: state.framer) } catch {
                 close(socket)
                 if let listener { close(listener) }
+                if let displaySocket { close(displaySocket.listener) }
                 for w in state.windows where w.fd >= 0 { close(w.fd) }
                 for v in state.vectors { for fd in [v.trigger, v.unmask, v.mask] where fd >= 0 { close(fd) } }
                 throw DeviceError(EINVAL, "the handed-over connection's buffered bytes do not fit a framer")
@@ -357,13 +413,37 @@ public enum LiveUpgrade {
             do { try endpoint.resume(state) } catch {
                 close(socket)
                 if let listener { close(listener) }
+                if let displaySocket { close(displaySocket.listener) }
                 throw error
             }
             client = endpoint
         }
         var owned: OwnedDescriptor? = listener.map { OwnedDescriptor(adopting: FileDescriptor(rawValue: $0)) }
-        return DeviceServer(host: host, handedOverListener: owned.take(), path: device.socketPath, ownsSocketFile: device.ownsSocketFile, client: client,
-                            logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+        let server = DeviceServer(host: host, handedOverListener: owned.take(), path: device.socketPath, ownsSocketFile: device.ownsSocketFile,
+                                  client: client, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
+        return Restored(server: server, display: displaySocket)
+    }
+
+    /// A device rebuilt from a handover, and its display socket if it had one
+    /// (the caller's to serve viewers on, or to close).
+    public struct Restored {
+        public var server: DeviceServer
+        public var display: DisplaySocket?
+    }
+
+    /// The previous process's plane ids, checked against the device.
+    private static func adoptPlanes(_ s: DisplaySection, into device: DisplayDevice) throws(DeviceError) {
+        let regions = device.regions
+        for p in s.recent {
+            guard p.kind == device.planeKind, p.region >= 0, p.region < regions.count, regions[p.region].mapping != nil,
+                  p.offset + p.size <= regions[p.region].size else {
+                throw DeviceError(EINVAL, "the handover's plane \(p) is not one this \(device.planeKind) device could show")
+            }
+        }
+        guard device.adoptNextPlaneID(s.nextPlaneID) else {
+            throw DeviceError(EINVAL, "the handover's next plane id \(s.nextPlaneID) does not fit this device")
+        }
+        device.planes.seedRecent(s.recent)
     }
 
     // MARK: The trigger

@@ -85,19 +85,32 @@ final class Instance: @unchecked Sendable {
             }
             settings[p.name] = p.value
         }
-        guard type.display.kind == "none" else {
-            throw LifecycleError(.invalid, "the handover holds \(uuid), a \(type.id): this umdev cannot take a display device over")
-        }
-        let server: DeviceServer
+        let restored: LiveUpgrade.Restored
         do throws(DeviceError) {
-            server = try LiveUpgrade.restore(incoming, instance: uuid, logger: Self.logger(logger, uuid),
+            restored = try LiveUpgrade.restore(incoming, instance: uuid, logger: Self.logger(logger, uuid),
                                              pollMicroseconds: Self.poll(given)) { () throws(DeviceError) in
                 do throws(LifecycleError) { return (try Self.make(type, given).device, type.id) } catch { throw DeviceError(EINVAL, error.message) }
             }
         } catch {
             throw LifecycleError(.invalid, "\(uuid): \(error.message)")
         }
-        return Instance(uuid: uuid, type: type, given: given, runtime: settings, server: server, display: nil)
+        let server = restored.server
+        var display: DisplayServer?
+        if let d = restored.display {
+            if server.host.device is DisplayDevice {
+                display = DisplayServer(description: server.host.description, handedOverListener: d.listener, path: d.path,
+                                        ownsSocketFile: d.ownsSocketFile, logger: Self.logger(logger, uuid))
+            } else {
+                close(d.listener)
+            }
+        }
+        return Instance(uuid: uuid, type: type, given: given, runtime: settings, server: server, display: display)
+    }
+
+    /// The display socket as a handover carries it.
+    var displaySocket: LiveUpgrade.DisplaySocket? {
+        guard let display, display.listener >= 0 else { return nil }
+        return .init(listener: display.listener, path: display.path, ownsSocketFile: display.ownsSocketFile)
     }
 
     /// The device `type` makes with `attributes`, runtime ones applied in order.

@@ -107,10 +107,6 @@ extension Daemon {
             resume()
             return .failure(LifecycleError(.busy, "\(uuid) is being started or stopped"))
         }
-        if let display = instances.first(where: { $0.type.display.kind != "none" }) {
-            resume()
-            return .failure(LifecycleError(.busy, "\(display.uuid) is a \(display.type.id): display devices cannot be handed over yet"))
-        }
         var devices: [LiveUpgrade.Device] = []
         for i in instances {
             guard let p = i.server.pause() else {
@@ -120,7 +116,7 @@ extension Daemon {
             paused.append(i.server)
             devices.append(.init(instance: i.uuid, host: i.server.host, paused: p, ownsSocketFile: i.server.ownsSocketFile,
                                  socketPath: i.server.path,
-                                 preface: [i.section.section]))
+                                 preface: [i.section.section], display: i.displaySocket))
         }
         do {
             let h = try LiveUpgrade.write(devices, daemon: .init(controlListener: listener, ownsControlFile: ownsFile, requester: requester))

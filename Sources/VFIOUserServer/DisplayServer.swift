@@ -26,6 +26,9 @@ public final class DisplayServer: @unchecked Sendable {
     static let maxViewerMessage = 64 << 10
 
     public let path: String
+    /// Whether `stop` removes the socket file (it made it, or a previous
+    /// process that did handed it over).
+    public let ownsSocketFile: Bool
     let description: DeviceDescription
     let logger: Logger
     private struct State {
@@ -40,11 +43,28 @@ public final class DisplayServer: @unchecked Sendable {
         self.description = description
         self.path = path
         self.logger = logger
+        ownsSocketFile = true
         let listener: OwnedDescriptor
         do { listener = try UnixSocket.listen(path: path, backlog: 16) } catch { throw DeviceError(error.errno, error.description) }
         // The state owns it from here: `stop` shuts it down and closes it.
         state = Locked(State(listen: listener.release().rawValue))
     }
+
+    /// Serves viewers on a listening socket a live upgrade handed over
+    /// (now this server's); `path` is where its file is ("" for none).
+    /// Viewers of the previous process reconnect to it by themselves.
+    public init(description: DeviceDescription, handedOverListener listener: Int32, path: String, ownsSocketFile: Bool, logger: Logger) {
+        self.description = description
+        self.path = path
+        self.logger = logger
+        self.ownsSocketFile = ownsSocketFile && !path.isEmpty
+        state = Locked(State(listen: listener))
+    }
+
+    /// The listening socket (still this server's), for a live upgrade's
+    /// handover; -1 once stopped. Its viewers' connections are close-on-exec:
+    /// they end with this process, and the viewers come back to the listener.
+    public var listener: Int32 { state.withLock { $0.stopped ? -1 : $0.listen } }
 
     /// Viewers connected now.
     public var viewerCount: Int { state.withLock { $0.viewers.count } }
@@ -115,7 +135,10 @@ public final class DisplayServer: @unchecked Sendable {
         if listen >= 0 { shutdown(listen, Int32(SHUT_RDWR)) }
         if let t = acceptThread { pthread_join(t, nil); acceptThread = nil }
         _ = waitForViewers(atMost: 0, timeout: 1)
-        if listen >= 0 { close(listen); unlink(path) }
+        if listen >= 0 {
+            close(listen)
+            if ownsSocketFile { unlink(path) }
+        }
     }
 }
 

@@ -120,18 +120,21 @@ struct Serve: ParsableCommand {
         // Where the device's socket is on the filesystem, if anywhere.
         let socketPath = server.path.isEmpty ? nil : server.path
         signal(SIGPIPE, SIG_IGN)
+        var viewers: DisplayServer?
         if let display = device as? DisplayDevice {
             PlaneLog(display.planes, logger: logger).start()
             if !noDisplaySocket, let path = displaySocket ?? socketPath.map({ $0 + ".display" }) {
-                let viewers = try DisplayServer(description: host.description, path: path, logger: logger)
-                viewers.start()
+                let v = try DisplayServer(description: host.description, path: path, logger: logger)
+                v.start()
+                viewers = v
                 paths.append(path)
                 logger.notice("display socket for viewers on \(path)")
             }
         }
         installTerminationHandler(paths: paths)
-        startUpgradeTrigger(server: server, ownsSocketFile: socketPath != nil && { if case .path = endpoint { return true } else { return false } }(),
-                            paths: paths, logger: logger)
+        startUpgradeTrigger(server: server, display: viewers,
+                            ownsSocketFile: socketPath != nil && { if case .path = endpoint { return true } else { return false } }(),
+                            logger: logger)
         let place: String
         switch endpoint {
         case .path(let path): place = path
@@ -190,9 +193,9 @@ extension Serve {
     /// flag set, only reads and rebuilds (the old process asks first), and
     /// exits 0; any failure is the last line on stderr and exit status 1.
     func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger, started: UInt64) throws {
-        let server: DeviceServer
+        let restored: LiveUpgrade.Restored
         do {
-            server = try LiveUpgrade.restore(incoming, instance: "", logger: logger, pollMicroseconds: pollMicroseconds) { () throws(DeviceError) in
+            restored = try LiveUpgrade.restore(incoming, instance: "", logger: logger, pollMicroseconds: pollMicroseconds) { () throws(DeviceError) in
                 (try makeDevice(kind), kind.id)
             }
         } catch {
@@ -203,19 +206,33 @@ extension Serve {
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
         if incoming.checkOnly { Glibc.exit(0) }
+        let server = restored.server
         signal(SIGPIPE, SIG_IGN)
         // A socket file the previous process made is this one's to remove; one it was given is not.
-        let paths = server.ownsSocketFile ? [server.path] : []
+        var paths = server.ownsSocketFile ? [server.path] : []
+        var viewers: DisplayServer?
+        if let display = server.host.device as? DisplayDevice {
+            PlaneLog(display.planes, logger: logger).start()
+            if let d = restored.display {
+                let v = DisplayServer(description: server.host.description, handedOverListener: d.listener, path: d.path,
+                                      ownsSocketFile: d.ownsSocketFile, logger: logger)
+                v.start()
+                viewers = v
+                if v.ownsSocketFile { paths.append(v.path) }
+            }
+        } else if let d = restored.display {
+            close(d.listener)
+        }
         installTerminationHandler(paths: paths)
-        startUpgradeTrigger(server: server, ownsSocketFile: server.ownsSocketFile, paths: paths, logger: logger)
+        startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, logger: logger)
         let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
-        let restored = monotonicNanoseconds()
+        let ready = monotonicNanoseconds()
         var timing: Logger.Metadata = ["client": "\(server.isAttached ? "attached" : "none")",
-                                       "restore_ms": "\(milliseconds(restored - started))"]
+                                       "restore_ms": "\(milliseconds(ready - started))"]
         if let written = incoming.writer?.writtenAt, written > 0, written <= started {
             // From the handover written to this process's first line of Swift: exec, loading, runtime start-up.
             timing["startup_ms"] = "\(milliseconds(started - written))"
-            timing["total_ms"] = "\(milliseconds(restored - written))"
+            timing["total_ms"] = "\(milliseconds(ready - written))"
         }
         logger.notice("took over \(kind.id) from \(from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
         ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (upgraded from \(from))")
@@ -229,21 +246,20 @@ extension Serve {
     /// SIGUSR2: check the binary at the path umdev was started from against
     /// a handover, then hand over to it. Any failure leaves this process
     /// serving as before, and says why.
-    func startUpgradeTrigger(server: DeviceServer, ownsSocketFile: Bool, paths: [String], logger: Logger) {
+    func startUpgradeTrigger(server: DeviceServer, display: DisplayServer?, ownsSocketFile: Bool, logger: Logger) {
         let binary = Self.startedFrom
         let arguments = CommandLine.arguments
-        let refusal: String? = server.host.device is DisplayDevice ? "display devices cannot be handed over yet" : nil
         LiveUpgrade.startTrigger(logger: logger) { sender in
             logger.notice("upgrade requested\(sender > 0 ? " by pid \(sender)" : ""): handing over to \(binary)")
-            if let refusal { return logger.error("upgrade refused, still serving: \(refusal)") }
             func handover() -> (bytes: [UInt8], fds: [Int32])? {
                 guard let paused = server.pause() else {
                     logger.error("upgrade refused, still serving: the device did not stop between requests within 5 s")
                     return nil
                 }
                 do {
+                    let viewers = display.map { LiveUpgrade.DisplaySocket(listener: $0.listener, path: $0.path, ownsSocketFile: $0.ownsSocketFile) }
                     return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile,
-                                                   socketPath: server.path)])
+                                                   socketPath: server.path, display: viewers)])
                 } catch {
                     server.resume()
                     logger.error("upgrade refused, still serving: \(error.message)")

@@ -2,11 +2,13 @@ import CShim
 import Foundation
 import Glibc
 import Lifecycle
+import MBochs
 import Synchronization
 import TestDevice
 import Testing
 import VFIOUser
 import VFIOUserClient
+import Viewer
 
 /// `umdev daemon` started from a path of the test's own (a symlink to the
 /// built umdev), so the test decides what binary an upgrade finds there;
@@ -175,6 +177,40 @@ struct DaemonUpgradeTests {
         #expect(left == [], "sockets left behind: \(left)")
     }
 
+    /// A display instance moves too: its VRAM, plane id and display
+    /// socket; a viewer that connects again sees the picture.
+    @Test func anMBochsInstanceKeepsItsPictureAndItsDisplaySocket() throws {
+        let daemon = try UpgradableDaemon()
+        let uuid = "7d6c5b4a-3928-4716-8504-f3e2d1c0b9a8"
+        #expect(try daemon.umdev(["start", "--uuid", uuid, "--type", "mbochs-small"]).status == 0)
+        let vmm = try VFIOUserClient(path: daemon.socket(uuid))
+        try vmm.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
+        try setBochsMode(vmm, width: 640, height: 480, vram: 4 << 20)
+        let bar0 = try DisplayServerTests.Mapping(vmm, region: MBochs.vramRegion)
+        TestPattern.drawXRGB(into: bar0.base, width: 640, height: 480, stride: 2560, seed: 5)
+        let before = try vmm.queryPlane(flags: VFIO.gfxPlaneDmabuf)
+        let listed = try daemon.umdev(["list", "--dumpjson"]).out
+        for _ in 0..<3 {
+            let up = try daemon.umdev(["upgrade"])
+            #expect(up.status == 0 && up.out.contains("1 instance(s) handed over"), "\(up.out)\(up.err)")
+        }
+        #expect(try daemon.umdev(["list", "--dumpjson"]).out == listed)
+        #expect(try vmm.queryPlane(flags: VFIO.gfxPlaneDmabuf) == before)
+        let viewer = try VFIOUserClient(path: "\(daemon.run)/\(uuid).display")
+        try viewer.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
+        let watcher = ScreenWatcher(mapping: try PlaneMapping(client: viewer))
+        let update = try watcher.poll()
+        #expect(update.frame?.id == before.id)
+        let shown = update.pixels.map { PixelFormat.rgb(pixels: $0, fourcc: before.drmFormat, width: 640, height: 480, stride: update.stride) }
+        #expect(shown == TestPattern.image(width: 640, height: 480, seed: 5))
+        withExtendedLifetime(watcher) {}
+        kill(daemon.pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(20)
+        while daemon.isRunning && Date() < deadline { usleep(10_000) }
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: daemon.run)) ?? []
+        #expect(left == [], "sockets left behind: \(left)")
+    }
+
     /// Each way an upgrade can fail: `umdev upgrade` exits 1 with the
     /// reason, the log says it, and every instance serves on as before.
     @Test func aFailedUpgradeChangesNothing() throws {
@@ -203,11 +239,11 @@ struct DaemonUpgradeTests {
         try failing([], "version 99")
         daemon.restoreBinary()
 
-        // A display instance is refused for now, with the reason; stopped, the upgrade goes through.
-        let display = "7d6c5b4a-3928-4716-a504-f3e2d1c0b9a8"
-        #expect(try daemon.umdev(["start", "--uuid", display, "--type", "mbochs-small"]).status == 0)
-        try failing([], "display devices cannot be handed over yet")
-        #expect(try daemon.umdev(["stop", "--uuid", display]).status == 0)
+        // An mtty on a pty is refused for now, with the reason; stopped, the upgrade goes through.
+        let pty = "7d6c5b4a-3928-4716-a504-f3e2d1c0b9a8"
+        #expect(try daemon.umdev(["start", "--uuid", pty, "--type", "mtty-1", "--attr", "port0=pty"]).status == 0)
+        try failing([], "a serial backend other than loopback cannot be handed over yet")
+        #expect(try daemon.umdev(["stop", "--uuid", pty]).status == 0)
 
         // A control request carries no relative binary.
         var request = ControlRequest("upgrade")
