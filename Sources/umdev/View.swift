@@ -214,16 +214,33 @@ final class DeviceWatch: @unchecked Sendable {
         self.index = index; self.socket = socket; self.outputs = outputs; self.interval = interval; self.logger = logger
     }
 
+    /// How long a lost display socket is retried at once, the picture kept:
+    /// a live upgrade of the server ends every viewer's connection and the
+    /// same listener takes them back within milliseconds.
+    static let quickRetrySeconds = 3.0
+
     func run() {
         var complained = false
+        // The watcher whose pixels the outputs may still show: kept (mapped)
+        // until its successor's first picture replaces them.
+        var shown: ScreenWatcher?
+        var lostAt: UInt64?
         while true {
             do {
                 let client = try connectViewer(socket)
                 let watcher = ScreenWatcher(mapping: try PlaneMapping(client: client))
-                logger.info("watching \(socket)")
+                logger.info(lostAt == nil ? "watching \(socket)" : "watching \(socket) again")
                 complained = false
-                try watch(watcher)
+                lostAt = nil
+                try watch(watcher, replacing: &shown)
             } catch {
+                let now = monotonicNanoseconds()
+                let since = lostAt ?? now
+                lostAt = since
+                if Double(now - since) / 1e9 < Self.quickRetrySeconds {
+                    usleep(2_000)
+                    continue
+                }
                 if !complained { logger.warning("\(socket): \(error); retrying every second") }
                 complained = true
                 deliver(.nothing)
@@ -232,7 +249,7 @@ final class DeviceWatch: @unchecked Sendable {
         }
     }
 
-    private func watch(_ watcher: ScreenWatcher) throws {
+    private func watch(_ watcher: ScreenWatcher, replacing shown: inout ScreenWatcher?) throws {
         var wasShowing: Bool?
         let period = UInt64(interval) * 1_000_000
         var next = monotonicNanoseconds()
@@ -248,6 +265,7 @@ final class DeviceWatch: @unchecked Sendable {
                 wasShowing = showing
             }
             deliver(update)
+            if shown !== watcher { shown = watcher }
             next += period
             let t = monotonicNanoseconds()
             if next > t { usleep(UInt32((next - t) / 1000)) } else { next = t }   // behind: skip, do not catch up
