@@ -48,3 +48,36 @@ def test_vnc_refuses_the_network_without_a_password(umdev):
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     assert "--vnc-password-file" in p.stderr
+
+
+def test_vnc_keeps_the_picture_across_live_upgrades_of_the_server(umdev):
+    """`kill -USR2` replaces `umdev serve` (same pid); the viewer reconnects
+    to the same display socket at once, and the picture never changes."""
+    import signal
+    import time
+    path = os.path.join(umdev.dir, "upgraded.sock")
+    log_path = os.path.join(umdev.dir, "serve.log")
+    with open(log_path, "a") as log:
+        server = subprocess.Popen([umdev.binary, "serve", "--type", "mbochs-medium", "--socket", path,
+                                   "--log-level", "notice"], stdout=subprocess.DEVNULL, stderr=log)
+    umdev.processes.append(server)
+    wait_for(lambda: os.path.exists(path + ".display"), what=path + ".display")
+    umdev.play(path, "--mode", "800x600", "--seed", "21")
+    port = free_port()
+    umdev.view("--socket", path + ".display", "--vnc", f"127.0.0.1:{port}")
+    shot = os.path.join(umdev.dir, "upgrade.png")
+    wait_for(lambda: subprocess.run(["vncdo", "-s", f"127.0.0.1::{port}", "capture", shot],
+                                    capture_output=True, timeout=60).returncode == 0, what="a VNC capture")
+    expected = pattern_rows(800, 600, 21)
+    for round_ in range(1, 4):
+        os.kill(server.pid, signal.SIGUSR2)
+        wait_for(lambda: open(log_path).read().count("took over mbochs-medium") == round_, timeout=30,
+                 what=f"upgrade {round_}")
+        assert server.poll() is None
+        width, height, rows = capture(port, shot)
+        assert (width, height) == (800, 600)
+        assert mismatches(rows, expected) == 0
+    time.sleep(0.2)
+    view_log = open(os.path.join(umdev.dir, "view.log")).read()
+    assert "retrying every second" not in view_log, view_log
+    assert view_log.count("watching") >= 2, view_log
