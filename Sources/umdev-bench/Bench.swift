@@ -42,9 +42,11 @@ struct Bench: ParsableCommand {
     @Flag(help: "Measure the display path instead: plane queries, 1080p snapshots, server RSS.") var display = false
     @Flag(help: "Measure the live viewers instead: VNC and web frame rates and bytes, idle CPU, stalled clients.") var viewers = false
     @Flag(help: "Measure the lifecycle daemon instead: RSS and threads with 0 to 108 instances.") var daemon = false
-    @Flag(help: "Measure live upgrade instead: the blackout a busy client sees while `umdev serve --type TYPE` is upgraded by SIGUSR2.")
+    @Flag(help: "Measure live upgrade instead: the blackout a busy client sees while `umdev serve --type TYPE` (with --daemon: a daemon of many instances) is upgraded by SIGUSR2.")
     var upgrade = false
     @Option(help: "Upgrades --upgrade performs.") var upgrades = 100
+    @Option(help: "With --upgrade --daemon: mtty-1 instances the daemon holds.") var mttyInstances = 100
+    @Option(help: "With --upgrade --daemon: mbochs-large instances the daemon holds.") var mbochsInstances = 8
     @Flag(help: "Measure opt-in polling instead: mtty-2 round trips with and without --poll-us, beside --gpio if given.") var polling = false
     @Option(name: .customLong("poll-us"), help: "The spin time --polling uses.") var pollMicroseconds = 50
     @Option(help: ArgumentHelp("A build of libvfio-user's gpio-pci-idio-16 sample, measured beside umdev by --polling.", valueName: "path"))
@@ -56,8 +58,8 @@ struct Bench: ParsableCommand {
         if mtty { return try benchMTTY() }
         if display { return try benchDisplay() }
         if viewers { return try benchViewers() }
-        if daemon { return try benchDaemon() }
         if upgrade { return try benchUpgrade() }
+        if daemon { return try benchDaemon() }
         if polling { return try benchPolling() }
         var server: DeviceServer?
         let path: String

@@ -1,29 +1,85 @@
 import CommandSupport
 import Foundation
 import Glibc
+import Lifecycle
+import MBochs
+import PCI
 import Synchronization
 import VFIOUserClient
+import Viewer
 
 /// `umdev-bench --upgrade`: the blackout a live upgrade costs a busy client.
-/// A `umdev serve` child serves the device; one client thread sends 1-byte
-/// REGION_READs back to back and records each round trip; the main thread
-/// sends SIGUSR2 and waits for the new process's READY=1, `--upgrades`
-/// times. An upgrade's blackout is the longest round trip that started
-/// while it ran: the time a request waited because of it. The server's
-/// log gives where the time went.
+/// A `umdev serve` child (or, with `--daemon`, a `umdev daemon` holding
+/// `--mtty-instances` mtty-1 and `--mbochs-instances` mbochs-large, each
+/// with a client attached as QEMU would be) serves the devices; one client
+/// thread sends 1-byte REGION_READs back to back and records each round
+/// trip; the main thread sends SIGUSR2 and waits for the new process's
+/// READY=1, `--upgrades` times. An upgrade's blackout is the longest round
+/// trip that started while it ran: the time a request waited because of
+/// it. A display device gets a picture (a 1920x1080 mode, drawn) and a
+/// viewer that polls its plane every 10 ms and reconnects when the old
+/// process's connection ends; its gap is the longest time between two
+/// frames it saw across an upgrade. The server's log gives where the time
+/// went.
 extension Bench {
     func benchUpgrade() throws {
         let dir = "/tmp/umdev-bench-upgrade-\(getpid())"
         mkdir(dir, 0o700)
         defer { _ = system("rm -rf '\(dir)'") }
-        let path = dir + "/device.sock", log = dir + "/log"
+        let log = dir + "/log"
         let notify = try DatagramListener(path: dir + "/notify")
-        let server = try ChildProcess(["serve", "--type", type, "--socket", path, "--log-level", "info"],
-                                      environment: ["NOTIFY_SOCKET": notify.path], stderrPath: log)
+        let environment = ["NOTIFY_SOCKET": notify.path]
+        let server: ChildProcess
+        let busy: String
+        var displays: [String] = []
+        var held: [VFIOUserClient] = []
+        let what: String
+        if daemon {
+            let run = dir + "/run"
+            server = try ChildProcess(["daemon", "--run-dir", run, "--config-dir", dir + "/config",
+                                       "--budget", "mtty=\(max(1, mttyInstances))", "--budget", "mbochs=\(max(64, mbochsInstances * 64))",
+                                       "--log-level", "info"], environment: environment, stderrPath: log)
+            guard notify.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev daemon did not say READY=1") }
+            var sockets: [(type: String, socket: String, display: String?)] = []
+            for (type, count) in [("mtty-1", mttyInstances), ("mbochs-large", mbochsInstances)] {
+                for _ in 0..<count {
+                    var request = ControlRequest("start")
+                    request.type = type
+                    let answer = try ControlWire.call(request, path: run + "/control.sock")
+                    guard answer.ok, let i = answer.instance else {
+                        server.stop()
+                        throw CommandFailure("starting \(type): \(answer.error?.message ?? "refused")")
+                    }
+                    sockets.append((type, i.socket, i.displaySocket))
+                }
+            }
+            guard let first = sockets.first else { server.stop(); throw CommandFailure("--daemon needs at least one instance") }
+            busy = first.socket
+            for s in sockets.dropFirst() {
+                let c = try VFIOUserClient(path: s.socket)
+                try c.negotiate(json: s.display == nil ? VFIOUserClient.qemuCapabilitiesJSON : VFIOUserClient.planeCapabilitiesJSON)
+                if s.display != nil { try drawPicture(c) }
+                held.append(c)
+            }
+            displays = sockets.compactMap(\.display).prefix(1).map { $0 }
+            what = "`umdev daemon` with \(mttyInstances) mtty-1 and \(mbochsInstances) mbochs-large, each attached, upgraded"
+        } else {
+            let path = dir + "/device.sock"
+            server = try ChildProcess(["serve", "--type", type, "--socket", path, "--log-level", "info"],
+                                      environment: environment, stderrPath: log)
+            guard notify.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev serve did not say READY=1") }
+            busy = path
+            if access(path + ".display", F_OK) == 0 { displays = [path + ".display"] }
+            what = "`umdev serve --type \(type)` upgraded"
+        }
         defer { server.stop() }
-        guard notify.waitReady(seconds: 30) else { throw CommandFailure("umdev serve did not say READY=1") }
-        let client = try VFIOUserClient(path: path)
-        try client.negotiate()
+        let client = try VFIOUserClient(path: busy)
+        try client.negotiate(json: displays.isEmpty || daemon ? VFIOUserClient.qemuCapabilitiesJSON : VFIOUserClient.planeCapabilitiesJSON)
+        if !daemon && !displays.isEmpty { try drawPicture(client) }
+        let viewer = displays.first.map { PlaneViewer(socket: $0) }
+        viewer?.start()
+        defer { viewer?.stop() }
+        if let viewer, !viewer.waitForFrames(5, seconds: 10) { throw CommandFailure("the viewer saw no picture on \(displays[0])") }
 
         // Round trips as (start, duration) in ns, preallocated: the streamer allocates nothing.
         let capacity = 4_000_000
@@ -35,7 +91,7 @@ extension Bench {
         let failed = Mutex<String?>(nil)
         nonisolated(unsafe) let c = client
         nonisolated(unsafe) let s = starts, d = durations
-        let region = self.region, offset = self.offset
+        let region = daemon ? 0 : self.region, offset = daemon ? 7 : self.offset
         let streamer = Thread {
             var buffer: UInt8 = 0
             var n = 0
@@ -55,24 +111,29 @@ extension Bench {
         }
         streamer.start()
         var windows: [(from: UInt64, to: UInt64)] = []
-        print("upgrade: `umdev serve --type \(type)` upgraded \(upgrades) times by SIGUSR2 while one client sends 1-byte REGION_READs back to back")
+        print("upgrade: \(what) \(upgrades) times by SIGUSR2 while one client sends 1-byte REGION_READs back to back"
+              + (viewer == nil ? "" : "; a viewer polls \(displays[0]) every 10 ms"))
         for _ in 0..<upgrades {
             // Steady traffic before each upgrade.
             let before = count.load(ordering: .acquiring)
             while count.load(ordering: .acquiring) < before + 200, failed.withLock({ $0 == nil }) { usleep(200) }
             let t0 = now()
             kill(server.pid, SIGUSR2)
-            guard notify.waitReady(seconds: 30) else { throw CommandFailure("the upgraded umdev did not say READY=1") }
+            guard notify.waitReady(seconds: 60) else { throw CommandFailure("the upgraded umdev did not say READY=1") }
             windows.append((t0, now()))
             if let why = failed.withLock({ $0 }) { throw CommandFailure("a request failed during the upgrades: \(why)") }
         }
-        // Let the requests in flight at the last READY=1 finish.
+        // Let the requests in flight at the last READY=1 finish, and the viewer come back.
         let last = count.load(ordering: .acquiring)
         while count.load(ordering: .acquiring) < last + 200, failed.withLock({ $0 == nil }) { usleep(200) }
+        if let viewer, !viewer.waitForFrames(5, seconds: 10) { throw CommandFailure("the viewer did not come back after the last upgrade") }
         stop.store(true, ordering: .relaxed)
         while !streamer.isFinished { usleep(1000) }
         if let why = failed.withLock({ $0 }) { throw CommandFailure("a request failed during the upgrades: \(why)") }
         let total = count.load(ordering: .acquiring)
+        for (i, h) in held.enumerated() {
+            do { _ = try h.deviceInfo() } catch { throw CommandFailure("idle client \(i) lost its device: \(error)") }
+        }
 
         // Each upgrade's blackout: the longest round trip that started in its window.
         var blackouts: [UInt64] = []
@@ -94,8 +155,14 @@ extension Bench {
         print("steady round trip      p50 \(format2(Double(pct(steady, 0.5)) / 1e3)) µs")
         print("blackout (ms)          p50 \(ms(pct(blackouts, 0.5)))  p99 \(ms(pct(blackouts, 0.99)))  max \(ms(blackouts.last ?? 0))")
         print("SIGUSR2 to READY=1     p50 \(ms(pct(signalled, 0.5)))  p99 \(ms(pct(signalled, 0.99)))  (includes the check, served meanwhile)")
+        if let viewer {
+            let gaps = viewer.gaps(in: windows).sorted()
+            print("viewer gap (ms)        p50 \(ms(pct(gaps, 0.5)))  p99 \(ms(pct(gaps, 0.99)))  max \(ms(gaps.last ?? 0))"
+                  + "  (longest time between two frames; \(viewer.reconnects) reconnects, picture checked: \(viewer.mismatches) mismatches)")
+        }
+        if !held.isEmpty { print("idle clients           \(held.count) attached throughout, each answered after the upgrades") }
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        for key in ["check_ms", "pause_ms", "startup_ms", "restore_ms", "total_ms"] {
+        for key in ["check_ms", "pause_ms", "bytes", "descriptors", "startup_ms", "restore_ms", "total_ms"] {
             var values: [Double] = []
             for line in text.split(separator: "\n") {
                 guard let r = line.range(of: key + "=") else { continue }
@@ -106,11 +173,106 @@ extension Bench {
             guard !values.isEmpty else { continue }
             let what = ["check_ms": "check (new binary reads a handover, old serves)",
                         "pause_ms": "stop between requests, write the handover",
+                        "bytes": "handover size (bytes)",
+                        "descriptors": "descriptors handed over",
                         "startup_ms": "exec, dynamic loading, runtime start",
                         "restore_ms": "restore (parse, rebuild, re-map)",
                         "total_ms": "handover written to serving again"][key]!
-            print("  \(what.padding(toLength: 48, withPad: " ", startingAt: 0)) p50 \(format2(values[values.count / 2])) ms"
-                  + "  max \(format2(values.last!)) ms")
+            let timed = key.hasSuffix("_ms")
+            func shown(_ v: Double) -> String { timed ? format2(v) + " ms" : "\(Int(v))" }
+            print("  \(what.padding(toLength: 48, withPad: " ", startingAt: 0)) p50 \(shown(values[values.count / 2]))  max \(shown(values.last!))")
+        }
+    }
+
+    /// A guest's picture on an mbochs: a 1920x1080 XRGB mode and the test pattern drawn into VRAM.
+    func drawPicture(_ c: VFIOUserClient) throws {
+        let info = try c.regionInfo(UInt32(MBochs.vramRegion))
+        guard info.mappable, info.fd >= 0 else { throw CommandFailure("VRAM is not mappable") }
+        for r in DispiRegisters.modeSet(width: 1920, height: 1080, vramSize: info.size) {
+            try c.write16(region: UInt32(MBochs.mmioRegion), offset: r.offset, r.value)
+        }
+        guard let p = mmap(nil, Int(info.size), PROT_READ | PROT_WRITE, MAP_SHARED, info.fd, off_t(info.offset)), p != MAP_FAILED else {
+            throw CommandFailure("mmap of VRAM: \(String(cString: strerror(errno)))")
+        }
+        defer { munmap(p, Int(info.size)) }
+        TestPattern.drawXRGB(into: p, width: 1920, height: 1080, stride: 1920 * 4, seed: 11)
+    }
+}
+
+/// A viewer of one display socket, as `umdev view` is: polls the plane
+/// every 10 ms, checks a pixel of the picture, and reconnects at once when
+/// its connection ends. Records when it saw each frame.
+final class PlaneViewer: @unchecked Sendable {
+    // @unchecked: `frames`, `reconnects` and `mismatches` are written by the
+    // viewer's thread and read after `stop` (or under `lock`).
+    let socket: String
+    private let lock = Mutex<[UInt64]>([])
+    private let stopping = Atomic<Bool>(false)
+    private var thread: Thread?
+    private(set) var reconnects = 0
+    private(set) var mismatches = 0
+
+    init(socket: String) { self.socket = socket }
+
+    func start() {
+        let t = Thread { [self] in run() }
+        thread = t
+        t.start()
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        while let t = thread, !t.isFinished { usleep(1000) }
+    }
+
+    private func run() {
+        var first = true
+        while !stopping.load(ordering: .relaxed) {
+            do {
+                let c = try VFIOUserClient(path: socket)
+                try c.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
+                let mapping = try PlaneMapping(client: c)
+                if !first { reconnects += 1 }
+                first = false
+                while !stopping.load(ordering: .relaxed) {
+                    if let f = try mapping.refresh() {
+                        let x = 777, y = 555
+                        let pixel = f.pixels.load(fromByteOffset: y * f.stride + x * 4, as: UInt32.self) & 0xff_ffff
+                        if pixel != TestPattern.rgb(x: x, y: y, width: f.width, height: f.height, seed: 11) { mismatches += 1 }
+                        let t = now()
+                        lock.withLock { $0.append(t) }
+                    }
+                    usleep(10_000)
+                }
+            } catch {
+                usleep(1_000)
+            }
+        }
+    }
+
+    /// Whether `n` more frames arrive within `seconds`.
+    func waitForFrames(_ n: Int, seconds: Double) -> Bool {
+        let target = lock.withLock { $0.count } + n
+        let deadline = now() + UInt64(seconds * 1e9)
+        while now() < deadline {
+            if lock.withLock({ $0.count }) >= target { return true }
+            usleep(5_000)
+        }
+        return false
+    }
+
+    /// For each window, the longest time between two frames around it.
+    func gaps(in windows: [(from: UInt64, to: UInt64)]) -> [UInt64] {
+        let frames = lock.withLock { $0 }
+        return windows.map { w in
+            var worst: UInt64 = 0
+            var previous: UInt64?
+            for t in frames {
+                if let p = previous, t >= w.from, p <= w.to { worst = max(worst, t - p) }
+                previous = t
+                if t > w.to && previous != nil && worst > 0 { break }
+            }
+            return worst
         }
     }
 }

@@ -28,7 +28,7 @@ struct DaemonCommand: ParsableCommand {
         SIGINT or SIGTERM stops every instance and exits; definitions stay. SIGUSR2 (or
         `umdev upgrade`) upgrades in place: the binary now at the path the daemon was
         started from takes over the control socket and every instance, its clients
-        attached (see README, "Live upgrade"; display types are not handed over yet).
+        attached (see README, "Live upgrade").
         """)
 
     @Option(name: .customLong("run-dir"), help: ArgumentHelp(

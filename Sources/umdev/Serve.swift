@@ -26,7 +26,8 @@ struct Serve: ParsableCommand {
         there while a VMM holds the device socket. Stop with SIGINT or SIGTERM.
         SIGUSR2 upgrades in place: the binary now at the path umdev was started
         from takes over the device and its client without the client noticing
-        (mtty with loopback ports and the test devices; see README, "Live upgrade").
+        (every type; mtty ports on loopback only; viewers reconnect to the same
+        display socket; see README, "Live upgrade").
         For many devices, budgets, UUIDs and definitions, run `umdev daemon`.
         """)
 
