@@ -130,7 +130,15 @@ def handover():
     display = section(8, True, name(uuid) + struct.pack("<IB", 2, 1) + name("/run/umdev/" + uuid + ".display")
                       + struct.pack("<IB", 3, 2) + plane1 + plane2)
     mbochs = section(4, True, name(uuid) + struct.pack("<IBH", 3, 1, 1) + struct.pack("<I", 4))
-    for sections, fds in (([writer, listener, client, state], 2), ([writer, unknown], 0), ([], 0),
+    # host: port0 a pty (master 1, slave 2), port1 a socket line (listener 3, peer 4), 3 bytes of output.
+    def line(kind, path, out):
+        return bytes([kind]) + name(path) + struct.pack("<I", len(out)) + out
+    host = section(9, True, name("") + bytes([2])
+                   + name("port0") + bytes([2]) + name("master") + struct.pack("<I", 1) + name("slave") + struct.pack("<I", 2)
+                   + struct.pack("<I", 19) + line(1, "/dev/pts/7", b"abc")
+                   + name("port1") + bytes([2]) + name("listener") + struct.pack("<I", 3) + name("peer") + struct.pack("<I", 4)
+                   + struct.pack("<I", 21) + line(2, "/run/port1.sock", b""))
+    for sections, fds in (([writer, listener, client, state], 2), ([writer, device, host, state], 5), ([writer, unknown], 0), ([], 0),
                           ([writer, device, state, connection], 5),
                           ([writer, daemon, instance, mbochs, display, state], 5)):
         write("handover", bytes([fds]) + b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections))

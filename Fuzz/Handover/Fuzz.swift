@@ -30,6 +30,10 @@ public func fuzzHandover(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         for s in h.sections(.instance) {
             precondition((try? InstanceSection(s.payload))?.section.payload == s.payload, "an instance section encodes to other bytes")
         }
+        for s in h.sections(.host) {
+            precondition((try? HostSection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
+                         "a host section encodes to other bytes")
+        }
         for s in h.sections(.display) {
             precondition((try? DisplaySection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
                          "a display section encodes to other bytes")

@@ -1,6 +1,7 @@
 import CShim
 import Glibc
 import PCI
+import SystemPackage
 import UnixSocket
 
 /// Where a port's line goes.
@@ -42,9 +43,24 @@ final class HostLine {
     /// Transmitted bytes the host has not taken yet (bounded).
     private var pendingOutput: [UInt8] = []
     static let maxPendingOutput = 64 * 1024
+    /// Whether deinit removes the socket file: not while a line taken over
+    /// only to check a handover (the old process still serves on it).
+    private var ownsPath = true
 
-    init(_ kind: SerialBackend) throws(DeviceError) {
+    /// `port`: which port this is, the key a handed-over line is claimed by.
+    init(_ kind: SerialBackend, port: Int) throws(DeviceError) {
         self.kind = kind
+        if let (handed, owning) = HostResourceAdoption.claim(key: "port\(port)") {
+            do {
+                let taken = try Self.adopt(handed, as: kind, port: port)
+                (name, listener, line, heldSlave, pendingOutput) = (taken.name, taken.listener, taken.line, taken.slave, taken.pending)
+                ownsPath = owning
+            } catch {
+                handed.closeAll()
+                throw error
+            }
+            return
+        }
         switch kind {
         case .loopback:
             name = "loopback"
@@ -71,7 +87,77 @@ final class HostLine {
         if heldSlave >= 0 { close(heldSlave) }
         if line >= 0 { close(line) }
         if listener >= 0 { close(listener) }
-        if case .unixSocket(let path) = kind { unlink(path) }
+        if case .unixSocket(let path) = kind, ownsPath { unlink(path) }
+    }
+
+    // MARK: Live upgrade
+
+    private static let ptyKind: UInt8 = 1, socketKind: UInt8 = 2
+
+    /// The line as a live upgrade hands it over: its descriptors (still
+    /// the line's), and its kind, name and the output not yet written.
+    var hostResource: (descriptors: [HostResource.Descriptor], data: [UInt8]) {
+        var w = StateWriter()
+        w.u8(listener >= 0 ? Self.socketKind : Self.ptyKind)
+        w.name(name)
+        w.u32(UInt32(pendingOutput.count)); w.raw(pendingOutput)
+        var fds: [HostResource.Descriptor] = []
+        if listener >= 0 { fds.append(.init(role: "listener", fd: listener)) }
+        if line >= 0 { fds.append(.init(role: listener >= 0 ? "peer" : "master", fd: line)) }
+        if heldSlave >= 0 { fds.append(.init(role: "slave", fd: heldSlave)) }
+        return (fds, w.bytes)
+    }
+
+    /// A handed-over line checked against what this port is configured as:
+    /// the same kind (and the same socket path), descriptors of the right
+    /// sort (a pty master whose slave is the named one, a listening and a
+    /// connected UNIX socket), output within bounds.
+    private static func adopt(_ r: HostResource, as kind: SerialBackend, port: Int)
+        throws(DeviceError) -> (name: String, listener: Int32, line: Int32, slave: Int32, pending: [UInt8]) {
+        var reader = StateReader(fields: r.data, what: "the handover's mtty port \(port)")
+        let k = try reader.u8()
+        let name = try reader.name()
+        let n = Int(try reader.u32())
+        guard n <= maxPendingOutput else { throw DeviceError(EINVAL, "the handover's mtty port \(port) has \(n) bytes of output, more than a line holds") }
+        let pending = try reader.raw(n)
+        try reader.finish()
+        func refuse(_ why: String) -> DeviceError { DeviceError(EINVAL, "the handover's mtty port \(port): \(why)") }
+        let roles = Set(r.descriptors.map(\.role))
+        guard roles.count == r.descriptors.count else { throw refuse("a descriptor role given twice") }
+        for d in r.descriptors { _ = fcntl(d.fd, F_SETFL, fcntl(d.fd, F_GETFL) | O_NONBLOCK) }
+        switch kind {
+        case .loopback:
+            throw refuse("a host line for a loopback port")
+        case .pty:
+            guard k == ptyKind, roles.isSubset(of: ["master", "slave"]), let master = r.fd("master") else {
+                throw refuse("not a pty line (master and slave)")
+            }
+            var buffer = [CChar](repeating: 0, count: 128)
+            guard umdev_pty_name(master, &buffer, buffer.count) == 0,
+                  String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) == name else {
+                throw refuse("its master is not the pty master of \(name.prefix(64))")
+            }
+            let slave = r.fd("slave") ?? -1
+            if slave >= 0 {
+                var st = stat()
+                guard fstat(slave, &st) == 0, (st.st_mode & S_IFMT) == S_IFCHR, isatty(slave) == 1 else { throw refuse("its slave is not a terminal") }
+            }
+            return (name, -1, master, slave, pending)
+        case .unixSocket(let path):
+            guard k == socketKind, name == path, roles.isSubset(of: ["listener", "peer"]), let listener = r.fd("listener") else {
+                throw refuse("not the socket line at \(path.prefix(64))")
+            }
+            let bound = InheritedSocket.boundPath(FileDescriptor(rawValue: listener)) ?? ""
+            guard case .listening? = try? InheritedSocket.check(listener),
+                  bound == path || (bound.hasPrefix(path + ".") && bound.hasSuffix(".new")) else {
+                throw refuse("its listener is not a socket listening at \(path.prefix(64))")
+            }
+            let peer = r.fd("peer") ?? -1
+            if peer >= 0 {
+                guard case .connected? = try? InheritedSocket.check(peer) else { throw refuse("its peer is not a connected UNIX socket") }
+            }
+            return (name, listener, peer, -1, pending)
+        }
     }
 
     /// The descriptor to poll and for what: the listener until a peer

@@ -7,7 +7,7 @@ import PCI
 /// As the guest sees it, the identity matches the sample so Linux's stock
 /// 8250_pci binds (WCH CH352 2S, board pbn_b0_bt_2_115200). Differences
 /// from the sample are listed in Samples/MTTY/README.md.
-public final class MTTY: VFIODevice {
+public final class MTTY: VFIODevice, HostResourceHolder {
     // MARK: Identity (mtty.c: mtty_create_config_space)
     public static let vendorID: UInt16 = 0x4348       // WCH
     public static let deviceID: UInt16 = 0x3253       // CH352 2S
@@ -71,7 +71,7 @@ public final class MTTY: VFIODevice {
         var made: [HostLine?] = []
         for i in 0..<ports {
             let kind = i < backends.count ? backends[i] : .loopback
-            made.append(kind == .loopback ? nil : try HostLine(kind))
+            made.append(kind == .loopback ? nil : try HostLine(kind, port: i))
         }
         lines = made
         hasHostEvents = made.contains { $0 != nil }
@@ -95,6 +95,16 @@ public final class MTTY: VFIODevice {
 
     /// Where each port's host side is (pty path, socket path), nil for loopback.
     public var backendNames: [String?] { lines.map { $0?.name } }
+
+    /// The pty and socket lines, for a live upgrade (`HostResourceHolder`).
+    public func hostResources() -> [HostResource] {
+        lines.enumerated().compactMap { p, line in
+            line.map { l in
+                let r = l.hostResource
+                return HostResource(key: "port\(p)", descriptors: r.descriptors, data: r.data)
+            }
+        }
+    }
 
     // MARK: Region access
 

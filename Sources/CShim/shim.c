@@ -282,3 +282,8 @@ int umdev_set_cloexec(int fd, int on) {
     if (flags < 0) return -1;
     return fcntl(fd, F_SETFD, on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC));
 }
+
+/// The slave path of a pty master into `name`; -1 (errno set) when `fd` is not a pty master.
+int umdev_pty_name(int fd, char *name, size_t namelen) {
+    return ptsname_r(fd, name, namelen) == 0 ? 0 : -1;
+}

@@ -75,6 +75,7 @@ public struct Handover: Equatable, Sendable {
             case .daemon?: _ = try DaemonSection(section.payload, descriptorCount: descriptorCount)
             case .instance?: _ = try InstanceSection(section.payload)
             case .display?: _ = try DisplaySection(section.payload, descriptorCount: descriptorCount)
+            case .host?: _ = try HostSection(section.payload, descriptorCount: descriptorCount)
             case nil:
                 guard !section.required else {
                     throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
@@ -110,6 +111,8 @@ public enum SectionType: UInt16, Sendable {
     case instance = 7
     /// A display device's display socket and the plane ids it handed out.
     case display = 8
+    /// A device model's host resources: mtty's pty and socket lines.
+    case host = 9
 }
 
 /// What a descriptor is for: how the new process knows what to do with it.

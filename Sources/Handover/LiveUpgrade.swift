@@ -95,8 +95,8 @@ public enum LiveUpgrade {
             guard d.host.migrationState == .running else {
                 throw DeviceError(EBUSY, "\(d.host.typeName): a migration is under way (state \(d.host.migrationState)); upgrade after it ends")
             }
-            guard !d.host.device.hasHostEvents else {
-                throw DeviceError(ENOTSUP, "\(d.host.typeName): a serial backend other than loopback cannot be handed over yet")
+            guard !d.host.device.hasHostEvents || d.host.device is HostResourceHolder else {
+                throw DeviceError(ENOTSUP, "\(d.host.typeName) has host descriptors it cannot hand over")
             }
             guard d.host.device.migrationIdentity != nil else {
                 throw DeviceError(ENOTSUP, "\(d.host.typeName) does not save its state")
@@ -119,6 +119,18 @@ public enum LiveUpgrade {
                                                recent: display.planes.recentPlanes()).section)
             } else if d.display != nil {
                 throw DeviceError(EINVAL, "\(d.host.typeName) has no display, but a display socket was given")
+            }
+            if let holder = d.host.device as? HostResourceHolder {
+                let resources = holder.hostResources()
+                if !resources.isEmpty {
+                    let entries = resources.map { r in
+                        HostSection.Entry(key: r.key, descriptors: r.descriptors.map { f in
+                            let role: DescriptorRole = f.role == "listener" ? .backendListener : .backendLine
+                            return (f.role, list.add(f.fd, role: role, name: prefix + r.key + "/" + f.role))
+                        }, data: r.data)
+                    }
+                    sections.append(HostSection(instance: d.instance, entries: entries).section)
+                }
             }
             // Memory that travels as a descriptor keeps its pages: only a marker is saved for it.
             let state = SharedMemory.savingForHandover { d.host.device.saveState() }
@@ -317,6 +329,7 @@ public enum LiveUpgrade {
         var model: ModelState?
         var connection: ConnectionSection?
         var display: DisplaySection?
+        var hostLines: HostSection?
         // A device's sections follow its device section.
         var current: String?
         for s in h.sections {
@@ -327,6 +340,7 @@ public enum LiveUpgrade {
                 if d.instance == instance { device = d }
             case .modelState? where current == instance: model = try ModelState(s.payload)
             case .display? where current == instance: display = try DisplaySection(s.payload, descriptorCount: count)
+            case .host? where current == instance: hostLines = try HostSection(s.payload, descriptorCount: count)
             case .connection?:
                 let c = try ConnectionSection(s.payload, descriptorCount: count)
                 if c.instance == instance { connection = c }
@@ -336,11 +350,36 @@ public enum LiveUpgrade {
         guard let device else { throw DeviceError(ENOENT, "the handover has no device '\(instance)'") }
         guard let model else { throw DeviceError(EINVAL, "the handover has no model state for device '\(instance)'") }
         var memory: [Int32] = []
-        for i in device.regionMemory { memory.append(try incoming.pool.take(i, for: "region memory")) }
-        let built = try MemoryAdoption.offering(memory) { () throws(DeviceError) in try make() }
-        for fd in built.unclaimed { close(fd) }
-        if !built.unclaimed.isEmpty { logger.warning("\(built.unclaimed.count) handed-over memory descriptor(s) matched no region; closed") }
-        let made = built.0
+        for i in device.regionMemory {
+            do { memory.append(try incoming.pool.take(i, for: "region memory")) } catch {
+                for fd in memory { close(fd) }
+                throw error
+            }
+        }
+        var resources: [HostResource] = []
+        for e in hostLines?.entries ?? [] {
+            var fds: [HostResource.Descriptor] = []
+            for d in e.descriptors {
+                do { fds.append(.init(role: d.role, fd: try incoming.pool.take(d.index, for: "\(e.key) \(d.role)"))) } catch {
+                    for fd in memory { close(fd) }
+                    for r in resources { r.closeAll() }
+                    for f in fds { close(f.fd) }
+                    throw error
+                }
+            }
+            resources.append(HostResource(key: e.key, descriptors: fds, data: e.data))
+        }
+        // On a throw, what a model claimed closed with it, and each offer closed the rest.
+        let built = try HostResourceAdoption.offering(resources, owning: !incoming.checkOnly) { () throws(DeviceError) in
+            try MemoryAdoption.offering(memory) { () throws(DeviceError) in try make() }
+        }
+        for fd in built.0.unclaimed { close(fd) }
+        if !built.0.unclaimed.isEmpty { logger.warning("\(built.0.unclaimed.count) handed-over memory descriptor(s) matched no region; closed") }
+        for r in built.unclaimed { r.closeAll() }
+        if !built.unclaimed.isEmpty {
+            logger.warning("handed-over host line(s) \(built.unclaimed.map(\.key).joined(separator: ", ")) matched no backend; closed")
+        }
+        let made = built.0.0
         guard made.typeName == model.type else {
             throw DeviceError(EINVAL, "the handover holds a \(model.type), this process serves a \(made.typeName)")
         }

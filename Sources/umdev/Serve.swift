@@ -26,8 +26,8 @@ struct Serve: ParsableCommand {
         there while a VMM holds the device socket. Stop with SIGINT or SIGTERM.
         SIGUSR2 upgrades in place: the binary now at the path umdev was started
         from takes over the device and its client without the client noticing
-        (every type; mtty ports on loopback only; viewers reconnect to the same
-        display socket; see README, "Live upgrade").
+        (every type, an mtty's pty and socket lines with their peers; viewers
+        reconnect to the same display socket; see README, "Live upgrade").
         For many devices, budgets, UUIDs and definitions, run `umdev daemon`.
         """)
 
@@ -208,6 +208,11 @@ extension Serve {
         }
         if incoming.checkOnly { Glibc.exit(0) }
         let server = restored.server
+        if let mtty = server.host.device as? MTTY {
+            for (port, name) in mtty.backendNames.enumerated() {
+                logger.notice("port \(port): \(name ?? "loopback (what the guest sends comes back)")")
+            }
+        }
         signal(SIGPIPE, SIG_IGN)
         // A socket file the previous process made is this one's to remove; one it was given is not.
         var paths = server.ownsSocketFile ? [server.path] : []

@@ -7,6 +7,7 @@ import SystemPackage
 import MBochs
 import PCI
 import TestDevice
+import UnixSocket
 import Testing
 import VFIOUser
 import VFIOUserClient
@@ -323,15 +324,55 @@ struct LiveUpgradeTests {
         #expect(try vmm.read32(region: 0, offset: 2560 * 100 + 40) == TestPattern.rgb(x: 10, y: 100, width: 640, height: 480, seed: 3), "the server reads the same memory")
     }
 
-    /// What cannot be handed over yet is refused, and the device serves on.
-    @Test func whatCannotMoveYetIsRefusedWithTheReason() throws {
-        let server = try UpgradableServer(type: "mtty-1", extraArguments: ["--serial", "pty"])
+    /// An mtty's host lines move with it: a terminal on the pty (as
+    /// `screen` holds it) and a peer on the unix-socket port stay attached
+    /// and carry bytes both ways after the upgrades.
+    @Test func mttyHostLinesKeepTheirPeers() throws {
+        let socketPath = "/tmp/umdev-line-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(socketPath) }
+        let server = try UpgradableServer(type: "mtty-2", extraArguments: ["--serial", "pty", "--serial", "unix:\(socketPath)"])
+        let line0 = try #require(server.logText().split(separator: "\n").first { $0.contains("port 0: /dev/pts/") })
+        let pts = String(line0[line0.range(of: "/dev/pts/")!.lowerBound...].prefix { !$0.isWhitespace })
         let c = try VFIOUserClient(path: server.path)
         try c.negotiate()
-        let line = server.failedUpgrade(marker: "upgrade refused")
-        #expect(line?.contains("a serial backend other than loopback cannot be handed over yet") == true, "\(line ?? "")")
-        #expect(try c.read8(region: 0, offset: 7) == 0)
-        #expect(server.isRunning)
+        let guest = Guest8250(c)
+        try guest.startup(0)
+        try guest.startup(1)
+        let terminal = open(pts, O_RDWR | O_NOCTTY | O_NONBLOCK)
+        try #require(terminal >= 0)
+        defer { close(terminal) }
+        _ = umdev_make_raw(terminal)
+        let peer = try UnixSocket.connect(path: socketPath).release().rawValue
+        defer { close(peer) }
+        _ = fcntl(peer, F_SETFL, fcntl(peer, F_GETFL) | O_NONBLOCK)
+
+        func exchange(_ tag: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            for (port, fd) in [(UInt32(0), terminal), (UInt32(1), peer)] {
+                let out = Array("\(tag) from port \(port)".utf8)
+                for b in out { try guest.outb(port, 0, b) }
+                var got: [UInt8] = []
+                while got.count < out.count, pollFor(fd, seconds: 20) & Int16(POLLIN) != 0 {
+                    var buf = [UInt8](repeating: 0, count: 256)
+                    let n = read(fd, &buf, buf.count)
+                    if n > 0 { got += buf[0..<n] } else if n == 0 || errno != EAGAIN { break }
+                }
+                #expect(got == out, "guest to host on port \(port)", sourceLocation: sourceLocation)
+                let back = Array("\(tag) to port \(port)".utf8)
+                #expect(write(fd, back, back.count) == back.count, sourceLocation: sourceLocation)
+                var rx: [UInt8] = []
+                let deadline = Date().addingTimeInterval(20)
+                while rx.count < back.count && Date() < deadline {
+                    if try guest.inb(port, 5) & 0x01 != 0 { rx.append(try guest.inb(port, 0)) } else { usleep(1000) }
+                }
+                #expect(rx == back, "host to guest on port \(port)", sourceLocation: sourceLocation)
+            }
+        }
+        try exchange("before")
+        for _ in 0..<3 { server.upgrade() }
+        try exchange("after")
+        // Each process says where the lines are: the same places.
+        #expect(server.logText().components(separatedBy: "port 1: \(socketPath)").count - 1 == 4)
+        #expect(server.logText().components(separatedBy: "port 0: \(pts)").count - 1 == 4)
     }
 
     /// Each way an upgrade can fail leaves the old process serving, the

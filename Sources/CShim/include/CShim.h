@@ -67,6 +67,8 @@ int umdev_msg_dontwait(void);
 /// to hold open: without one the master reports POLLHUP until a user opens
 /// the slave, and a poll loop on it would spin.
 int umdev_open_pty(char *name, size_t namelen, int *slave);
+/// The slave path of a pty master into name; -1 (errno set) when fd is not one.
+int umdev_pty_name(int fd, char *name, size_t namelen);
 
 /// Sets a descriptor (a pty slave the tests open) to raw mode.
 int umdev_make_raw(int fd);
