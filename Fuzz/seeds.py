@@ -138,7 +138,11 @@ def handover():
                    + struct.pack("<I", 19) + line(1, "/dev/pts/7", b"abc")
                    + name("port1") + bytes([2]) + name("listener") + struct.pack("<I", 3) + name("peer") + struct.pack("<I", 4)
                    + struct.pack("<I", 21) + line(2, "/run/port1.sock", b""))
-    for sections, fds in (([writer, listener, client, state], 2), ([writer, device, host, state], 5), ([writer, unknown], 0), ([], 0),
+    # migration: STOP_COPY, 16 bytes of outgoing stream of which 8 were read, nothing incoming.
+    migration = section(10, True, name("") + struct.pack("<I", 3) + struct.pack("<I", 16) + b"UMDVMIG2" + struct.pack("<I", 4) + b"{}{}"
+                        + struct.pack("<I", 8) + struct.pack("<I", 0))
+    for sections, fds in (([writer, listener, client, state], 2), ([writer, device, host, state], 5),
+                          ([writer, device, state, connection, migration], 5), ([writer, unknown], 0), ([], 0),
                           ([writer, device, state, connection], 5),
                           ([writer, daemon, instance, mbochs, display, state], 5)):
         write("handover", bytes([fds]) + b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections))

@@ -34,6 +34,9 @@ public func fuzzHandover(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             precondition((try? HostSection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
                          "a host section encodes to other bytes")
         }
+        for s in h.sections(.migration) {
+            precondition((try? MigrationSection(s.payload))?.section.payload == s.payload, "a migration section encodes to other bytes")
+        }
         for s in h.sections(.display) {
             precondition((try? DisplaySection(s.payload, descriptorCount: descriptors))?.section.payload == s.payload,
                          "a display section encodes to other bytes")

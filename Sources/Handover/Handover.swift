@@ -76,6 +76,7 @@ public struct Handover: Equatable, Sendable {
             case .instance?: _ = try InstanceSection(section.payload)
             case .display?: _ = try DisplaySection(section.payload, descriptorCount: descriptorCount)
             case .host?: _ = try HostSection(section.payload, descriptorCount: descriptorCount)
+            case .migration?: _ = try MigrationSection(section.payload)
             case nil:
                 guard !section.required else {
                     throw DeviceError(EINVAL, "handover section \(type) is required and this umdev does not know it (a newer writer)")
@@ -113,6 +114,8 @@ public enum SectionType: UInt16, Sendable {
     case display = 8
     /// A device model's host resources: mtty's pty and socket lines.
     case host = 9
+    /// A migration under way on a device with a client attached.
+    case migration = 10
 }
 
 /// What a descriptor is for: how the new process knows what to do with it.

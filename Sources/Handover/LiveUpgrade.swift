@@ -92,9 +92,6 @@ public enum LiveUpgrade {
         }
         for d in devices {
             let prefix = d.instance.isEmpty ? "" : d.instance + "/"
-            guard d.host.migrationState == .running else {
-                throw DeviceError(EBUSY, "\(d.host.typeName): a migration is under way (state \(d.host.migrationState)); upgrade after it ends")
-            }
             guard !d.host.device.hasHostEvents || d.host.device is HostResourceHolder else {
                 throw DeviceError(ENOTSUP, "\(d.host.typeName) has host descriptors it cannot hand over")
             }
@@ -138,6 +135,8 @@ public enum LiveUpgrade {
             if let c = d.paused.connection {
                 sections.append(ConnectionSection(instance: d.instance, socket: c.socket, live: c.endpoint.connectionState(),
                                                   into: &list).section)
+                // A migration lives as long as its client's connection.
+                if let m = d.host.migrationSnapshot { sections.append(MigrationSection(instance: d.instance, snapshot: m).section) }
             }
         }
         sections += list.inventory.map(\.section)
@@ -330,6 +329,7 @@ public enum LiveUpgrade {
         var connection: ConnectionSection?
         var display: DisplaySection?
         var hostLines: HostSection?
+        var migration: MigrationSection?
         // A device's sections follow its device section.
         var current: String?
         for s in h.sections {
@@ -340,6 +340,9 @@ public enum LiveUpgrade {
                 if d.instance == instance { device = d }
             case .modelState? where current == instance: model = try ModelState(s.payload)
             case .display? where current == instance: display = try DisplaySection(s.payload, descriptorCount: count)
+            case .migration?:
+                let m = try MigrationSection(s.payload)
+                if m.instance == instance { migration = m }
             case .host? where current == instance: hostLines = try HostSection(s.payload, descriptorCount: count)
             case .connection?:
                 let c = try ConnectionSection(s.payload, descriptorCount: count)
@@ -396,6 +399,10 @@ public enum LiveUpgrade {
             throw DeviceError(EINVAL, "the handover gives the \(model.type) a display, which it does not have")
         }
         try made.device.restoreState(model.state, version: version)
+        if let migration {
+            guard connection != nil else { throw DeviceError(EINVAL, "the handover has a migration for '\(instance)' but no client to drive it") }
+            try host.adoptMigration(migration.snapshot)
+        }
         let listener = try device.listener.map { (i) throws(DeviceError) in try incoming.pool.take(i, for: "the listener") }
         if let listener, let path = device.socketPath {
             // The path must be the listener's: the name it is bound to, or the one that name was renamed to.

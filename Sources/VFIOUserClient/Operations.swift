@@ -220,13 +220,19 @@ extension VFIOUserClient {
     public func readMigrationData(chunk: UInt32 = 4096) throws(ClientError) -> [UInt8] {
         var out: [UInt8] = []
         while true {
-            var p: [UInt8] = []
-            p.put32(8 + chunk); p.put32(chunk)
-            let r = try request(.migDataRead, payload: p)
-            guard r.payload.count >= 8, r.payload.count == 8 + Int(r.u32(4)) else { throw .malformed("MIG_DATA_READ reply") }
-            out += r.payload[8...]
-            if r.u32(4) < chunk { return out }
+            let part = try readMigrationChunk(chunk)
+            out += part
+            if part.count < Int(chunk) { return out }
         }
+    }
+
+    /// One MIG_DATA_READ of at most `size` bytes (fewer at the end of the stream).
+    public func readMigrationChunk(_ size: UInt32) throws(ClientError) -> [UInt8] {
+        var p: [UInt8] = []
+        p.put32(8 + size); p.put32(size)
+        let r = try request(.migDataRead, payload: p)
+        guard r.payload.count >= 8, r.payload.count == 8 + Int(r.u32(4)), r.u32(4) <= size else { throw .malformed("MIG_DATA_READ reply") }
+        return Array(r.payload[8...])
     }
 
     /// Writes a migration stream (MIG_DATA_WRITE in chunks).

@@ -191,6 +191,61 @@ public struct MigrationMachine {
 
     /// Bytes of the outgoing stream not yet read.
     var pendingBytes: Int { outgoing.count - readPosition }
+
+    /// Takes a previous process's machine as it was (a live upgrade).
+    mutating func adopt(_ s: MigrationSnapshot) {
+        state = s.state
+        outgoing = s.outgoing
+        readPosition = s.readPosition
+        incoming = s.incoming
+        lastRefusal = nil
+    }
+}
+
+/// A migration under way, as a live upgrade hands it to the next process:
+/// the state, the outgoing stream and how much of it the client has read,
+/// and what it has written of an incoming one.
+public struct MigrationSnapshot: Sendable, Equatable {
+    public var state: DeviceState
+    public var outgoing: [UInt8]
+    public var readPosition: Int
+    public var incoming: [UInt8]
+
+    public init(state: DeviceState, outgoing: [UInt8], readPosition: Int, incoming: [UInt8]) {
+        self.state = state; self.outgoing = outgoing; self.readPosition = readPosition; self.incoming = incoming
+    }
+}
+
+extension DeviceHost {
+    /// The migration under way, nil while RUNNING (nothing to hand over).
+    /// Only while the device is paused between requests.
+    public var migrationSnapshot: MigrationSnapshot? {
+        guard migration.state != .running else { return nil }
+        return MigrationSnapshot(state: migration.state, outgoing: migration.outgoing, readPosition: migration.readPosition,
+                                 incoming: migration.incoming)
+    }
+
+    /// Goes on with a previous process's migration, checked against what
+    /// this device's machine could be in: a state umdev offers, an outgoing
+    /// stream only while saving and headed by this device's identity, an
+    /// incoming one only while resuming and within the cap. The device is
+    /// stopped as the machine had it.
+    public func adoptMigration(_ s: MigrationSnapshot) throws(DeviceError) {
+        guard let identity = device.migrationIdentity else { throw DeviceError(EINVAL, "a migration handed over to a device that does not migrate") }
+        let saving = s.state == .stopCopy || s.state == .preCopy
+        guard MigrationMachine.arcs[s.state] != nil, s.state != .running else {
+            throw DeviceError(EINVAL, "the handover's migration is in state \(s.state), which umdev does not offer")
+        }
+        guard s.readPosition >= 0, s.readPosition <= s.outgoing.count, s.outgoing.count <= MigrationMachine.maxStream,
+              s.incoming.count <= MigrationMachine.maxStream,
+              saving || (s.outgoing.isEmpty && s.readPosition == 0),
+              s.state == .resuming || s.incoming.isEmpty,
+              !saving || s.outgoing.starts(with: MigrationMachine.preamble(identity)) else {
+            throw DeviceError(EINVAL, "the handover's migration streams do not fit its state \(s.state) or this device")
+        }
+        migration.adopt(s)
+        device.setRunning(s.state == .preCopy)
+    }
 }
 
 @inline(__always) func appendU32(_ a: inout [UInt8], _ v: UInt32) {

@@ -580,9 +580,8 @@ struct Upgrade: ParsableCommand {
         execs it (same pid); the new process takes over the control socket and every
         instance with its client, and answers here. If the binary is missing, fails, or
         cannot read the handover, the daemon goes on serving as before and this command
-        exits 1 with the reason. A migration under way makes the daemon refuse for now.
-        SIGUSR2 to the daemon does the same as this command without --binary. See
-        README, "Live upgrade".
+        exits 1 with the reason. SIGUSR2 to the daemon does the same as this command
+        without --binary. See README, "Live upgrade".
         """)
 
     @Option(name: .long, help: ArgumentHelp(

@@ -12,6 +12,7 @@ import Testing
 import VFIOUser
 import VFIOUserClient
 import Viewer
+import VFIOUserServer
 
 /// `umdev serve` started from a path of the test's own (a symlink to the
 /// built umdev), so the test decides what binary an upgrade finds there;
@@ -322,6 +323,37 @@ struct LiveUpgradeTests {
         #expect(PixelFormat.rgb(pixels: fb.base, fourcc: DRMFormat.xrgb8888, width: 640, height: 480, stride: 2560)
                 == TestPattern.image(width: 640, height: 480, seed: 3))
         #expect(try vmm.read32(region: 0, offset: 2560 * 100 + 40) == TestPattern.rgb(x: 10, y: 100, width: 640, height: 480, seed: 3), "the server reads the same memory")
+    }
+
+    /// A migration under way goes on in the new process: a client halfway
+    /// through reading a STOP_COPY stream reads the rest, and one halfway
+    /// through writing a stream into RESUMING writes the rest, and the
+    /// device takes it.
+    @Test func aMigrationUnderWayGoesOnAcrossTheUpgrade() throws {
+        let server = try UpgradableServer(type: "test")
+        let c = try VFIOUserClient(path: server.path)
+        try c.negotiate()
+        try c.write32(region: 0, offset: TestDevice.Register.scratch, 0x1357_9bdf)
+        try c.setMigrationState(.stopCopy)
+        let head = try c.readMigrationChunk(24)
+        #expect(head.count == 24)
+        server.upgrade()
+        #expect(try c.migrationState() == .stopCopy)
+        let stream = head + (try c.readMigrationData(chunk: 64))
+        #expect(throws: Never.self) { try MigrationMachine.unwrap(stream) }
+        try c.setMigrationState(.running)
+        #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x1357_9bdf)
+
+        // Now resume that stream after changing the register, with an upgrade halfway through.
+        try c.write32(region: 0, offset: TestDevice.Register.scratch, 0)
+        try c.setMigrationState(.resuming)
+        let half = stream.count / 2
+        try c.writeMigrationData(Array(stream[..<half]), chunk: 32)
+        server.upgrade()
+        #expect(try c.migrationState() == .resuming)
+        try c.writeMigrationData(Array(stream[half...]), chunk: 32)
+        try c.setMigrationState(.running)
+        #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x1357_9bdf, "the device took the stream written across the upgrade")
     }
 
     /// An mtty's host lines move with it: a terminal on the pty (as
