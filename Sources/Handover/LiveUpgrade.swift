@@ -277,6 +277,32 @@ public enum LiveUpgrade {
         /// Only check it (step 1): build and restore, serve nothing, exit 0.
         public var checkOnly: Bool
         public var writer: Writer?
+        /// Where each device's sections are: from its device section to the
+        /// next device or instance section (read once, so that restoring
+        /// many devices does not read every section for each).
+        let devices: [String: Range<Int>]
+
+        init(handover: Handover, pool: DescriptorPool, checkOnly: Bool, writer: Writer?) {
+            self.handover = handover; self.pool = pool; self.checkOnly = checkOnly; self.writer = writer
+            var groups: [String: Range<Int>] = [:]
+            var open: (name: String, start: Int)?
+            for (i, s) in handover.sections.enumerated() {
+                let type = SectionType(rawValue: s.type)
+                guard type == .device || type == .instance else { continue }
+                if let o = open { groups[o.name] = groups[o.name] ?? (o.start..<i) }
+                open = nil
+                // Decoded in full later; only the name is needed here (the decoder checked the rest).
+                if type == .device, let d = try? DeviceSection(s.payload, descriptorCount: pool.count) { open = (d.instance, i) }
+            }
+            if let o = open { groups[o.name] = groups[o.name] ?? (o.start..<handover.sections.count) }
+            devices = groups
+        }
+
+        /// The sections of device `instance`: its device section and those after it.
+        func sections(of instance: String) -> ArraySlice<Handover.Section> {
+            guard let r = devices[instance] else { return [] }
+            return handover.sections[r]
+        }
     }
 
     /// The handover in this process's environment, if any: read, decoded
@@ -322,7 +348,6 @@ public enum LiveUpgrade {
     public static func restore(_ incoming: Incoming, instance: String, logger: Logger, stallTimeout: Double = 5,
                                pollMicroseconds: Int = 0,
                                make: () throws(DeviceError) -> (device: VFIODevice, typeName: String)) throws(DeviceError) -> Restored {
-        let h = incoming.handover
         let count = incoming.pool.count
         var device: DeviceSection?
         var model: ModelState?
@@ -332,7 +357,7 @@ public enum LiveUpgrade {
         var migration: MigrationSection?
         // A device's sections follow its device section.
         var current: String?
-        for s in h.sections {
+        for s in incoming.sections(of: instance) {
             switch SectionType(rawValue: s.type) {
             case .device?:
                 let d = try DeviceSection(s.payload, descriptorCount: count)
