@@ -107,17 +107,28 @@ extension Daemon {
             resume()
             return .failure(LifecycleError(.busy, "\(uuid) is being started or stopped"))
         }
+        // Every device asked at once, then waited for: the pause lasts as long as the slowest one's request.
         var devices: [LiveUpgrade.Device] = []
+        var asked: [DeviceServer] = []
         for i in instances {
-            guard let p = i.server.pause() else {
+            guard i.server.requestPause() else {
+                for s in asked { s.resume() }
+                resume()
+                return .failure(LifecycleError(.busy, "\(i.uuid) is stopping or already pausing"))
+            }
+            asked.append(i.server)
+        }
+        for i in instances {
+            guard let p = i.server.awaitPause() else {
+                for s in asked where s !== i.server { s.resume() }
                 resume()
                 return .failure(LifecycleError(.busy, "\(i.uuid) did not stop between requests within 5 s"))
             }
-            paused.append(i.server)
             devices.append(.init(instance: i.uuid, host: i.server.host, paused: p, ownsSocketFile: i.server.ownsSocketFile,
                                  socketPath: i.server.path,
                                  preface: [i.section.section], display: i.displaySocket))
         }
+        paused = asked
         do {
             let h = try LiveUpgrade.write(devices, daemon: .init(controlListener: listener, ownsControlFile: ownsFile, requester: requester))
             return .success((h, resume))

@@ -387,13 +387,35 @@ public final class DeviceServer: @unchecked Sendable {
     /// the server has stopped or did not hold still within `seconds` (then
     /// nothing is paused).
     public func pause(seconds: Double = 5) -> Paused? {
-        let deadline = monotonicNanoseconds() + UInt64(max(0, seconds) * 1e9)
+        guard requestPause() else { return nil }
+        return awaitPause(seconds: seconds)
+    }
+
+    /// The first half of `pause`, which returns at once: the acceptor and
+    /// the session are asked to hold still. Many servers asked first and
+    /// waited for after (`awaitPause`) hold still in the time of the
+    /// slowest, not of all in turn. False when stopped or already pausing.
+    public func requestPause() -> Bool {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        guard !state.stopped, !state.pauseRequested else { return nil }
+        guard !state.stopped, !state.pauseRequested else { return false }
         state.pauseRequested = true
         var one: UInt64 = 1
         _ = write(wake, &one, 8)
+        if state.owner == .client, state.parked == nil, let session = state.serving {
+            _ = umdev_kick_thread(UInt(bitPattern: Int(bitPattern: session)))
+        }
+        return true
+    }
+
+    /// The second half of `pause`: waits until the server holds still and
+    /// returns what it holds; nil (and the request withdrawn) when it
+    /// stopped or did not hold still within `seconds`.
+    public func awaitPause(seconds: Double = 5) -> Paused? {
+        let deadline = monotonicNanoseconds() + UInt64(max(0, seconds) * 1e9)
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard state.pauseRequested else { return nil }
         while !state.stopped {
             let acceptorHeld = !state.acceptorRunning || state.acceptorPaused
             let sessionHeld = state.owner == .nobody || (state.owner == .client && state.parked != nil)
