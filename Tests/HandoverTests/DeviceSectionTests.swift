@@ -61,18 +61,22 @@ struct DeviceSectionTests {
 
     private func twoDescriptors() -> [Int32] { [dup(0), dup(0)] }
 
-    /// The seeds the fuzz target starts from include a real-shaped connection.
+    /// The seeds the fuzz target starts from decode, and carry every
+    /// section type a handover has: the fuzzer starts from real shapes.
     @Test func theFuzzSeedsDecode() throws {
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Fuzz/corpus/handover").standardized
         let seeds = try FileManager.default.contentsOfDirectory(atPath: dir.path)
-        #expect(seeds.count >= 4)
-        var withConnection = 0
+        #expect(seeds.count >= 7)
+        var seen: [SectionType: Int] = [:]
         for name in seeds {
             let bytes = [UInt8](try Data(contentsOf: dir.appendingPathComponent(name)))
             let h = try Handover.decode(Array(bytes.dropFirst()), descriptorCount: Int(bytes[0]))
-            withConnection += h.sections(.connection).count
+            for s in h.sections { if let t = SectionType(rawValue: s.type) { seen[t, default: 0] += 1 } }
         }
-        #expect(withConnection == 1)
+        for t in [SectionType.writer, .descriptor, .modelState, .device, .connection, .daemon, .instance, .display, .host, .migration] {
+            #expect(seen[t, default: 0] >= 1, "no seed has a \(t) section")
+        }
+        #expect(seen[.connection] == 2)
     }
 }
 
