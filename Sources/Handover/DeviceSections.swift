@@ -243,7 +243,7 @@ public struct ConnectionSection: Sendable {
         let overflow = try flag(&r, "descriptor overflow")
         let discard = Int(try r.u32())
         let windowCount = Int(try r.u32())
-        guard windowCount <= Limits.maxDMAMaps, windowCount <= r.remaining / 36 else {
+        guard windowCount <= Limits.maxDMAMaps, windowCount <= r.remaining / 32 else {
             throw DeviceError(EINVAL, "handover connection section: \(windowCount) DMA windows")
         }
         var windows: [ConnectionState.DMAWindowRecord] = []

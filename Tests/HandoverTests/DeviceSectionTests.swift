@@ -41,6 +41,27 @@ struct DeviceSectionTests {
         #expect(try DeviceSection(try #require(read.sections(.device).first).payload, descriptorCount: list.fds.count) == device)
     }
 
+    /// QEMU maps guest memory as several windows, and a display device has
+    /// no IRQ vectors wired: the section must read back with many windows
+    /// and nothing after them (a real QEMU's nine windows were once refused).
+    @Test func manyDMAWindowsAndNoVectorsReadBack() throws {
+        var live = liveState()
+        live.vectors = []
+        var windows: [ConnectionState.DMAWindowRecord] = []
+        for i in 0..<40 {
+            let map = DMAMap(flags: 3, offset: 0, address: UInt64(i) << 32, size: 0x1000)
+            let fd: Int32 = i % 2 == 0 ? Int32(200 + i) : -1
+            windows.append(ConnectionState.DMAWindowRecord(map: map, fd: fd))
+        }
+        live.windows = windows
+        var list = DescriptorList()
+        let written = ConnectionSection(instance: "x", socket: 98, live: live, into: &list)
+        let c = try ConnectionSection(written.section.payload, descriptorCount: list.fds.count)
+        #expect(c.state.windows.map(\.map) == live.windows.map(\.map))
+        #expect(c.state.windows.filter { $0.fd >= 0 }.count == 20 && c.state.vectors.isEmpty)
+        #expect(c.section.payload == written.section.payload)
+    }
+
     @Test func anIndexBeyondTheDescriptorsIsRefused() throws {
         var list = DescriptorList()
         let section = ConnectionSection(instance: "", socket: 98, live: liveState(), into: &list).section
