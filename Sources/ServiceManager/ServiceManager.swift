@@ -26,7 +26,39 @@ public enum ServiceManager {
     /// manager that stops reading (its queue full) costs a notification,
     /// never a device's service.
     @discardableResult
-    public static func notify(_ state: String, fds: [Int32] = []) -> Bool {
+    public static func notify(_ state: String, fds: [Int32] = []) -> Bool { send(state, fds: fds, waitSeconds: 0) }
+
+    // MARK: The file-descriptor store
+
+    /// How many descriptors the manager keeps for this service: `$FDSTORE`
+    /// (systemd 254 and later set it from FileDescriptorStoreMax=), nil when
+    /// the manager does not say.
+    public static var fdStoreSize: Int? {
+        guard notifySocket != nil, let p = getenv("FDSTORE"), let n = Int(String(cString: p)), n > 0 else { return nil }
+        return n
+    }
+
+    /// Hands `fd` to the manager to keep under `name` (`FDSTORE=1`,
+    /// `FDNAME=`); it comes back in `$LISTEN_FDS`/`$LISTEN_FDNAMES` when the
+    /// service starts again. Unlike a notification, a store must not be
+    /// lost: while the manager's queue is full it waits, up to `seconds`.
+    public static func store(_ fd: Int32, name: String, seconds: Double = 5) -> Bool {
+        send("FDSTORE=1\nFDNAME=\(name)", fds: [fd], waitSeconds: seconds)
+    }
+
+    /// Asks the manager to close and forget what it keeps under `name` (`FDSTOREREMOVE=1`).
+    @discardableResult
+    public static func removeStored(name: String, seconds: Double = 5) -> Bool {
+        send("FDSTOREREMOVE=1\nFDNAME=\(name)", fds: [], waitSeconds: seconds)
+    }
+
+    /// Whether `name` can be an FDNAME=: 1 to 255 printable ASCII characters but ':'.
+    public static func isValidFDName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 255 && name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ":") }
+    }
+
+    /// One datagram to the manager; on a full queue, waits for room up to `waitSeconds` (0: not at all).
+    private static func send(_ state: String, fds: [Int32], waitSeconds: Double) -> Bool {
         guard let path = notifySocket else { return false }
         let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard s >= 0 else { return false }
@@ -47,12 +79,25 @@ public enum ServiceManager {
         }
         guard connected == 0 else { return false }
         let text = Array(state.utf8)
-        let sent = text.withUnsafeBytes { b in
-            fds.withUnsafeBufferPointer { f in
-                umdev_sendmsg(s, b.baseAddress, b.count, f.isEmpty ? nil : f.baseAddress, Int32(f.count))
+        let deadline = monotonicNanoseconds() + UInt64(max(0, waitSeconds) * 1e9)
+        while true {
+            let sent = text.withUnsafeBytes { b in
+                fds.withUnsafeBufferPointer { f in
+                    umdev_sendmsg(s, b.baseAddress, b.count, f.isEmpty ? nil : f.baseAddress, Int32(f.count))
+                }
             }
+            if sent == text.count { return true }
+            let e = errno
+            guard sent < 0, e == EAGAIN || e == EINTR, monotonicNanoseconds() < deadline else { return false }
+            var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&p, 1, 10)
         }
-        return sent == text.count
+    }
+
+    private static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     /// A descriptor handed over by socket activation (or the fd store).
