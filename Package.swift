@@ -79,7 +79,7 @@ let package = Package(
         .target(name: "Descriptors", dependencies: [.product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Descriptors", swiftSettings: strict),
         // The handover format: what a running umdev hands the process that takes over.
-        .target(name: "Handover", dependencies: ["PCI", "VFIOUserServer", "CShim", "Descriptors", "Locking", "UnixSocket",
+        .target(name: "Handover", dependencies: ["PCI", "VFIOUserServer", "CShim", "Descriptors", "Locking", "UnixSocket", "ServiceManager",
                                                  .product(name: "SystemPackage", package: "swift-system"),
                                                  .product(name: "Logging", package: "swift-log")], path: "Sources/Handover", swiftSettings: strict),
         .target(name: "PCI", dependencies: ["CShim", "VFIOUser", "Descriptors", .product(name: "SystemPackage", package: "swift-system")],

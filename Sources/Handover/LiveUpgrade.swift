@@ -4,6 +4,7 @@ import Glibc
 import Locking
 import Logging
 import PCI
+import ServiceManager
 import SystemPackage
 import UnixSocket
 import VFIOUserServer
@@ -234,10 +235,11 @@ public enum LiveUpgrade {
         }
     }
 
-    private static func pass(_ handover: (bytes: [UInt8], fds: [Int32])) -> Result<Passed, Why> {
+    /// A memfd holding `bytes`, positioned at the start.
+    private static func memfdHolding(_ bytes: [UInt8]) -> Result<Int32, Why> {
         let memfd = umdev_memfd("umdev-handover")
         guard memfd >= 0 else { return .failure(Why("memfd_create: \(String(cString: strerror(errno)))")) }
-        let written = handover.bytes.withUnsafeBytes { b -> Int in
+        let written = bytes.withUnsafeBytes { b -> Int in
             var done = 0
             while done < b.count {
                 let n = Glibc.write(memfd, b.baseAddress! + done, b.count - done)
@@ -246,10 +248,19 @@ public enum LiveUpgrade {
             }
             return done
         }
-        guard written == handover.bytes.count, lseek(memfd, 0, SEEK_SET) == 0 else {
+        guard written == bytes.count, lseek(memfd, 0, SEEK_SET) == 0 else {
             let e = errno
             close(memfd)
             return .failure(Why("writing the handover: \(String(cString: strerror(e)))"))
+        }
+        return .success(memfd)
+    }
+
+    private static func pass(_ handover: (bytes: [UInt8], fds: [Int32])) -> Result<Passed, Why> {
+        let memfd: Int32
+        switch memfdHolding(handover.bytes) {
+        case .success(let fd): memfd = fd
+        case .failure(let why): return .failure(why)
         }
         for fd in handover.fds + [memfd] { _ = umdev_set_cloexec(fd, 0) }
         var env: [String] = []
@@ -324,10 +335,17 @@ public enum LiveUpgrade {
             _ = umdev_set_cloexec(fd, 1)
             fds.append(fd)
         }
-        let pool = DescriptorPool(fds)
         guard let memfd = Int32(memText), memfd > 2, !fds.contains(memfd), fcntl(memfd, F_GETFD) >= 0 else {
+            for fd in fds { close(fd) }
             throw DeviceError(EBADF, "\(handoverVariable) names '\(memText)', not a descriptor this process holds")
         }
+        return try readHandover(memfd: memfd, fds: fds, checkOnly: checkOnly)
+    }
+
+    /// The handover in `memfd` (closed here) with the descriptors `fds`
+    /// (now the pool's: closed if nothing claims them).
+    static func readHandover(memfd: Int32, fds: [Int32], checkOnly: Bool) throws(DeviceError) -> Incoming {
+        let pool = DescriptorPool(fds)
         defer { close(memfd) }
         var st = stat()
         guard fstat(memfd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxHandover else {
@@ -515,6 +533,66 @@ public enum LiveUpgrade {
             throw DeviceError(EINVAL, "the handover's next plane id \(s.nextPlaneID) does not fit this device")
         }
         device.planes.seedRecent(s.recent)
+    }
+
+    // MARK: The service manager's fd store (a planned restart)
+
+    /// The fd store's name for the handover's memfd, and for descriptor `i` of its list.
+    static let storedHandoverName = "umdev-handover"
+    static func storedName(_ i: Int) -> String { "umdev-fd-\(i)" }
+
+    /// Hands a handover to the service manager's fd store (`FDSTORE=1`),
+    /// for the process the manager starts next: every descriptor under its
+    /// index's name, then the memfd with the bytes. Nil when all is stored;
+    /// otherwise why, and what was stored is removed again.
+    public static func store(_ handover: (bytes: [UInt8], fds: [Int32])) -> String? {
+        guard ServiceManager.notifies else { return "no service manager listens ($NOTIFY_SOCKET)" }
+        let memfd: Int32
+        switch memfdHolding(handover.bytes) {
+        case .success(let fd): memfd = fd
+        case .failure(let why): return why.text
+        }
+        defer { close(memfd) }
+        for (i, fd) in handover.fds.enumerated() where !ServiceManager.store(fd, name: storedName(i)) {
+            for j in 0...i { ServiceManager.removeStored(name: storedName(j)) }
+            return "the service manager did not take descriptor \(i) of \(handover.fds.count)"
+        }
+        guard ServiceManager.store(memfd, name: storedHandoverName) else {
+            forgetStored(count: handover.fds.count)
+            return "the service manager did not take the handover"
+        }
+        return nil
+    }
+
+    /// A handover the service manager kept for this process (`store` in
+    /// the previous one), taken out of `passed` (what `$LISTEN_FDS`
+    /// brought; socket activation's descriptors stay). Nil when there is
+    /// none. Throws when it is unusable; its descriptors are closed then.
+    public static func incoming(fromStore passed: inout [ServiceManager.ListenedFD]) throws(DeviceError) -> Incoming? {
+        guard let at = passed.firstIndex(where: { $0.name == storedHandoverName }) else { return nil }
+        let memfd = passed.remove(at: at).fd
+        var byIndex: [Int: Int32] = [:]
+        var extra: [Int32] = []
+        passed.removeAll { p in
+            guard p.name.hasPrefix("umdev-fd-") else { return false }
+            if let i = Int(p.name.dropFirst("umdev-fd-".count)), i >= 0, i < 1 << 16, byIndex[i] == nil { byIndex[i] = p.fd } else { extra.append(p.fd) }
+            return true
+        }
+        for fd in extra { close(fd) }
+        let fds = (0..<byIndex.count).compactMap { byIndex[$0] }
+        guard fds.count == byIndex.count else {
+            for fd in byIndex.values { close(fd) }
+            close(memfd)
+            throw DeviceError(EINVAL, "the fd store holds \(byIndex.count) handover descriptors, but not numbered 0 to \(byIndex.count - 1)")
+        }
+        return try readHandover(memfd: memfd, fds: fds, checkOnly: false)
+    }
+
+    /// Tells the service manager to drop a stored handover of `count`
+    /// descriptors (once this process holds them, or when storing failed).
+    public static func forgetStored(count: Int) {
+        for i in 0..<count { ServiceManager.removeStored(name: storedName(i)) }
+        ServiceManager.removeStored(name: storedHandoverName)
     }
 
     // MARK: The trigger
