@@ -70,6 +70,36 @@ extension Daemon {
         return LifecycleError(.system, why)
     }
 
+    /// A planned restart under a service manager that keeps descriptors
+    /// (SIGTERM with an fd store): everything stops between messages and
+    /// goes into the manager's fd store as a handover, for the process it
+    /// starts next (`Daemon(takingOver:)` from `$LISTEN_FDS`). Nil when the
+    /// store holds it all; the caller then exits without closing anything.
+    /// Otherwise why: every instance is serving again, for a normal stop.
+    public func handOverToStore() -> String? {
+        let began = control.withLock { c -> String? in
+            if c.stopped { return "the daemon is stopping" }
+            if c.upgrading { return "an upgrade is under way" }
+            c.upgrading = true
+            return nil
+        }
+        if let began { return began }
+        defer { control.withLock { $0.upgrading = false } }
+        let started = monotonicNanoseconds()
+        switch handover(requester: nil, holdControl: true) {
+        case .failure(let e): return e.message
+        case .success(let (h, resume)):
+            if let why = LiveUpgrade.store(h) {
+                resume()
+                return why
+            }
+            logger.notice("handed \(instanceCount) instance(s) to the service manager's fd store for the next start",
+                          metadata: ["ms": "\(milliseconds(monotonicNanoseconds() - started))", "descriptors": "\(h.fds.count)",
+                                     "bytes": "\(h.bytes.count)"])
+            return nil
+        }
+    }
+
     private func refused(_ e: LifecycleError) -> LifecycleError {
         logger.error("upgrade refused, still serving: \(e.message)")
         return e

@@ -25,7 +25,10 @@ struct DaemonCommand: ParsableCommand {
         the kernel samples account them: mtty 24 ports (mtty-1 takes 1, mtty-2 2), mdpy 4
         instances, mbochs 256 MiB of video memory. Change them with --budget POOL=N.
 
-        SIGINT or SIGTERM stops every instance and exits; definitions stay. SIGUSR2 (or
+        SIGINT or SIGTERM stops every instance and exits; definitions stay. With
+        --fd-store under a service manager that keeps descriptors, SIGTERM hands every
+        instance, client attached, to its fd store instead, and the next start takes
+        them back (README, "A restart through the service manager's fd store"). SIGUSR2 (or
         `umdev upgrade`) upgrades in place: the binary now at the path the daemon was
         started from takes over the control socket and every instance, its clients
         attached (see README, "Live upgrade").
@@ -45,6 +48,10 @@ struct DaemonCommand: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Seconds `stop` waits for a client asked to release a device.", valueName: "seconds"))
     var stopTimeout: Double = 10
+
+    @Flag(name: .customLong("fd-store"), help: ArgumentHelp(
+        "The service manager keeps descriptors for this service (FileDescriptorStoreMax= above 0): SIGTERM hands every instance to its fd store and the next start takes them back, clients attached. systemd 254 and later say so themselves ($FDSTORE)."))
+    var fdStore = false
 
     @OptionGroup var logging: LoggingOptions
 
@@ -67,8 +74,7 @@ struct DaemonCommand: ParsableCommand {
 
     /// The control socket socket activation passed (`umdev.socket`): the
     /// one named "control", or the only one.
-    func activatedControlSocket() throws -> FileDescriptor? {
-        let passed = ServiceManager.listenFDs()
+    func activatedControlSocket(_ passed: [ServiceManager.ListenedFD]) throws -> FileDescriptor? {
         guard !passed.isEmpty else { return nil }
         guard let chosen = passed.count == 1 ? passed[0] : passed.first(where: { $0.name == "control" }) else {
             throw CommandFailure("socket activation passed \(passed.count) descriptors (\(passed.map(\.name).joined(separator: ", "))) and none is named \"control\"")
@@ -90,17 +96,34 @@ struct DaemonCommand: ParsableCommand {
         LiveUpgrade.blockTrigger()
         logging.bootstrap()
         let logger = Logger(label: "umdev")
-        let incoming: LiveUpgrade.Incoming?
+        var incoming: LiveUpgrade.Incoming?
         do { incoming = try LiveUpgrade.incoming() } catch {
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
+        }
+        // What the service manager passed: socket activation's control
+        // socket, and what a previous process left in the fd store.
+        var passed = incoming == nil ? ServiceManager.listenFDs() : []
+        var fromStore = false
+        if incoming == nil {
+            do {
+                incoming = try LiveUpgrade.incoming(fromStore: &passed)
+                fromStore = incoming != nil
+            } catch {
+                logger.error("the fd store's handover is unusable, starting without its instances: \(error.message)")
+                LiveUpgrade.forgetStored(count: passed.count + 1)
+            }
         }
         var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,
                                          configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
         config.budgets = try budgets()
         config.stopTimeout = stopTimeout
         config.binary = Serve.startedFrom
-        // After a live upgrade the control socket comes with the handover.
-        config.inheritedControlSocket = incoming == nil ? try activatedControlSocket() : nil
+        // After a live upgrade or from the fd store the control socket comes with the handover.
+        if incoming == nil {
+            config.inheritedControlSocket = try activatedControlSocket(passed)
+        } else {
+            for p in passed { close(p.fd) }
+        }
         // Every thread the daemon starts inherits this mask, so SIGINT and
         // SIGTERM arrive here, in sigwait, and nowhere else.
         signal(SIGPIPE, SIG_IGN)
@@ -109,14 +132,25 @@ struct DaemonCommand: ParsableCommand {
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        let daemon: Daemon
-        do { daemon = try Daemon(config, logger: logger, takingOver: incoming) } catch {
+        var made: Daemon
+        do { made = try Daemon(config, logger: logger, takingOver: incoming) } catch {
             if incoming?.checkOnly == true {
                 FileHandleOutput.standardError("cannot take over: \(error.message)")
                 Glibc.exit(1)
             }
-            throw CommandFailure(incoming == nil ? error.message : "cannot take over from the previous umdev: \(error.message)")
+            guard fromStore, let stored = incoming else {
+                throw CommandFailure(incoming == nil ? error.message : "cannot take over from the previous umdev: \(error.message)")
+            }
+            // What the store held cannot be restored: start as if it were empty.
+            logger.error("cannot take the instances back from the fd store, starting without them: \(error.message)")
+            stored.pool.closeUnclaimed()
+            LiveUpgrade.forgetStored(count: stored.pool.count)
+            incoming = nil
+            fromStore = false
+            made = try Daemon(config, logger: logger)
         }
+        let daemon = made
+        if fromStore, let stored = incoming { LiveUpgrade.forgetStored(count: stored.pool.count) }
         if incoming?.checkOnly == true { Glibc.exit(0) }
         if let leftover = incoming?.pool.closeUnclaimed(), leftover > 0 {
             logger.warning("\(leftover) handed-over descriptor(s) nothing claimed; closed")
@@ -131,7 +165,7 @@ struct DaemonCommand: ParsableCommand {
                 timing["startup_ms"] = "\(milliseconds(started - written))"
                 timing["total_ms"] = "\(milliseconds(restored - written))"
             }
-            logger.notice("took over \(daemon.instanceCount) instance(s) from \(from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
+            logger.notice("took over \(daemon.instanceCount) instance(s) from \(from)\(fromStore ? " through the fd store" : ""); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
             daemon.answerUpgrade(from: incoming.writer)
         }
         let control = config.inheritedControlSocket.map { "inherited descriptor \($0.rawValue)" + (InheritedSocket.boundPath($0).map { " (\($0))" } ?? "") }
@@ -140,6 +174,15 @@ struct DaemonCommand: ParsableCommand {
         ServiceManager.notify("READY=1\nSTATUS=control socket \(control); \(daemon.instanceCount) instance(s) running")
         var received: Int32 = 0
         sigwait(&set, &received)
+        if received == SIGTERM, fdStore || ServiceManager.fdStoreSize != nil {
+            // A restart keeps every device: the manager holds them until the next start.
+            ServiceManager.notify("STOPPING=1\nSTATUS=handing every instance to the fd store")
+            if let why = daemon.handOverToStore() {
+                logger.error("cannot hand the instances to the fd store, stopping them: \(why)")
+            } else {
+                Glibc.exit(0)
+            }
+        }
         logger.notice("signal \(received): stopping")
         daemon.shutdown()
     }
