@@ -134,7 +134,7 @@ let package = Package(
             name: "umdev",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs",
-                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket", "Descriptors", "Handover",
+                "Viewer", "Lifecycle", "CShim", "CommandSupport", "ServiceManager", "UnixSocket", "Descriptors", "Handover", "Locking",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -568,7 +568,16 @@ public enum LiveUpgrade {
     /// the previous one), taken out of `passed` (what `$LISTEN_FDS`
     /// brought; socket activation's descriptors stay). Nil when there is
     /// none. Throws when it is unusable; its descriptors are closed then.
+    /// What the store held is forgotten then too, so a next start does not trip on it again.
     public static func incoming(fromStore passed: inout [ServiceManager.ListenedFD]) throws(DeviceError) -> Incoming? {
+        let names = Set(passed.map(\.name).filter { $0.hasPrefix("umdev-fd-") || $0 == storedHandoverName })
+        do { return try takeStored(&passed) } catch {
+            for name in names { ServiceManager.removeStored(name: name) }
+            throw error
+        }
+    }
+
+    private static func takeStored(_ passed: inout [ServiceManager.ListenedFD]) throws(DeviceError) -> Incoming? {
         guard let at = passed.firstIndex(where: { $0.name == storedHandoverName }) else { return nil }
         let memfd = passed.remove(at: at).fd
         var byIndex: [Int: Int32] = [:]

@@ -110,7 +110,6 @@ struct DaemonCommand: ParsableCommand {
                 fromStore = incoming != nil
             } catch {
                 logger.error("the fd store's handover is unusable, starting without its instances: \(error.message)")
-                LiveUpgrade.forgetStored(count: passed.count + 1)
             }
         }
         var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,

@@ -1,9 +1,11 @@
 import ArgumentParser
+import CShim
 import CommandSupport
 import Descriptors
 import Glibc
 import Handover
 import Lifecycle
+import Locking
 import Logging
 import MTTY
 import PCI
@@ -55,6 +57,10 @@ struct Serve: ParsableCommand {
         "Display socket for viewers (display types only); default SOCKET.display.", valueName: "path"))
     var displaySocket: String?
 
+    @Flag(name: .customLong("fd-store"), help: ArgumentHelp(
+        "The service manager keeps descriptors for this service (FileDescriptorStoreMax= above 0): SIGTERM hands the device and its client to its fd store and the next start takes them back. systemd 254 and later say so themselves ($FDSTORE)."))
+    var fdStore = false
+
     @Flag(name: .long, help: "Do not open a display socket.")
     var noDisplaySocket = false
 
@@ -78,11 +84,30 @@ struct Serve: ParsableCommand {
         guard let kind = Catalog.type(type) else {
             throw ValidationError("unknown device type '\(type)'; known: \(Catalog.all.map(\.id).joined(separator: ", "))")
         }
-        let incoming: LiveUpgrade.Incoming?
+        if usesFDStore {
+            // SIGTERM goes to the thread that hands everything to the fd store.
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGTERM)
+            pthread_sigmask(SIG_BLOCK, &set, nil)
+        }
+        var incoming: LiveUpgrade.Incoming?
         do { incoming = try LiveUpgrade.incoming() } catch {
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
-        if let incoming { return try takeOver(incoming, kind: kind, logger: logger, started: started) }
+        if let incoming {
+            try takeOver(incoming, kind: kind, logger: logger, started: started)
+            return
+        }
+        // What the service manager passed: socket activation's socket, and what a previous process left in the fd store.
+        var passed = ServiceManager.listenFDs()
+        do { incoming = try LiveUpgrade.incoming(fromStore: &passed) } catch {
+            logger.error("the fd store's handover is unusable, starting afresh: \(error.message)")
+        }
+        if let stored = incoming {
+            if try takeOver(stored, kind: kind, logger: logger, started: started, fromStore: true, leftover: passed) { return }
+            // What the store held cannot be restored: start as if it were empty (the listener went with it).
+        }
         if printCapabilities {
             // The conventions: print, exit 0, ignore every other option.
             guard let d = BackendDescription(type: kind, binary: CommandLine.arguments[0]) else {
@@ -91,7 +116,7 @@ struct Serve: ParsableCommand {
             print(BackendDescription.json(d.capabilities), terminator: "")
             return
         }
-        let endpoint = try chooseSocket()
+        let endpoint = try chooseSocket(passed)
         guard serial.isEmpty || kind.pool == .mtty else { throw ValidationError("--serial applies to mtty types only") }
         guard serial.count <= kind.cost else { throw ValidationError("\(kind.id) has \(kind.cost) port(s); \(serial.count) --serial given") }
         for s in serial where SerialBackend(argument: s) == nil {
@@ -133,9 +158,9 @@ struct Serve: ParsableCommand {
             }
         }
         installTerminationHandler(paths: paths)
-        startUpgradeTrigger(server: server, display: viewers,
-                            ownsSocketFile: socketPath != nil && { if case .path = endpoint { return true } else { return false } }(),
-                            logger: logger)
+        let ownsSocketFile = socketPath != nil && { if case .path = endpoint { return true } else { return false } }()
+        startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: ownsSocketFile, logger: logger)
+        if usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: ownsSocketFile, paths: paths, logger: logger) }
         let place: String
         switch endpoint {
         case .path(let path): place = path
@@ -160,11 +185,11 @@ struct Serve: ParsableCommand {
 
     /// `--socket-path`, `--fd`, or the one socket that socket activation
     /// passed (`LISTEN_FDS`), checked before anything is served.
-    func chooseSocket() throws -> Endpoint {
+    func chooseSocket(_ activated: [ServiceManager.ListenedFD]) throws -> Endpoint {
         if let inheritedFD {
+            for passed in activated where passed.fd != inheritedFD { close(passed.fd) }
             do { return .inherited(try InheritedSocket.check(inheritedFD)) } catch { throw CommandFailure("--fd \(inheritedFD): \(error)") }
         }
-        let activated = ServiceManager.listenFDs()
         if let socket {
             for passed in activated { close(passed.fd) }
             return .path(socket)
@@ -193,7 +218,13 @@ extension Serve {
     /// client from the handover, then serving as before. With the check
     /// flag set, only reads and rebuilds (the old process asks first), and
     /// exits 0; any failure is the last line on stderr and exit status 1.
-    func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger, started: UInt64) throws {
+    /// `fromStore`: the handover came from the service manager's fd store;
+    /// if it cannot be restored, that is logged and false returned (the
+    /// caller starts afresh) instead of thrown.
+    @discardableResult
+    /// `leftover`: what socket activation passed beside the store, closed once the handover's own listener serves.
+    func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger, started: UInt64, fromStore: Bool = false,
+                  leftover: [ServiceManager.ListenedFD] = []) throws -> Bool {
         let restored: LiveUpgrade.Restored
         do {
             restored = try LiveUpgrade.restore(incoming, instance: "", logger: logger, pollMicroseconds: pollMicroseconds) { () throws(DeviceError) in
@@ -204,9 +235,17 @@ extension Serve {
                 FileHandleOutput.standardError("cannot take over: \(error.message)")
                 Glibc.exit(1)
             }
+            if fromStore {
+                logger.error("cannot take the device back from the fd store, starting afresh: \(error.message)")
+                incoming.pool.closeUnclaimed()
+                LiveUpgrade.forgetStored(count: incoming.pool.count)
+                return false
+            }
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
         if incoming.checkOnly { Glibc.exit(0) }
+        if fromStore { LiveUpgrade.forgetStored(count: incoming.pool.count) }
+        for p in leftover { close(p.fd) }
         let server = restored.server
         if let mtty = server.host.device as? MTTY {
             for (port, name) in mtty.backendNames.enumerated() {
@@ -231,6 +270,7 @@ extension Serve {
         }
         installTerminationHandler(paths: paths)
         startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, logger: logger)
+        if usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, paths: paths, logger: logger) }
         let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
         let ready = monotonicNanoseconds()
         var timing: Logger.Metadata = ["client": "\(server.isAttached ? "attached" : "none")",
@@ -240,12 +280,57 @@ extension Serve {
             timing["startup_ms"] = "\(milliseconds(started - written))"
             timing["total_ms"] = "\(milliseconds(ready - written))"
         }
-        logger.notice("took over \(kind.id) from \(from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
-        ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (upgraded from \(from))")
+        logger.notice("took over \(kind.id) from \(from)\(fromStore ? " through the fd store" : ""); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
+        ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (\(fromStore ? "restarted" : "upgraded") from \(from))")
         server.serve()
         if server.path.isEmpty {
             logger.notice("the client left; a connected socket serves no one else")
             server.stop()
+        }
+        return true
+    }
+
+    var usesFDStore: Bool { fdStore || ServiceManager.fdStoreSize != nil }
+
+    /// The device paused and written into a handover, or nil (and the
+    /// device serving again) with why logged.
+    static func handover(server: DeviceServer, display: DisplayServer?, ownsSocketFile: Bool, logger: Logger, refusal: String)
+        -> (bytes: [UInt8], fds: [Int32])? {
+        guard let paused = server.pause() else {
+            logger.error("\(refusal): the device did not stop between requests within 5 s")
+            return nil
+        }
+        do {
+            let viewers = display.map { LiveUpgrade.DisplaySocket(listener: $0.listener, path: $0.path, ownsSocketFile: $0.ownsSocketFile) }
+            return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile,
+                                           socketPath: server.path, display: viewers)])
+        } catch {
+            server.resume()
+            logger.error("\(refusal): \(error.message)")
+            return nil
+        }
+    }
+
+    /// SIGTERM under a service manager that keeps descriptors: the device
+    /// and its client go into the fd store for the next start, and this
+    /// process exits leaving the socket files; if the store cannot take
+    /// them, it stops as SIGTERM always did.
+    func startStoreOnTerm(server: DeviceServer, display: DisplayServer?, ownsSocketFile: Bool, paths: [String], logger: Logger) {
+        _ = Threads.start(detached: true) {
+            _ = umdev_wait_signal(SIGTERM)
+            ServiceManager.notify("STOPPING=1\nSTATUS=handing the device to the fd store")
+            if let h = Self.handover(server: server, display: display, ownsSocketFile: ownsSocketFile, logger: logger,
+                                refusal: "cannot hand the device to the fd store, stopping") {
+                if let why = LiveUpgrade.store(h) {
+                    logger.error("cannot hand the device to the fd store, stopping: \(why)")
+                } else {
+                    logger.notice("handed the device to the service manager's fd store for the next start",
+                                  metadata: ["descriptors": "\(h.fds.count)", "bytes": "\(h.bytes.count)"])
+                    Glibc.exit(0)
+                }
+            }
+            for p in paths { unlink(p) }
+            Glibc._exit(0)
         }
     }
 
@@ -258,19 +343,8 @@ extension Serve {
         LiveUpgrade.startTrigger(logger: logger) { sender in
             logger.notice("upgrade requested\(sender > 0 ? " by pid \(sender)" : ""): handing over to \(binary)")
             func handover() -> (bytes: [UInt8], fds: [Int32])? {
-                guard let paused = server.pause() else {
-                    logger.error("upgrade refused, still serving: the device did not stop between requests within 5 s")
-                    return nil
-                }
-                do {
-                    let viewers = display.map { LiveUpgrade.DisplaySocket(listener: $0.listener, path: $0.path, ownsSocketFile: $0.ownsSocketFile) }
-                    return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile,
-                                                   socketPath: server.path, display: viewers)])
-                } catch {
-                    server.resume()
-                    logger.error("upgrade refused, still serving: \(error.message)")
-                    return nil
-                }
+                Self.handover(server: server, display: display, ownsSocketFile: ownsSocketFile, logger: logger,
+                              refusal: "upgrade refused, still serving")
             }
             // First the check, with the device serving again meanwhile.
             guard let trial = handover() else { return }

@@ -197,6 +197,46 @@ struct DaemonRestartTests {
         #expect(got == Array("kept".utf8))
     }
 
+    /// `umdev serve --fd-store` the same way: SIGTERM stores the device
+    /// and its client, the next start takes them back.
+    @Test func serveRestartsWithItsClient() throws {
+        let dir = "/tmp/umdev-restart-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o700)
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/mtty.sock", log = dir + "/log"
+        let manager = try FDStoreManager()
+        let arguments = ["serve", "--type", "mtty-2", "--socket", path, "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(arguments, log: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let c = try VFIOUserClient(path: path)
+        try c.negotiate()
+        let intx = umdev_eventfd(0)
+        defer { close(intx) }
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        try c.write8(region: 0, offset: 7, 0x3c)
+        try c.write8(region: 0, offset: 2, 0x01)
+        try c.write8(region: 0, offset: 1, 0x01)
+        for round in 1...2 {
+            kill(pid, SIGTERM)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            #expect(status == 0)
+            #expect(access(path, F_OK) == 0, "the socket file stays for the next start")
+            pid = try manager.start(arguments, log: log)
+            #expect(manager.waitReadies(1 + round))
+        }
+        #expect(try c.read8(region: 0, offset: 7) == 0x3c)
+        try c.write8(region: 0, offset: 0, 0x41)
+        #expect(waitSignal(intx) == 1, "the RX interrupt reached the eventfd registered before the restarts")
+        #expect(try c.read8(region: 0, offset: 0) == 0x41)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.components(separatedBy: "through the fd store").count - 1 == 2, "\(text)")
+        let left = Date().addingTimeInterval(10)
+        while !manager.stored.isEmpty && Date() < left { usleep(5_000) }
+        #expect(manager.stored.isEmpty)
+    }
+
     /// Without an fd store, SIGTERM stops every instance as before.
     @Test func withoutAStoreSIGTERMStopsAsBefore() throws {
         let dir = "/tmp/umdev-restart-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
