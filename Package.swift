@@ -147,7 +147,7 @@ let package = Package(
             name: "umdev-bench",
             dependencies: [
                 "VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MBochs",
-                "Viewer", "Lifecycle", "CShim", "CMallocCounter", "CommandSupport", "Locking",
+                "Viewer", "Lifecycle", "CShim", "CMallocCounter", "CommandSupport", "Locking", "ServiceManager",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -173,7 +173,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",
-            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket", "Lifecycle", "Descriptors", "TestSupport",
+            dependencies: ["VFIOUser", "VFIOUserServer", "VFIOUserClient", "PCI", "TestDevice", "MTTY", "MDPY", "MBochs", "Viewer", "CShim", "UnixSocket", "Lifecycle", "Descriptors", "TestSupport", "ServiceManager",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Tests/ServerTests",

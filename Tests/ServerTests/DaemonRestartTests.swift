@@ -1,123 +1,21 @@
 import CShim
 import Foundation
 import Glibc
+import ServiceManager
 import Synchronization
 import TestDevice
 import Testing
 import VFIOUser
 import VFIOUserClient
 
-/// The service manager's side of sd_notify(3) and the fd store, as
-/// systemd documents it (systemd.io/FILE_DESCRIPTOR_STORE): a datagram
-/// socket whose messages are read as they come; descriptors sent with
-/// `FDSTORE=1` are kept under their `FDNAME=`, `FDSTOREREMOVE=1` closes and
-/// forgets them; a start passes what is kept as `LISTEN_FDS`,
-/// `LISTEN_FDNAMES` and `LISTEN_PID`, from descriptor 3.
-private final class FDStoreManager: @unchecked Sendable {
-    // @unchecked: `state` is behind a Mutex; `fd` is only read by the reader thread and `deinit`.
-    let path: String
-    private let fd: Int32
-    private struct State {
-        var store: [(name: String, fd: Int32)] = []
-        var readies = 0
-        var stopping = false
-        var done = false
-    }
-    private let state = Mutex(State())
-    private var reader: Thread?
+/// The service manager's side, as systemd documents it: `FDStore` keeps
+/// what `FDSTORE=1` sends and starts umdev with it in `LISTEN_FDS`.
+private func manager() throws -> FDStore {
+    try FDStore(path: "/tmp/umdev-fdstore-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock")
+}
 
-    init() throws {
-        path = "/tmp/umdev-fdstore-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard fd >= 0, bound == 0 else { throw ClientError.system(errno, "bind \(path)") }
-        let t = Thread { [self] in read() }
-        reader = t
-        t.start()
-    }
-
-    private func read() {
-        var buf = [UInt8](repeating: 0, count: 4096)
-        var fds = [Int32](repeating: -1, count: 253)
-        while !state.withLock({ $0.done }) {
-            guard pollFor(fd, seconds: 0.05) & Int16(POLLIN) != 0 else { continue }
-            var n: Int32 = 0, truncated: Int32 = 0
-            let got = umdev_recvmsg(fd, &buf, buf.count, Int32(MSG_DONTWAIT), &fds, Int32(fds.count), &n, &truncated)
-            guard got > 0 else { continue }
-            let lines = String(decoding: buf[0..<got], as: UTF8.self).split(separator: "\n").map(String.init)
-            let name = lines.first { $0.hasPrefix("FDNAME=") }.map { String($0.dropFirst(7)) } ?? "stored"
-            let received = Array(fds[0..<Int(n)])
-            state.withLock { s in
-                if lines.contains("FDSTORE=1") {
-                    for f in received { s.store.append((name, f)) }
-                } else {
-                    for f in received { close(f) }
-                }
-                if lines.contains("FDSTOREREMOVE=1") {
-                    for e in s.store where e.name == name { close(e.fd) }
-                    s.store.removeAll { $0.name == name }
-                }
-                if lines.contains("READY=1") { s.readies += 1 }
-                if lines.contains("STOPPING=1") { s.stopping = true }
-            }
-        }
-    }
-
-    var readies: Int { state.withLock { $0.readies } }
-    var stored: [(name: String, fd: Int32)] { state.withLock { $0.store } }
-
-    /// Waits until `count` READY=1 have come.
-    func waitReadies(_ count: Int, seconds: Double = 30) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if readies >= count { return true }
-            usleep(5_000)
-        }
-        return false
-    }
-
-    /// Starts `arguments` of umdev as the manager would: NOTIFY_SOCKET, and
-    /// what the store keeps from descriptor 3 with LISTEN_* naming them and
-    /// this child (a shell sets LISTEN_PID to its own pid, then execs umdev).
-    func start(_ arguments: [String], log: String) throws -> pid_t {
-        let kept = stored
-        // Out of the way of 3..: the copies the child's dup2s read from.
-        let high = kept.map { fcntl($0.fd, F_DUPFD_CLOEXEC, 1000) }
-        defer { for h in high { close(h) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        for (i, h) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, h, 3 + Int32(i)) }
-        let names = kept.map(\.name).joined(separator: ":")
-        let script = kept.isEmpty ? "exec \"$0\" \"$@\"" : "LISTEN_PID=$$ LISTEN_FDS=\(kept.count) LISTEN_FDNAMES='\(names)' exec \"$0\" \"$@\""
-        let argv = ["/bin/sh", "-c", script, umdevExecutable()] + arguments
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var env = ProcessInfo.processInfo.environment
-        env["NOTIFY_SOCKET"] = path
-        for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "FDSTORE"] { env[k] = nil }
-        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { cEnv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, "/bin/sh", &actions, nil, &cArgs, &cEnv)
-        guard rc == 0 else { throw ClientError.system(rc, "posix_spawn") }
-        return child
-    }
-
-    deinit {
-        state.withLock { $0.done = true }
-        while let t = reader, !t.isFinished { usleep(1000) }
-        for e in stored { close(e.fd) }
-        close(fd)
-        unlink(path)
-    }
+private extension FDStore {
+    func start(_ arguments: [String], log: String) throws -> pid_t { try start(umdevExecutable(), arguments, stderr: log) }
 }
 
 @Suite("umdev daemon: a planned restart through the fd store", .serialized)
@@ -133,7 +31,7 @@ struct DaemonRestartTests {
         mkdir(dir, 0o700)
         defer { _ = try? FileManager.default.removeItem(atPath: dir) }
         let run = dir + "/run", log = dir + "/log"
-        let manager = try FDStoreManager()
+        let manager = try manager()
         let arguments = ["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--fd-store", "--log-level", "info"]
         var pid = try manager.start(arguments, log: log)
         defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
@@ -204,7 +102,7 @@ struct DaemonRestartTests {
         mkdir(dir, 0o700)
         defer { _ = try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/mtty.sock", log = dir + "/log"
-        let manager = try FDStoreManager()
+        let manager = try manager()
         let arguments = ["serve", "--type", "mtty-2", "--socket", path, "--fd-store", "--log-level", "info"]
         var pid = try manager.start(arguments, log: log)
         defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
@@ -243,7 +141,7 @@ struct DaemonRestartTests {
         mkdir(dir, 0o700)
         defer { _ = try? FileManager.default.removeItem(atPath: dir) }
         let run = dir + "/run", log = dir + "/log"
-        let manager = try FDStoreManager()
+        let manager = try manager()
         let pid = try manager.start(["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--log-level", "info"], log: log)
         defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
         #expect(manager.waitReadies(1))
