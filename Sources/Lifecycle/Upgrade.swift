@@ -94,7 +94,7 @@ extension Daemon {
                 return why
             }
             logger.notice("handed \(instanceCount) instance(s) to the service manager's fd store for the next start",
-                          metadata: ["ms": "\(milliseconds(monotonicNanoseconds() - started))", "descriptors": "\(h.fds.count)",
+                          metadata: ["store_ms": "\(milliseconds(monotonicNanoseconds() - started))", "descriptors": "\(h.fds.count)",
                                      "bytes": "\(h.bytes.count)"])
             return nil
         }

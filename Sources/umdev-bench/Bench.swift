@@ -44,7 +44,9 @@ struct Bench: ParsableCommand {
     @Flag(help: "Measure the lifecycle daemon instead: RSS and threads with 0 to 108 instances.") var daemon = false
     @Flag(help: "Measure live upgrade instead: the blackout a busy client sees while `umdev serve --type TYPE` (with --daemon: a daemon of many instances) is upgraded by SIGUSR2.")
     var upgrade = false
-    @Option(help: "Upgrades --upgrade performs.") var upgrades = 100
+    @Flag(help: "Measure a planned restart instead: SIGTERM to `umdev serve --type TYPE --fd-store` (with --daemon: a daemon), and a start with what the fd store kept, this process playing systemd.")
+    var restart = false
+    @Option(help: "Upgrades (or restarts) --upgrade and --restart perform.") var upgrades = 100
     @Option(help: "With --upgrade --daemon: mtty-1 instances the daemon holds.") var mttyInstances = 100
     @Option(help: "With --upgrade --daemon: mbochs-large instances the daemon holds.") var mbochsInstances = 8
     @Flag(help: "Measure opt-in polling instead: mtty-2 round trips with and without --poll-us, beside --gpio if given.") var polling = false
@@ -59,6 +61,7 @@ struct Bench: ParsableCommand {
         if display { return try benchDisplay() }
         if viewers { return try benchViewers() }
         if upgrade { return try benchUpgrade() }
+        if restart { return try benchRestart() }
         if daemon { return try benchDaemon() }
         if polling { return try benchPolling() }
         var server: DeviceServer?

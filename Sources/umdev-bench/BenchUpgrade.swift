@@ -4,42 +4,107 @@ import Glibc
 import Lifecycle
 import MBochs
 import PCI
+import ServiceManager
 import Synchronization
 import VFIOUserClient
 import Viewer
 
-/// `umdev-bench --upgrade`: the blackout a live upgrade costs a busy client.
-/// A `umdev serve` child (or, with `--daemon`, a `umdev daemon` holding
-/// `--mtty-instances` mtty-1 and `--mbochs-instances` mbochs-large, each
-/// with a client attached as QEMU would be) serves the devices; one client
-/// thread sends 1-byte REGION_READs back to back and records each round
-/// trip; the main thread sends SIGUSR2 and waits for the new process's
-/// READY=1, `--upgrades` times. An upgrade's blackout is the longest round
-/// trip that started while it ran: the time a request waited because of
-/// it. A display device gets a picture (a 1920x1080 mode, drawn) and a
-/// viewer that polls its plane every 10 ms and reconnects when the old
-/// process's connection ends; its gap is the longest time between two
-/// frames it saw across an upgrade. The server's log gives where the time
-/// went.
+/// `umdev-bench --upgrade` and `--restart`: the blackout a live upgrade,
+/// or a planned restart through the service manager's fd store, costs a
+/// busy client. A `umdev serve` child (or, with `--daemon`, a `umdev
+/// daemon` holding `--mtty-instances` mtty-1 and `--mbochs-instances`
+/// mbochs-large, each with a client attached as QEMU would be) serves the
+/// devices; one client thread sends 1-byte REGION_READs back to back and
+/// records each round trip. The main thread either sends SIGUSR2 and waits
+/// for the new process's READY=1, or plays systemd: SIGTERM, wait for the
+/// exit, start again with what the fd store keeps, wait for READY=1. A
+/// window's blackout is the longest round trip that started in it: the time
+/// a request waited because of it. A display device gets a picture (a
+/// 1920x1080 mode, drawn) and a viewer that polls its plane every 10 ms and
+/// reconnects when the old process's connection ends; its gap is the
+/// longest time between two frames it saw across a window. The server's log
+/// gives where the time went.
 extension Bench {
-    func benchUpgrade() throws {
-        let dir = "/tmp/umdev-bench-upgrade-\(getpid())"
+    func benchUpgrade() throws { try benchHandover(restart: false) }
+    func benchRestart() throws { try benchHandover(restart: true) }
+
+    /// The server child, started as a live upgrade or a restart needs it.
+    final class Served {
+        let restart: Bool
+        let log: String
+        let arguments: [String]
+        let notify: DatagramListener?
+        let store: FDStore?
+        private(set) var pid: pid_t = 0
+        private var readies = 0
+
+        init(_ arguments: [String], restart: Bool, dir: String) throws {
+            self.restart = restart
+            log = dir + "/log"
+            self.arguments = arguments + (restart ? ["--fd-store"] : [])
+            if restart {
+                do { store = try FDStore(path: dir + "/notify") } catch { throw CommandFailure("\(error)") }
+                notify = nil
+            } else {
+                notify = try DatagramListener(path: dir + "/notify")
+                store = nil
+            }
+            try launch()
+        }
+
+        func launch() throws {
+            if let store {
+                do { pid = try store.start(umdevExecutable, arguments, stderr: log) } catch { throw CommandFailure("\(error)") }
+            } else {
+                pid = try ChildProcess(arguments, environment: ["NOTIFY_SOCKET": notify!.path], stderrPath: log).pid
+            }
+        }
+
+        /// Waits for the next READY=1.
+        func waitReady(seconds: Double = 60) -> Bool {
+            readies += 1
+            if let store { return store.waitReadies(readies, seconds: seconds) }
+            return notify!.waitReady(seconds: seconds)
+        }
+
+        /// A live upgrade (SIGUSR2) or a restart (SIGTERM, the exit, a start with the store), up to READY=1.
+        func cycle() throws {
+            if restart {
+                kill(pid, SIGTERM)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+                guard status == 0 else { throw CommandFailure("umdev exited with status \(status) on SIGTERM") }
+                try launch()
+            } else {
+                kill(pid, SIGUSR2)
+            }
+            guard waitReady() else { throw CommandFailure("the \(restart ? "restarted" : "upgraded") umdev did not say READY=1") }
+        }
+
+        func stop() {
+            store?.flush()
+            kill(pid, SIGTERM)
+            waitpid(pid, nil, 0)
+        }
+    }
+
+    func benchHandover(restart: Bool) throws {
+        let dir = "/tmp/umdev-bench-\(restart ? "restart" : "upgrade")-\(getpid())"
         mkdir(dir, 0o700)
         defer { _ = system("rm -rf '\(dir)'") }
         let log = dir + "/log"
-        let notify = try DatagramListener(path: dir + "/notify")
-        let environment = ["NOTIFY_SOCKET": notify.path]
-        let server: ChildProcess
+        let server: Served
         let busy: String
         var displays: [String] = []
         var held: [VFIOUserClient] = []
         let what: String
+        let verb = restart ? "restarted" : "upgraded"
         if daemon {
             let run = dir + "/run"
-            server = try ChildProcess(["daemon", "--run-dir", run, "--config-dir", dir + "/config",
-                                       "--budget", "mtty=\(max(1, mttyInstances))", "--budget", "mbochs=\(max(64, mbochsInstances * 64))",
-                                       "--log-level", "info"], environment: environment, stderrPath: log)
-            guard notify.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev daemon did not say READY=1") }
+            server = try Served(["daemon", "--run-dir", run, "--config-dir", dir + "/config",
+                                 "--budget", "mtty=\(max(1, mttyInstances))", "--budget", "mbochs=\(max(64, mbochsInstances * 64))",
+                                 "--log-level", "info"], restart: restart, dir: dir)
+            guard server.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev daemon did not say READY=1") }
             var sockets: [(type: String, socket: String, display: String?)] = []
             for (type, count) in [("mtty-1", mttyInstances), ("mbochs-large", mbochsInstances)] {
                 for _ in 0..<count {
@@ -62,15 +127,14 @@ extension Bench {
                 held.append(c)
             }
             displays = sockets.compactMap(\.display).prefix(1).map { $0 }
-            what = "`umdev daemon` with \(mttyInstances) mtty-1 and \(mbochsInstances) mbochs-large, each attached, upgraded"
+            what = "`umdev daemon` with \(mttyInstances) mtty-1 and \(mbochsInstances) mbochs-large, each attached, \(verb)"
         } else {
             let path = dir + "/device.sock"
-            server = try ChildProcess(["serve", "--type", type, "--socket", path, "--log-level", "info"],
-                                      environment: environment, stderrPath: log)
-            guard notify.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev serve did not say READY=1") }
+            server = try Served(["serve", "--type", type, "--socket", path, "--log-level", "info"], restart: restart, dir: dir)
+            guard server.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev serve did not say READY=1") }
             busy = path
             if access(path + ".display", F_OK) == 0 { displays = [path + ".display"] }
-            what = "`umdev serve --type \(type)` upgraded"
+            what = "`umdev serve --type \(type)` \(verb)"
         }
         defer { server.stop() }
         let client = try VFIOUserClient(path: busy)
@@ -81,107 +145,33 @@ extension Bench {
         defer { viewer?.stop() }
         if let viewer, !viewer.waitForFrames(5, seconds: 10) { throw CommandFailure("the viewer saw no picture on \(displays[0])") }
 
-        // Round trips as (start, duration) in ns, preallocated: the streamer allocates nothing.
-        let capacity = 4_000_000
-        let starts = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
-        let durations = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
-        defer { starts.deallocate(); durations.deallocate() }
-        let count = Atomic<Int>(0)
-        let stop = Atomic<Bool>(false)
-        let failed = Mutex<String?>(nil)
-        nonisolated(unsafe) let c = client
-        nonisolated(unsafe) let s = starts, d = durations
-        let region = daemon ? 0 : self.region, offset = daemon ? 7 : self.offset
-        let streamer = Thread {
-            var buffer: UInt8 = 0
-            var n = 0
-            while !stop.load(ordering: .relaxed) && n < capacity {
-                let t0 = now()
-                do {
-                    try withUnsafeMutableBytes(of: &buffer) { try c.read(region: region, offset: offset, into: $0) }
-                } catch {
-                    failed.withLock { $0 = "\(error)" }
-                    return
-                }
-                s[n] = t0
-                d[n] = now() - t0
-                n += 1
-                count.store(n, ordering: .releasing)
-            }
-        }
-        streamer.start()
+        let streamer = Streamer(client: client, region: daemon ? 0 : region, offset: daemon ? 7 : offset)
         var windows: [(from: UInt64, to: UInt64)] = []
-        print("upgrade: \(what) \(upgrades) times by SIGUSR2 while one client sends 1-byte REGION_READs back to back"
-              + (viewer == nil ? "" : "; a viewer polls \(displays[0]) every 10 ms"))
+        print("\(restart ? "restart" : "upgrade"): \(what) \(upgrades) times by \(restart ? "SIGTERM and a start with the fd store" : "SIGUSR2")"
+              + " while one client sends 1-byte REGION_READs back to back" + (viewer == nil ? "" : "; a viewer polls \(displays[0]) every 10 ms"))
         for _ in 0..<upgrades {
-            // Steady traffic before each upgrade.
-            let before = count.load(ordering: .acquiring)
-            while count.load(ordering: .acquiring) < before + 200, failed.withLock({ $0 == nil }) { usleep(200) }
+            try streamer.waitFor(200)
             let t0 = now()
-            kill(server.pid, SIGUSR2)
-            guard notify.waitReady(seconds: 60) else { throw CommandFailure("the upgraded umdev did not say READY=1") }
+            try server.cycle()
             windows.append((t0, now()))
-            if let why = failed.withLock({ $0 }) { throw CommandFailure("a request failed during the upgrades: \(why)") }
+            try streamer.check()
         }
         // Let the requests in flight at the last READY=1 finish, and the viewer come back.
-        let last = count.load(ordering: .acquiring)
-        while count.load(ordering: .acquiring) < last + 200, failed.withLock({ $0 == nil }) { usleep(200) }
+        try streamer.waitFor(200)
         if let viewer, !viewer.waitForFrames(5, seconds: 10) { throw CommandFailure("the viewer did not come back after the last upgrade") }
-        stop.store(true, ordering: .relaxed)
-        while !streamer.isFinished { usleep(1000) }
-        if let why = failed.withLock({ $0 }) { throw CommandFailure("a request failed during the upgrades: \(why)") }
-        let total = count.load(ordering: .acquiring)
+        try streamer.stop()
         for (i, h) in held.enumerated() {
             do { _ = try h.deviceInfo() } catch { throw CommandFailure("idle client \(i) lost its device: \(error)") }
         }
-
-        // Each upgrade's blackout: the longest round trip that started in its window.
-        var blackouts: [UInt64] = []
-        var k = 0
-        for w in windows {
-            var worst: UInt64 = 0
-            while k < total && starts[k] < w.from { k += 1 }
-            var j = k
-            while j < total && starts[j] <= w.to { worst = max(worst, durations[j]); j += 1 }
-            blackouts.append(worst)
-        }
-        var steady = (0..<total).map { durations[$0] }
-        steady.sort()
-        blackouts.sort()
-        let signalled = windows.map { $0.to - $0.from }.sorted()
-        func ms(_ ns: UInt64) -> String { format2(Double(ns) / 1e6) }
-        func pct(_ v: [UInt64], _ p: Double) -> UInt64 { v.isEmpty ? 0 : v[min(v.count - 1, Int(Double(v.count) * p))] }
-        print("requests answered      \(total), none lost or failed")
-        print("steady round trip      p50 \(format2(Double(pct(steady, 0.5)) / 1e3)) µs")
-        print("blackout (ms)          p50 \(ms(pct(blackouts, 0.5)))  p99 \(ms(pct(blackouts, 0.99)))  max \(ms(blackouts.last ?? 0))")
-        print("SIGUSR2 to READY=1     p50 \(ms(pct(signalled, 0.5)))  p99 \(ms(pct(signalled, 0.99)))  (includes the check, served meanwhile)")
+        streamer.report(windows: windows, signal: restart ? "SIGTERM to READY=1" : "SIGUSR2 to READY=1",
+                        note: restart ? "(the exit, the start, the restore)" : "(includes the check, served meanwhile)")
         if let viewer {
             let gaps = viewer.gaps(in: windows).sorted()
             print("viewer gap (ms)        p50 \(ms(pct(gaps, 0.5)))  p99 \(ms(pct(gaps, 0.99)))  max \(ms(gaps.last ?? 0))"
                   + "  (longest time between two frames; \(viewer.reconnects) reconnects, picture checked: \(viewer.mismatches) mismatches)")
         }
         if !held.isEmpty { print("idle clients           \(held.count) attached throughout, each answered after the upgrades") }
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        for key in ["check_ms", "pause_ms", "bytes", "descriptors", "startup_ms", "restore_ms", "total_ms"] {
-            var values: [Double] = []
-            for line in text.split(separator: "\n") {
-                guard let r = line.range(of: key + "=") else { continue }
-                let rest = line[r.upperBound...].prefix { $0.isNumber || $0 == "." }
-                if let v = Double(rest) { values.append(v) }
-            }
-            values.sort()
-            guard !values.isEmpty else { continue }
-            let what = ["check_ms": "check (new binary reads a handover, old serves)",
-                        "pause_ms": "stop between requests, write the handover",
-                        "bytes": "handover size (bytes)",
-                        "descriptors": "descriptors handed over",
-                        "startup_ms": "exec, dynamic loading, runtime start",
-                        "restore_ms": "restore (parse, rebuild, re-map)",
-                        "total_ms": "handover written to serving again"][key]!
-            let timed = key.hasSuffix("_ms")
-            func shown(_ v: Double) -> String { timed ? format2(v) + " ms" : "\(Int(v))" }
-            print("  \(what.padding(toLength: 48, withPad: " ", startingAt: 0)) p50 \(shown(values[values.count / 2]))  max \(shown(values.last!))")
-        }
+        printLogTimings(log)
     }
 
     /// A guest's picture on an mbochs: a 1920x1080 XRGB mode and the test pattern drawn into VRAM.
@@ -309,4 +299,114 @@ final class DatagramListener {
     }
 
     deinit { close(fd); unlink(path) }
+}
+
+func ms(_ ns: UInt64) -> String { format2(Double(ns) / 1e6) }
+func pct(_ v: [UInt64], _ p: Double) -> UInt64 { v.isEmpty ? 0 : v[min(v.count - 1, Int(Double(v.count) * p))] }
+
+/// One client thread sending 1-byte REGION_READs back to back, each round
+/// trip recorded as (start, duration) in preallocated memory (it allocates
+/// nothing); a window's blackout is the longest round trip that started in it.
+final class Streamer: @unchecked Sendable {
+    // @unchecked: the arrays are written by the thread only, read after `stop`; the rest is atomic or locked.
+    static let capacity = 4_000_000
+    private let starts = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+    private let durations = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+    private let count = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    private let failed = Mutex<String?>(nil)
+    private var thread: Thread?
+
+    init(client: VFIOUserClient, region: UInt32, offset: UInt64) {
+        nonisolated(unsafe) let c = client
+        let t = Thread { [self] in
+            var buffer: UInt8 = 0
+            var n = 0
+            while !stopping.load(ordering: .relaxed) && n < Self.capacity {
+                let t0 = now()
+                do {
+                    try withUnsafeMutableBytes(of: &buffer) { try c.read(region: region, offset: offset, into: $0) }
+                } catch {
+                    failed.withLock { $0 = "\(error)" }
+                    return
+                }
+                starts[n] = t0
+                durations[n] = now() - t0
+                n += 1
+                count.store(n, ordering: .releasing)
+            }
+        }
+        thread = t
+        t.start()
+    }
+
+    deinit { starts.deallocate(); durations.deallocate() }
+
+    /// Throws if a request failed.
+    func check() throws {
+        if let why = failed.withLock({ $0 }) { throw CommandFailure("a request failed: \(why)") }
+    }
+
+    /// Waits for `n` more answers (steady traffic), or a failure.
+    func waitFor(_ n: Int) throws {
+        let before = count.load(ordering: .acquiring)
+        while count.load(ordering: .acquiring) < before + n, failed.withLock({ $0 == nil }) { usleep(200) }
+        try check()
+    }
+
+    func stop() throws {
+        stopping.store(true, ordering: .relaxed)
+        while let t = thread, !t.isFinished { usleep(1000) }
+        try check()
+    }
+
+    /// Prints requests answered, the steady round trip, each window's blackout and the windows' own lengths.
+    func report(windows: [(from: UInt64, to: UInt64)], signal: String, note: String) {
+        let total = count.load(ordering: .acquiring)
+        var blackouts: [UInt64] = []
+        var k = 0
+        for w in windows {
+            var worst: UInt64 = 0
+            while k < total && starts[k] < w.from { k += 1 }
+            var j = k
+            while j < total && starts[j] <= w.to { worst = max(worst, durations[j]); j += 1 }
+            blackouts.append(worst)
+        }
+        var steady = (0..<total).map { durations[$0] }
+        steady.sort()
+        blackouts.sort()
+        let lengths = windows.map { $0.to - $0.from }.sorted()
+        print("requests answered      \(total), none lost or failed")
+        print("steady round trip      p50 \(format2(Double(pct(steady, 0.5)) / 1e3)) µs")
+        print("blackout (ms)          p50 \(ms(pct(blackouts, 0.5)))  p99 \(ms(pct(blackouts, 0.99)))  max \(ms(blackouts.last ?? 0))")
+        print("\(signal.padding(toLength: 22, withPad: " ", startingAt: 0)) p50 \(ms(pct(lengths, 0.5)))  p99 \(ms(pct(lengths, 0.99)))  \(note)")
+    }
+}
+
+/// Where the time went, from the server's own log lines (key=value metadata).
+func printLogTimings(_ log: String) {
+    let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    let what: [(String, String)] = [
+        ("check_ms", "check (new binary reads a handover, old serves)"),
+        ("pause_ms", "stop between requests, write the handover"),
+        ("store_ms", "stop between requests, hand to the fd store"),
+        ("bytes", "handover size (bytes)"),
+        ("descriptors", "descriptors handed over"),
+        ("startup_ms", "exec, dynamic loading, runtime start"),
+        ("restore_ms", "restore (parse, rebuild, re-map)"),
+        ("total_ms", "handover written to serving again"),
+    ]
+    for (key, label) in what {
+        var values: [Double] = []
+        for line in text.split(separator: "\n") {
+            guard let r = line.range(of: " " + key + "=") else { continue }
+            let rest = line[r.upperBound...].prefix { $0.isNumber || $0 == "." }
+            if let v = Double(rest) { values.append(v) }
+        }
+        values.sort()
+        guard !values.isEmpty else { continue }
+        let timed = key.hasSuffix("_ms")
+        func shown(_ v: Double) -> String { timed ? format2(v) + " ms" : "\(Int(v))" }
+        print("  \(label.padding(toLength: 48, withPad: " ", startingAt: 0)) p50 \(shown(values[values.count / 2]))  max \(shown(values.last!))")
+    }
 }

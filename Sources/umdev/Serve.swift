@@ -318,6 +318,7 @@ extension Serve {
     func startStoreOnTerm(server: DeviceServer, display: DisplayServer?, ownsSocketFile: Bool, paths: [String], logger: Logger) {
         _ = Threads.start(detached: true) {
             _ = umdev_wait_signal(SIGTERM)
+            let began = monotonicNanoseconds()
             ServiceManager.notify("STOPPING=1\nSTATUS=handing the device to the fd store")
             if let h = Self.handover(server: server, display: display, ownsSocketFile: ownsSocketFile, logger: logger,
                                 refusal: "cannot hand the device to the fd store, stopping") {
@@ -325,7 +326,8 @@ extension Serve {
                     logger.error("cannot hand the device to the fd store, stopping: \(why)")
                 } else {
                     logger.notice("handed the device to the service manager's fd store for the next start",
-                                  metadata: ["descriptors": "\(h.fds.count)", "bytes": "\(h.bytes.count)"])
+                                  metadata: ["store_ms": "\(milliseconds(monotonicNanoseconds() - began))",
+                                             "descriptors": "\(h.fds.count)", "bytes": "\(h.bytes.count)"])
                     Glibc.exit(0)
                 }
             }
