@@ -22,11 +22,15 @@ public enum ServiceManager {
     /// Sends `state` (newline-separated assignments: `READY=1`,
     /// `STATUS=…`, `STOPPING=1`, `FDSTORE=1` …) in one datagram, with `fds`
     /// attached. Returns false when no manager listens or the send failed:
-    /// a service runs the same without one. The send never blocks: a
-    /// manager that stops reading (its queue full) costs a notification,
-    /// never a device's service.
+    /// a service runs the same without one. While the manager's queue is
+    /// full (it is busy: a READY=1 it never sees would make it give up on
+    /// the service) the send waits for room, but at most `waitSeconds`: a
+    /// manager that stopped reading costs a notification, never a device's
+    /// service.
     @discardableResult
-    public static func notify(_ state: String, fds: [Int32] = []) -> Bool { send(state, fds: fds, waitSeconds: 0) }
+    public static func notify(_ state: String, fds: [Int32] = [], waitSeconds: Double = 1) -> Bool {
+        send(state, fds: fds, waitSeconds: waitSeconds)
+    }
 
     // MARK: The file-descriptor store
 

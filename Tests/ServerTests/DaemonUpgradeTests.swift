@@ -51,7 +51,11 @@ private final class UpgradableDaemon {
     }
 
     /// A lifecycle command against this daemon.
-    func umdev(_ arguments: [String]) throws -> CommandOutcome { try runUmdev(arguments + ["--run-dir", run]) }
+    func umdev(_ arguments: [String]) throws -> CommandOutcome {
+        manager.drain()
+        defer { manager.drain() }
+        return try runUmdev(arguments + ["--run-dir", run])
+    }
 
     func socket(_ uuid: String) -> String { "\(run)/\(uuid).sock" }
 

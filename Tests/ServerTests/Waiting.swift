@@ -56,6 +56,13 @@ final class NotifySocket {
     /// The variable to give the child.
     var environment: [String: String] { ["NOTIFY_SOCKET": path] }
 
+    /// Reads and drops what has come, as a manager that keeps up would:
+    /// a queue left full makes each notification wait for room.
+    func drain() {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while recv(fd, &buf, buf.count, Int32(MSG_DONTWAIT)) > 0 {}
+    }
+
     /// Waits for a notification carrying READY=1 and returns its text;
     /// records an issue naming `what` when none came within `seconds`, or
     /// when `exited` (checked every 100 ms, a child's own end being no
