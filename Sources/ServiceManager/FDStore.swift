@@ -19,6 +19,8 @@ public final class FDStore: @unchecked Sendable {
     private var readyCount = 0
     private var stoppingCount = 0
     private var done = false
+    /// The reader has taken a message off the socket and not yet applied it.
+    private var busy = false
     private var reader: pthread_t?
     /// Most descriptors kept, as FileDescriptorStoreMax= bounds systemd's.
     public let limit: Int
@@ -72,9 +74,10 @@ public final class FDStore: @unchecked Sendable {
         while !locked({ done }) {
             var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
             guard poll(&p, 1, 50) > 0 else { continue }
+            locked { busy = true }
             var n: Int32 = 0, truncated: Int32 = 0
             let got = umdev_recvmsg(socket, &buf, buf.count, Int32(MSG_DONTWAIT), &fds, Int32(fds.count), &n, &truncated)
-            guard got > 0 else { continue }
+            guard got > 0 else { locked { busy = false }; continue }
             let lines = String(decoding: buf[0..<got], as: UTF8.self).split(separator: "\n").map(String.init)
             let name = lines.first { $0.hasPrefix("FDNAME=") }.map { String($0.dropFirst(7)) } ?? "stored"
             let received = Array(fds[0..<Int(n)])
@@ -92,7 +95,21 @@ public final class FDStore: @unchecked Sendable {
                 }
                 if lines.contains("READY=1") { readyCount += 1 }
                 if lines.contains("STOPPING=1") { stoppingCount += 1 }
+                busy = false
             }
+        }
+    }
+
+    /// Waits until every message already sent has been applied, as systemd
+    /// reads a service's notifications before it acts on its exit: what a
+    /// process stored just before it exited is in the store when the next
+    /// one starts.
+    public func settle(seconds: Double = 5) {
+        let deadline = monotonic() + UInt64(seconds * 1e9)
+        while monotonic() < deadline {
+            var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 0) == 0 && !locked({ busy }) { return }
+            usleep(500)
         }
     }
 
@@ -127,6 +144,7 @@ public final class FDStore: @unchecked Sendable {
     /// child's standard error (appended), or nil to keep ours.
     public func start(_ executable: String, _ arguments: [String], stderr: String? = nil,
                       environment: [String: String] = [:]) throws(StoreError) -> pid_t {
+        settle()
         let kept = stored
         // Out of the way of 3..: the copies the child's dup2s read from.
         let high = kept.map { fcntl($0.fd, F_DUPFD_CLOEXEC, 1000) }
