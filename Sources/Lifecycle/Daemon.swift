@@ -143,6 +143,7 @@ public final class Daemon: @unchecked Sendable {
         }
         state = Locked(State(budgets: Budgets(configuration.budgets), definitions: definitions))
         logger.notice("\(definitions.count) definition(s) in \(configuration.configDirectory)")
+        if incoming == nil { removeStaleSockets() }
         if let incoming {
             do { try restore(handedOver, from: incoming) } catch {
                 if let r = upgradeRequester { close(r) }
@@ -162,6 +163,26 @@ public final class Daemon: @unchecked Sendable {
     }
 
     deinit { close(wake) }
+
+    /// An instance's socket files a previous daemon left behind when it
+    /// died (nothing listens on them any more): removed at a fresh start,
+    /// so that the run directory holds what this daemon serves. A socket
+    /// something still answers on is left alone.
+    private func removeStaleSockets() {
+        let dir = configuration.runDirectory
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
+        for name in entries where name.hasSuffix(".sock") || name.hasSuffix(".display") {
+            let stem = name.hasSuffix(".sock") ? String(name.dropLast(5)) : String(name.dropLast(8))
+            guard UUIDs.canonical(stem) == stem else { continue }
+            let path = dir + "/" + name
+            var st = stat()
+            guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { continue }
+            do { _ = try UnixSocket.connect(path: path) } catch {
+                guard error.errno == ECONNREFUSED else { continue }
+                if unlink(path) == 0 { logger.notice("removed \(path), a socket a previous daemon left behind") }
+            }
+        }
+    }
 
     /// Keeps an instance a handover brought until `start` serves it.
     func appendRestored(_ instance: Instance) { restored.append(instance) }
