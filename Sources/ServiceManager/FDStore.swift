@@ -141,8 +141,9 @@ public final class FDStore: @unchecked Sendable {
     /// store keeps its copies, as systemd does until the service removes
     /// them), and `$LISTEN_*` naming it for this child: a shell sets
     /// `LISTEN_PID` to its own pid, then execs. `stderr`: a file for the
-    /// child's standard error (appended), or nil to keep ours.
-    public func start(_ executable: String, _ arguments: [String], stderr: String? = nil,
+    /// child's standard error (appended), or nil to keep ours; `stdout`:
+    /// whether the child keeps ours (else /dev/null).
+    public func start(_ executable: String, _ arguments: [String], stderr: String? = nil, stdout: Bool = false,
                       environment: [String: String] = [:]) throws(StoreError) -> pid_t {
         settle()
         let kept = stored
@@ -153,7 +154,7 @@ public final class FDStore: @unchecked Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        if !stdout { posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0) }
         if let stderr { posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o600) }
         for (i, h) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, h, 3 + Int32(i)) }
         let names = kept.map(\.name).joined(separator: ":")

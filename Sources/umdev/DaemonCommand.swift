@@ -49,6 +49,10 @@ struct DaemonCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seconds `stop` waits for a client asked to release a device.", valueName: "seconds"))
     var stopTimeout: Double = 10
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Run under a small parent that plays the service manager where there is none: it holds the fd store, restarts the child keeping every device on SIGHUP, passes SIGUSR2 on, stops it on SIGTERM or SIGINT, and starts it again if it dies."))
+    var supervise = false
+
     @Flag(name: .customLong("fd-store"), help: ArgumentHelp(
         "The service manager keeps descriptors for this service (FileDescriptorStoreMax= above 0): SIGTERM hands every instance to its fd store and the next start takes them back, clients attached. systemd 254 and later say so themselves ($FDSTORE)."))
     var fdStore = false
@@ -92,6 +96,10 @@ struct DaemonCommand: ParsableCommand {
 
     func run() throws {
         let started = monotonicNanoseconds()
+        if supervise {
+            logging.bootstrap()
+            Supervisor.run(arguments: CommandLine.arguments, logger: Logger(label: "umdev-supervise"))
+        }
         // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
         LiveUpgrade.blockTrigger()
         logging.bootstrap()

@@ -57,6 +57,10 @@ struct Serve: ParsableCommand {
         "Display socket for viewers (display types only); default SOCKET.display.", valueName: "path"))
     var displaySocket: String?
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Run under a small parent that plays the service manager where there is none: it holds the fd store, restarts the child keeping every device on SIGHUP, passes SIGUSR2 on, stops it on SIGTERM or SIGINT, and starts it again if it dies."))
+    var supervise = false
+
     @Flag(name: .customLong("fd-store"), help: ArgumentHelp(
         "The service manager keeps descriptors for this service (FileDescriptorStoreMax= above 0): SIGTERM hands the device and its client to its fd store and the next start takes them back. systemd 254 and later say so themselves ($FDSTORE)."))
     var fdStore = false
@@ -77,6 +81,10 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let started = monotonicNanoseconds()
+        if supervise {
+            logging.bootstrap()
+            Supervisor.run(arguments: CommandLine.arguments, logger: Logger(label: "umdev-supervise"))
+        }
         // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
         LiveUpgrade.blockTrigger()
         logging.bootstrap()

@@ -135,6 +135,77 @@ struct DaemonRestartTests {
         #expect(manager.stored.isEmpty)
     }
 
+    /// `--supervise` plays the manager where there is none: SIGHUP restarts
+    /// the daemon keeping every device, a killed daemon is started again
+    /// (its devices lost: nothing is stored while it runs yet), SIGTERM stops it.
+    @Test func superviseRestartsKeepingDevicesAndRevivesACrash() throws {
+        let dir = "/tmp/umdev-supervise-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o700)
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let run = dir + "/run", log = dir + "/log"
+        let notify = try NotifySocket()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let argv = [umdevExecutable(), "daemon", "--supervise", "--run-dir", run, "--config-dir", dir + "/config", "--log-level", "info"]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var env = ProcessInfo.processInfo.environment
+        env.merge(notify.environment) { $1 }
+        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cEnv.forEach { free($0) } }
+        var parent: pid_t = 0
+        #expect(posix_spawn(&parent, argv[0], &actions, nil, &cArgs, &cEnv) == 0)
+        defer { if parent > 0 { kill(parent, SIGKILL); waitpid(parent, nil, 0) } }
+        let supervisor = parent
+        #expect(notify.waitReady("umdev daemon --supervise", exited: { waitpid(supervisor, nil, WNOHANG) != 0 }) != nil)
+        func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        func child() -> pid_t? {
+            let text = (try? String(contentsOfFile: "/proc/\(supervisor)/task/\(supervisor)/children", encoding: .utf8)) ?? ""
+            return text.split(separator: " ").first.flatMap { pid_t($0) }
+        }
+        func waitLog(_ needle: String, count: Int) -> Bool {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                if logText().components(separatedBy: needle).count - 1 >= count { return true }
+                usleep(10_000)
+            }
+            return false
+        }
+        #expect(try runUmdev(["start", "--uuid", Self.testUUID, "--type", "test", "--run-dir", run]).status == 0)
+        let attached = try AttachedClient(path: "\(run)/\(Self.testUUID).sock")
+        let first = try #require(child())
+
+        kill(supervisor, SIGHUP)
+        #expect(waitLog("took over 1 instance(s)", count: 1), "\(logText())")
+        #expect(child() != first)
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+
+        // A crash: the supervisor starts it again; the control socket answers (the instance is gone).
+        let second = try #require(child())
+        kill(second, SIGKILL)
+        #expect(waitLog("killed by signal 9", count: 1), "\(logText())")
+        let deadline = Date().addingTimeInterval(30)
+        var answered = false
+        while !answered && Date() < deadline {
+            answered = (try? runUmdev(["list", "--dumpjson", "--run-dir", run]).status) == 0
+            if !answered { usleep(50_000) }
+        }
+        #expect(answered, "the restarted daemon answers on the control socket")
+        #expect(child() != second)
+
+        kill(supervisor, SIGTERM)
+        var status: Int32 = 0
+        waitpid(supervisor, &status, 0)
+        #expect(status == 0, "the supervisor exits with its child's status")
+        parent = 0
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: run)) ?? []
+        #expect(left == [], "sockets left behind: \(left)")
+    }
+
     /// Without an fd store, SIGTERM stops every instance as before.
     @Test func withoutAStoreSIGTERMStopsAsBefore() throws {
         let dir = "/tmp/umdev-restart-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
