@@ -47,25 +47,9 @@ struct DaemonRestartTests {
         let listed = try umdev(["list", "--dumpjson"]).out
         #expect(listed.contains("attached"))
 
-        let stop = Atomic<Bool>(false)
-        let answered = Atomic<Int>(0)
-        let failures = Mutex<[String]>([])
-        nonisolated(unsafe) let client = attached.client
-        let streamer = Thread {
-            while !stop.load(ordering: .relaxed) {
-                do {
-                    let v = try client.read32(region: 0, offset: TestDevice.Register.scratch)
-                    if v != 0xfeed_f00d { failures.withLock { $0.append("read \(v)") } }
-                    answered.add(1, ordering: .relaxed)
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                    return
-                }
-            }
-        }
-        streamer.start()
+        let streamer = RequestStreamer(attached.client)
         for round in 1...2 {
-            let before = answered.load(ordering: .relaxed)
+            let before = streamer.answered
             kill(pid, SIGTERM)
             var status: Int32 = 0
             waitpid(pid, &status, 0)
@@ -74,16 +58,13 @@ struct DaemonRestartTests {
             #expect(names.contains("umdev-handover") && names.filter { $0.hasPrefix("umdev-fd-") }.count >= 4, "\(names)")
             pid = try manager.start(arguments, log: log)
             #expect(manager.waitReadies(1 + round), "restart \(round)")
-            let deadline = Date().addingTimeInterval(10)
-            while answered.load(ordering: .relaxed) < before + 100 && Date() < deadline && failures.withLock({ $0.isEmpty }) { usleep(1000) }
+            streamer.waitForAnswers(100, since: before)
             // The new process took its descriptors back and told the manager to let them go.
             let left = Date().addingTimeInterval(10)
             while !manager.stored.isEmpty && Date() < left { usleep(5_000) }
             #expect(manager.stored.isEmpty, "\(manager.stored.map(\.name))")
         }
-        stop.store(true, ordering: .relaxed)
-        while !streamer.isFinished { usleep(1000) }
-        #expect(failures.withLock { $0 } == [])
+        #expect(streamer.stop() == [])
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.components(separatedBy: "took over 2 instance(s)").count - 1 == 2, "\(text)")
         #expect(text.contains("through the fd store"))

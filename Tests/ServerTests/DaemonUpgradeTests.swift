@@ -118,35 +118,16 @@ struct DaemonUpgradeTests {
         let defined = try daemon.umdev(["list", "--defined", "--dumpjson"]).out
         #expect(listed.contains("attached") && listed.contains("console"))
 
-        let stop = Atomic<Bool>(false)
-        let answered = Atomic<Int>(0)
-        let failures = Mutex<[String]>([])
-        nonisolated(unsafe) let client = attached.client
-        let streamer = Thread {
-            while !stop.load(ordering: .relaxed) {
-                do {
-                    let v = try client.read32(region: 0, offset: TestDevice.Register.scratch)
-                    if v != 0xfeed_f00d { failures.withLock { $0.append("read \(v)") } }
-                    answered.add(1, ordering: .relaxed)
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                    return
-                }
-            }
-        }
-        streamer.start()
+        let streamer = RequestStreamer(attached.client)
         for round in 0..<20 {
-            let before = answered.load(ordering: .relaxed)
+            let before = streamer.answered
             let up = try daemon.umdev(["upgrade"])
             #expect(up.status == 0, "upgrade \(round): \(up.err)")
             #expect(up.out.contains("(pid \(daemon.pid))") && up.out.contains("2 instance(s) handed over"), "\(up.out)")
-            let deadline = Date().addingTimeInterval(10)
-            while answered.load(ordering: .relaxed) < before + 10 && Date() < deadline && failures.withLock({ $0.isEmpty }) { usleep(1000) }
+            streamer.waitForAnswers(10, since: before)
         }
-        stop.store(true, ordering: .relaxed)
-        while !streamer.isFinished { usleep(1000) }
-        #expect(failures.withLock { $0 } == [])
-        #expect(answered.load(ordering: .relaxed) > 200)
+        #expect(streamer.stop() == [])
+        #expect(streamer.answered > 200)
         #expect(daemon.isRunning)
         #expect(daemon.logText().components(separatedBy: "took over 2 instance(s)").count - 1 == 20)
 

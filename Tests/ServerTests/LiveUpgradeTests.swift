@@ -108,6 +108,52 @@ private final class UpgradableServer {
     }
 }
 
+/// A thread reading the test device's scratch register (0xfeedf00d, as
+/// `AttachedClient` sets it) back to back, counting the answers and
+/// keeping every failure: what a busy VMM sees while the server behind its
+/// socket is replaced.
+final class RequestStreamer: @unchecked Sendable {
+    // @unchecked: the counters are atomic, the failures behind a Mutex; the thread is only joined.
+    private let stopping = Atomic<Bool>(false)
+    private let count = Atomic<Int>(0)
+    private let failed = Mutex<[String]>([])
+    private var thread: Thread?
+
+    init(_ client: VFIOUserClient) {
+        nonisolated(unsafe) let c = client
+        let t = Thread { [self] in
+            while !stopping.load(ordering: .relaxed) {
+                do {
+                    let v = try c.read32(region: 0, offset: TestDevice.Register.scratch)
+                    if v != 0xfeed_f00d { failed.withLock { $0.append("read \(v)") } }
+                    count.add(1, ordering: .relaxed)
+                } catch {
+                    failed.withLock { $0.append("\(error)") }
+                    return
+                }
+            }
+        }
+        thread = t
+        t.start()
+    }
+
+    var answered: Int { count.load(ordering: .relaxed) }
+    var failures: [String] { failed.withLock { $0 } }
+
+    /// Waits until `n` more requests than `since` were answered (or one failed, or 10 s passed).
+    func waitForAnswers(_ n: Int, since: Int) {
+        let deadline = Date().addingTimeInterval(10)
+        while answered < since + n && Date() < deadline && failures.isEmpty { usleep(1000) }
+    }
+
+    /// Stops the thread and returns the failures.
+    func stop() -> [String] {
+        stopping.store(true, ordering: .relaxed)
+        while let t = thread, !t.isFinished { usleep(1000) }
+        return failures
+    }
+}
+
 /// A client's state the test device keeps: a scratch register, a DMA
 /// window over the client's memfd, BAR1 mapped from the region's memfd,
 /// and INTx wired to an eventfd.
@@ -179,34 +225,15 @@ struct LiveUpgradeTests {
         let server = try UpgradableServer(type: "test")
         let attached = try AttachedClient(path: server.path)
         try attached.expectInterruptDelivered()
-        let stop = Atomic<Bool>(false)
-        let answered = Atomic<Int>(0)
-        let failures = Mutex<[String]>([])
-        nonisolated(unsafe) let client = attached.client
-        let streamer = Thread {
-            while !stop.load(ordering: .relaxed) {
-                do {
-                    let v = try client.read32(region: 0, offset: TestDevice.Register.scratch)
-                    if v != 0xfeed_f00d { failures.withLock { $0.append("read \(v)") } }
-                    answered.add(1, ordering: .relaxed)
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                    return
-                }
-            }
-        }
-        streamer.start()
+        let streamer = RequestStreamer(attached.client)
         for _ in 0..<20 {
-            let before = answered.load(ordering: .relaxed)
+            let before = streamer.answered
             server.upgrade()
             // Requests keep being answered after each upgrade.
-            let deadline = Date().addingTimeInterval(10)
-            while answered.load(ordering: .relaxed) < before + 10 && Date() < deadline && failures.withLock({ $0.isEmpty }) { usleep(1000) }
+            streamer.waitForAnswers(10, since: before)
         }
-        stop.store(true, ordering: .relaxed)
-        while !streamer.isFinished { usleep(1000) }
-        #expect(failures.withLock { $0 } == [])
-        #expect(answered.load(ordering: .relaxed) > 200)
+        #expect(streamer.stop() == [])
+        #expect(streamer.answered > 200)
         #expect(server.isRunning)
         #expect(server.logText().components(separatedBy: "took over test").count - 1 == 20)
         try attached.expectIntact()
