@@ -118,7 +118,7 @@ let package = Package(
 
         // Device models.
         .target(name: "TestDevice", dependencies: ["PCI"], path: "Samples/TestDevice", swiftSettings: strict),
-        .target(name: "MTTY", dependencies: ["PCI", "CShim", "UnixSocket", .product(name: "SystemPackage", package: "swift-system")], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
+        .target(name: "MTTY", dependencies: ["PCI", "CShim", "UnixSocket"], path: "Samples/MTTY", exclude: ["README.md"], swiftSettings: strict),
         .target(name: "MDPY", dependencies: ["PCI"], path: "Samples/MDPY", exclude: ["README.md"], swiftSettings: strict),
         .target(name: "MBochs", dependencies: ["PCI"], path: "Samples/MBochs", exclude: ["README.md"], swiftSettings: strict),
 

@@ -1,7 +1,6 @@
 import CShim
 import Glibc
 import PCI
-import SystemPackage
 import UnixSocket
 
 /// Where a port's line goes.
@@ -147,9 +146,7 @@ final class HostLine {
             guard k == socketKind, name == path, roles.isSubset(of: ["listener", "peer"]), let listener = r.fd("listener") else {
                 throw refuse("not the socket line at \(path.prefix(64))")
             }
-            let bound = InheritedSocket.boundPath(FileDescriptor(rawValue: listener)) ?? ""
-            guard case .listening? = try? InheritedSocket.check(listener),
-                  bound == path || (bound.hasPrefix(path + ".") && bound.hasSuffix(".new")) else {
+            guard InheritedSocket.listens(listener, at: path) else {
                 throw refuse("its listener is not a socket listening at \(path.prefix(64))")
             }
             let peer = r.fd("peer") ?? -1

@@ -446,67 +446,44 @@ public enum LiveUpgrade {
             guard connection != nil else { throw DeviceError(EINVAL, "the handover has a migration for '\(instance)' but no client to drive it") }
             try host.adoptMigration(migration.snapshot)
         }
-        let listener = try device.listener.map { (i) throws(DeviceError) in try incoming.pool.take(i, for: "the listener") }
-        if let listener, let path = device.socketPath {
-            // The path must be the listener's: the name it is bound to, or the one that name was renamed to.
+        // The descriptors taken from here on are closed if a later step fails.
+        var taken: [Int32] = []
+        var done = false
+        defer { if !done { for fd in taken { close(fd) } } }
+        func take(_ index: UInt32, for what: String) throws(DeviceError) -> Int32 {
+            let fd = try incoming.pool.take(index, for: what)
+            taken.append(fd)
+            return fd
+        }
+        let listener = try device.listener.map { (i) throws(DeviceError) in try take(i, for: "the listener") }
+        if let listener, let path = device.socketPath, !InheritedSocket.listens(listener, at: path) {
             let bound = InheritedSocket.boundPath(FileDescriptor(rawValue: listener)) ?? ""
-            guard bound == path || (bound.hasPrefix(path + ".") && bound.hasSuffix(".new")) else {
-                close(listener)
-                throw DeviceError(EINVAL, "the handover puts device '\(instance)' at \(path), but its listener is bound to \(bound.isEmpty ? "no path" : bound)")
-            }
+            throw DeviceError(EINVAL, "the handover puts device '\(instance)' at \(path), but its listener is bound to \(bound.isEmpty ? "no path" : bound)")
         }
         var displaySocket: DisplaySocket?
         if let display, let index = display.listener {
-            let fd: Int32
-            do { fd = try incoming.pool.take(index, for: "the display socket") } catch {
-                if let listener { close(listener) }
-                throw error
-            }
-            let bound = InheritedSocket.boundPath(FileDescriptor(rawValue: fd)) ?? ""
-            let listening: Bool
-            if case .listening? = try? InheritedSocket.check(fd) { listening = true } else { listening = false }
-            guard listening, display.socketPath.isEmpty || bound == display.socketPath
-                    || (bound.hasPrefix(display.socketPath + ".") && bound.hasSuffix(".new")) else {
-                close(fd)
-                if let listener { close(listener) }
+            let fd = try take(index, for: "the display socket")
+            guard InheritedSocket.listens(fd, at: display.socketPath.isEmpty ? nil : display.socketPath) else {
                 throw DeviceError(EINVAL, "the handover's display socket for '\(instance)' is not a socket listening at \(display.socketPath)")
             }
             displaySocket = DisplaySocket(listener: fd, path: display.socketPath, ownsSocketFile: display.ownsSocketFile && !display.socketPath.isEmpty)
         }
         var client: SocketEndpoint?
         if let connection {
-            let socket: Int32
-            do { socket = try incoming.pool.take(connection.socket, for: "the client connection") } catch {
-                if let listener { close(listener) }
-                if let displaySocket { close(displaySocket.listener) }
-                throw error
-            }
-            let state: ConnectionState
-            do { state = try connection.resolved(from: incoming.pool) } catch {
-                close(socket)
-                if let listener { close(listener) }
-                if let displaySocket { close(displaySocket.listener) }
-                throw error
-            }
+            let socket = try take(connection.socket, for: "the client connection")
+            let state = try connection.resolved(from: incoming.pool)
             let framer: MessageFramer
             do { framer = try MessageFramer(resuming: state.framer) } catch {
-                close(socket)
-                if let listener { close(listener) }
-                if let displaySocket { close(displaySocket.listener) }
                 for w in state.windows where w.fd >= 0 { close(w.fd) }
                 for v in state.vectors { for fd in [v.trigger, v.unmask, v.mask] where fd >= 0 { close(fd) } }
                 throw DeviceError(EINVAL, "the handed-over connection's buffered bytes do not fit a framer")
             }
             let endpoint = SocketEndpoint(host: host, socket: socket, framer: framer, logger: logger,
                                           stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
-            do { try endpoint.resume(state) } catch {
-                close(socket)
-                if let listener { close(listener) }
-                if let displaySocket { close(displaySocket.listener) }
-                throw error
-            }
+            try endpoint.resume(state)
             client = endpoint
         }
+        done = true
         var owned: OwnedDescriptor? = listener.map { OwnedDescriptor(adopting: FileDescriptor(rawValue: $0)) }
         let server = DeviceServer(host: host, handedOverListener: owned.take(), path: device.socketPath, ownsSocketFile: device.ownsSocketFile,
                                   client: client, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
@@ -539,7 +516,8 @@ public enum LiveUpgrade {
 
     /// The fd store's name for the handover's memfd, and for descriptor `i` of its list.
     static let storedHandoverName = "umdev-handover"
-    static func storedName(_ i: Int) -> String { "umdev-fd-\(i)" }
+    static let storedPrefix = "umdev-fd-"
+    static func storedName(_ i: Int) -> String { storedPrefix + "\(i)" }
 
     /// Hands a handover to the service manager's fd store (`FDSTORE=1`),
     /// for the process the manager starts next: every descriptor under its
@@ -554,7 +532,7 @@ public enum LiveUpgrade {
         }
         defer { close(memfd) }
         for (i, fd) in handover.fds.enumerated() where !ServiceManager.store(fd, name: storedName(i)) {
-            for j in 0...i { ServiceManager.removeStored(name: storedName(j)) }
+            forgetStored(count: i + 1)
             return "the service manager did not take descriptor \(i) of \(handover.fds.count)"
         }
         guard ServiceManager.store(memfd, name: storedHandoverName) else {
@@ -570,7 +548,7 @@ public enum LiveUpgrade {
     /// none. Throws when it is unusable; its descriptors are closed then.
     /// What the store held is forgotten then too, so a next start does not trip on it again.
     public static func incoming(fromStore passed: inout [ServiceManager.ListenedFD]) throws(DeviceError) -> Incoming? {
-        let names = Set(passed.map(\.name).filter { $0.hasPrefix("umdev-fd-") || $0 == storedHandoverName })
+        let names = Set(passed.map(\.name).filter { $0.hasPrefix(storedPrefix) || $0 == storedHandoverName })
         do { return try takeStored(&passed) } catch {
             for name in names { ServiceManager.removeStored(name: name) }
             throw error
@@ -583,8 +561,8 @@ public enum LiveUpgrade {
         var byIndex: [Int: Int32] = [:]
         var extra: [Int32] = []
         passed.removeAll { p in
-            guard p.name.hasPrefix("umdev-fd-") else { return false }
-            if let i = Int(p.name.dropFirst("umdev-fd-".count)), i >= 0, i < 1 << 16, byIndex[i] == nil { byIndex[i] = p.fd } else { extra.append(p.fd) }
+            guard p.name.hasPrefix(storedPrefix) else { return false }
+            if let i = Int(p.name.dropFirst(storedPrefix.count)), i >= 0, i < 1 << 16, byIndex[i] == nil { byIndex[i] = p.fd } else { extra.append(p.fd) }
             return true
         }
         for fd in extra { close(fd) }
@@ -623,6 +601,19 @@ public enum LiveUpgrade {
                 upgrade(sender)
             }
         }
+    }
+}
+
+extension LiveUpgrade.DisplaySocket {
+    /// A serving display server's socket, for a handover (nil once it stopped).
+    public init?(_ server: DisplayServer) {
+        guard server.listener >= 0 else { return nil }
+        self.init(listener: server.listener, path: server.path, ownsSocketFile: server.ownsSocketFile)
+    }
+
+    /// A display server for viewers on this handed-over socket, not yet started.
+    public func server(description: DeviceDescription, logger: Logger) -> DisplayServer {
+        DisplayServer(description: description, handedOverListener: listener, path: path, ownsSocketFile: ownsSocketFile, logger: logger)
     }
 }
 

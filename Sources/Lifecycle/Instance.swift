@@ -98,8 +98,7 @@ final class Instance: @unchecked Sendable {
         var display: DisplayServer?
         if let d = restored.display {
             if server.host.device is DisplayDevice {
-                display = DisplayServer(description: server.host.description, handedOverListener: d.listener, path: d.path,
-                                        ownsSocketFile: d.ownsSocketFile, logger: Self.logger(logger, uuid))
+                display = d.server(description: server.host.description, logger: Self.logger(logger, uuid))
             } else {
                 close(d.listener)
             }
@@ -108,10 +107,7 @@ final class Instance: @unchecked Sendable {
     }
 
     /// The display socket as a handover carries it.
-    var displaySocket: LiveUpgrade.DisplaySocket? {
-        guard let display, display.listener >= 0 else { return nil }
-        return .init(listener: display.listener, path: display.path, ownsSocketFile: display.ownsSocketFile)
-    }
+    var displaySocket: LiveUpgrade.DisplaySocket? { display.flatMap(LiveUpgrade.DisplaySocket.init) }
 
     /// The device `type` makes with `attributes`, runtime ones applied in order.
     private static func make(_ type: DeviceType, _ attributes: Attributes) throws(LifecycleError) -> (device: VFIODevice, runtime: [String: String]) {

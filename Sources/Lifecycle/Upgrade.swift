@@ -138,27 +138,22 @@ extension Daemon {
             return .failure(LifecycleError(.busy, "\(uuid) is being started or stopped"))
         }
         // Every device asked at once, then waited for: the pause lasts as long as the slowest one's request.
-        var devices: [LiveUpgrade.Device] = []
-        var asked: [DeviceServer] = []
         for i in instances {
             guard i.server.requestPause() else {
-                for s in asked { s.resume() }
                 resume()
                 return .failure(LifecycleError(.busy, "\(i.uuid) is stopping or already pausing"))
             }
-            asked.append(i.server)
+            paused.append(i.server)
         }
+        var devices: [LiveUpgrade.Device] = []
         for i in instances {
             guard let p = i.server.awaitPause() else {
-                for s in asked where s !== i.server { s.resume() }
                 resume()
                 return .failure(LifecycleError(.busy, "\(i.uuid) did not stop between requests within 5 s"))
             }
             devices.append(.init(instance: i.uuid, host: i.server.host, paused: p, ownsSocketFile: i.server.ownsSocketFile,
-                                 socketPath: i.server.path,
-                                 preface: [i.section.section], display: i.displaySocket))
+                                 socketPath: i.server.path, preface: [i.section.section], display: i.displaySocket))
         }
-        paused = asked
         do {
             let h = try LiveUpgrade.write(devices, daemon: .init(controlListener: listener, ownsControlFile: ownsFile, requester: requester))
             return .success((h, resume))
@@ -189,19 +184,9 @@ extension Daemon {
     static func takeControlSocket(_ d: DaemonSection, from pool: DescriptorPool) throws(LifecycleError) -> Int32 {
         let fd: Int32
         do throws(DeviceError) { fd = try pool.take(d.controlListener, for: "the control socket") } catch { throw LifecycleError(.invalid, error.message) }
-        do {
-            guard case .listening = try InheritedSocket.check(fd) else {
-                close(fd)
-                throw LifecycleError(.invalid, "the handed-over control socket is connected, not listening")
-            }
-        } catch let e as SocketError {
+        guard InheritedSocket.listens(fd) else {
             close(fd)
-            throw LifecycleError(.invalid, "the handed-over control socket: \(e)")
-        } catch let e as LifecycleError {
-            throw e
-        } catch {
-            close(fd)
-            throw LifecycleError(.invalid, "the handed-over control socket: \(error)")
+            throw LifecycleError(.invalid, "the handed-over control socket is not a listening UNIX socket")
         }
         return fd
     }

@@ -53,6 +53,18 @@ public enum InheritedSocket: Equatable, Sendable {
         return .connected(FileDescriptor(rawValue: fd))
     }
 
+    /// Whether `socket` is a listening UNIX socket, and (given `path`) one
+    /// whose file is `path`: bound to it, or to the staging name
+    /// `UnixSocket.listen` bound first and renamed into place
+    /// (`path.PID.new`). What a handover's listener must be before it is
+    /// served on.
+    public static func listens(_ socket: Int32, at path: String? = nil) -> Bool {
+        guard case .listening? = try? check(socket) else { return false }
+        guard let path else { return true }
+        let bound = boundPath(FileDescriptor(rawValue: socket)) ?? ""
+        return bound == path || (bound.hasPrefix(path + ".") && bound.hasSuffix(".new"))
+    }
+
     /// The filesystem path a listening socket is bound to, when it has one.
     public static func boundPath(_ socket: FileDescriptor) -> String? {
         let fd = socket.rawValue

@@ -41,7 +41,8 @@ public enum UnixSocket {
         // name beside it, then renamed into place. Whoever waits for the
         // file (a script, QEMU started next) never finds it refusing
         // connections between bind and listen. A path too long for the
-        // staging name is bound directly.
+        // staging name is bound directly. (`InheritedSocket.listens(_:at:)`
+        // knows the staging name.)
         let staged = path + ".\(getpid()).new"
         let direct = staged.utf8.count >= MemoryLayout.size(ofValue: sockaddr_un().sun_path)
         let bound = direct ? path : staged

@@ -267,8 +267,7 @@ extension Serve {
         if let display = server.host.device as? DisplayDevice {
             PlaneLog(display.planes, logger: logger).start()
             if let d = restored.display {
-                let v = DisplayServer(description: server.host.description, handedOverListener: d.listener, path: d.path,
-                                      ownsSocketFile: d.ownsSocketFile, logger: logger)
+                let v = d.server(description: server.host.description, logger: logger)
                 v.start()
                 viewers = v
                 if v.ownsSocketFile { paths.append(v.path) }
@@ -309,9 +308,8 @@ extension Serve {
             return nil
         }
         do {
-            let viewers = display.map { LiveUpgrade.DisplaySocket(listener: $0.listener, path: $0.path, ownsSocketFile: $0.ownsSocketFile) }
             return try LiveUpgrade.write([.init(instance: "", host: server.host, paused: paused, ownsSocketFile: ownsSocketFile,
-                                           socketPath: server.path, display: viewers)])
+                                           socketPath: server.path, display: display.flatMap(LiveUpgrade.DisplaySocket.init))])
         } catch {
             server.resume()
             logger.error("\(refusal): \(error.message)")
