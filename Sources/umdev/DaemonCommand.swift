@@ -49,13 +49,7 @@ struct DaemonCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seconds `stop` waits for a client asked to release a device.", valueName: "seconds"))
     var stopTimeout: Double = 10
 
-    @Flag(name: .long, help: ArgumentHelp(
-        "Run under a small parent that plays the service manager where there is none: it holds the fd store, restarts the child keeping every device on SIGHUP, passes SIGUSR2 on, stops it on SIGTERM or SIGINT, and starts it again if it dies."))
-    var supervise = false
-
-    @Flag(name: .customLong("fd-store"), help: ArgumentHelp(
-        "The service manager keeps descriptors for this service (FileDescriptorStoreMax= above 0): SIGTERM hands every instance to its fd store and the next start takes them back, clients attached. systemd 254 and later say so themselves ($FDSTORE)."))
-    var fdStore = false
+    @OptionGroup var restart: RestartOptions
 
     @OptionGroup var logging: LoggingOptions
 
@@ -96,40 +90,22 @@ struct DaemonCommand: ParsableCommand {
 
     func run() throws {
         let started = monotonicNanoseconds()
-        if supervise {
-            logging.bootstrap()
-            Supervisor.run(arguments: CommandLine.arguments, logger: Logger(label: "umdev-supervise"))
-        }
+        restart.superviseIfAsked(logging)
         // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
         LiveUpgrade.blockTrigger()
         logging.bootstrap()
         let logger = Logger(label: "umdev")
-        var incoming: LiveUpgrade.Incoming?
-        do { incoming = try LiveUpgrade.incoming() } catch {
-            throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
-        }
-        // What the service manager passed: socket activation's control
-        // socket, and what a previous process left in the fd store.
-        var passed = incoming == nil ? ServiceManager.listenFDs() : []
-        var fromStore = false
-        if incoming == nil {
-            do {
-                incoming = try LiveUpgrade.incoming(fromStore: &passed)
-                fromStore = incoming != nil
-            } catch {
-                logger.error("the fd store's handover is unusable, starting without its instances: \(error.message)")
-            }
-        }
+        var start = try StartingHandover(logger: logger)
         var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,
                                          configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
         config.budgets = try budgets()
         config.stopTimeout = stopTimeout
         config.binary = Serve.startedFrom
         // After a live upgrade or from the fd store the control socket comes with the handover.
-        if incoming == nil {
-            config.inheritedControlSocket = try activatedControlSocket(passed)
+        if start.incoming == nil {
+            config.inheritedControlSocket = try activatedControlSocket(start.passed)
         } else {
-            for p in passed { close(p.fd) }
+            for p in start.passed { close(p.fd) }
         }
         // Every thread the daemon starts inherits this mask, so SIGINT and
         // SIGTERM arrive here, in sigwait, and nowhere else.
@@ -140,39 +116,33 @@ struct DaemonCommand: ParsableCommand {
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         var made: Daemon
-        do { made = try Daemon(config, logger: logger, takingOver: incoming) } catch {
-            if incoming?.checkOnly == true {
+        do { made = try Daemon(config, logger: logger, takingOver: start.incoming) } catch {
+            if start.incoming?.checkOnly == true {
                 FileHandleOutput.standardError("cannot take over: \(error.message)")
                 Glibc.exit(1)
             }
-            guard fromStore, let stored = incoming else {
-                throw CommandFailure(incoming == nil ? error.message : "cannot take over from the previous umdev: \(error.message)")
+            guard start.fromStore, let stored = start.incoming else {
+                throw CommandFailure(start.incoming == nil ? error.message : "cannot take over from the previous umdev: \(error.message)")
             }
             // What the store held cannot be restored: start as if it were empty.
             logger.error("cannot take the instances back from the fd store, starting without them: \(error.message)")
             stored.pool.closeUnclaimed()
             LiveUpgrade.forgetStored(count: stored.pool.count)
-            incoming = nil
-            fromStore = false
+            start = StartingHandover()
             made = try Daemon(config, logger: logger)
         }
         let daemon = made
-        if fromStore, let stored = incoming { LiveUpgrade.forgetStored(count: stored.pool.count) }
-        if incoming?.checkOnly == true { Glibc.exit(0) }
-        if let leftover = incoming?.pool.closeUnclaimed(), leftover > 0 {
+        if start.fromStore, let stored = start.incoming { LiveUpgrade.forgetStored(count: stored.pool.count) }
+        if start.incoming?.checkOnly == true { Glibc.exit(0) }
+        if let leftover = start.incoming?.pool.closeUnclaimed(), leftover > 0 {
             logger.warning("\(leftover) handed-over descriptor(s) nothing claimed; closed")
         }
         daemon.start()
         LiveUpgrade.startTrigger(logger: logger) { _ in _ = daemon.upgrade(binary: nil, requester: nil) }
-        if let incoming {
-            let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
-            let restored = monotonicNanoseconds()
-            var timing: Logger.Metadata = ["instances": "\(daemon.instanceCount)", "restore_ms": "\(milliseconds(restored - started))"]
-            if let written = incoming.writer?.writtenAt, written > 0, written <= started {
-                timing["startup_ms"] = "\(milliseconds(started - written))"
-                timing["total_ms"] = "\(milliseconds(restored - written))"
-            }
-            logger.notice("took over \(daemon.instanceCount) instance(s) from \(from)\(fromStore ? " through the fd store" : ""); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
+        if let incoming = start.incoming {
+            var timing = start.timing(started: started, now: monotonicNanoseconds())
+            timing["instances"] = "\(daemon.instanceCount)"
+            logger.notice("took over \(daemon.instanceCount) instance(s) from \(start.from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
             daemon.answerUpgrade(from: incoming.writer)
         }
         let control = config.inheritedControlSocket.map { "inherited descriptor \($0.rawValue)" + (InheritedSocket.boundPath($0).map { " (\($0))" } ?? "") }
@@ -181,7 +151,7 @@ struct DaemonCommand: ParsableCommand {
         ServiceManager.notify("READY=1\nSTATUS=control socket \(control); \(daemon.instanceCount) instance(s) running")
         var received: Int32 = 0
         sigwait(&set, &received)
-        if received == SIGTERM, fdStore || ServiceManager.fdStoreSize != nil {
+        if received == SIGTERM, restart.usesFDStore {
             // A restart keeps every device: the manager holds them until the next start.
             ServiceManager.notify("STOPPING=1\nSTATUS=handing every instance to the fd store")
             if let why = daemon.handOverToStore() {

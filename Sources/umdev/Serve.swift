@@ -57,13 +57,7 @@ struct Serve: ParsableCommand {
         "Display socket for viewers (display types only); default SOCKET.display.", valueName: "path"))
     var displaySocket: String?
 
-    @Flag(name: .long, help: ArgumentHelp(
-        "Run under a small parent that plays the service manager where there is none: it holds the fd store, restarts the child keeping every device on SIGHUP, passes SIGUSR2 on, stops it on SIGTERM or SIGINT, and starts it again if it dies."))
-    var supervise = false
-
-    @Flag(name: .customLong("fd-store"), help: ArgumentHelp(
-        "The service manager keeps descriptors for this service (FileDescriptorStoreMax= above 0): SIGTERM hands the device and its client to its fd store and the next start takes them back. systemd 254 and later say so themselves ($FDSTORE)."))
-    var fdStore = false
+    @OptionGroup var restart: RestartOptions
 
     @Flag(name: .long, help: "Do not open a display socket.")
     var noDisplaySocket = false
@@ -81,10 +75,7 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let started = monotonicNanoseconds()
-        if supervise {
-            logging.bootstrap()
-            Supervisor.run(arguments: CommandLine.arguments, logger: Logger(label: "umdev-supervise"))
-        }
+        restart.superviseIfAsked(logging)
         // Before any thread exists: only the upgrade trigger's thread takes SIGUSR2.
         LiveUpgrade.blockTrigger()
         logging.bootstrap()
@@ -92,30 +83,16 @@ struct Serve: ParsableCommand {
         guard let kind = Catalog.type(type) else {
             throw ValidationError("unknown device type '\(type)'; known: \(Catalog.all.map(\.id).joined(separator: ", "))")
         }
-        if usesFDStore {
+        if restart.usesFDStore {
             // SIGTERM goes to the thread that hands everything to the fd store.
             var set = sigset_t()
             sigemptyset(&set)
             sigaddset(&set, SIGTERM)
             pthread_sigmask(SIG_BLOCK, &set, nil)
         }
-        var incoming: LiveUpgrade.Incoming?
-        do { incoming = try LiveUpgrade.incoming() } catch {
-            throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
-        }
-        if let incoming {
-            try takeOver(incoming, kind: kind, logger: logger, started: started)
-            return
-        }
-        // What the service manager passed: socket activation's socket, and what a previous process left in the fd store.
-        var passed = ServiceManager.listenFDs()
-        do { incoming = try LiveUpgrade.incoming(fromStore: &passed) } catch {
-            logger.error("the fd store's handover is unusable, starting afresh: \(error.message)")
-        }
-        if let stored = incoming {
-            if try takeOver(stored, kind: kind, logger: logger, started: started, fromStore: true, leftover: passed) { return }
-            // What the store held cannot be restored: start as if it were empty (the listener went with it).
-        }
+        let start = try StartingHandover(logger: logger)
+        // What the store held and cannot be restored: start as if it were empty (its listener went with it).
+        if start.incoming != nil, try takeOver(start, kind: kind, logger: logger, started: started) { return }
         if printCapabilities {
             // The conventions: print, exit 0, ignore every other option.
             guard let d = BackendDescription(type: kind, binary: CommandLine.arguments[0]) else {
@@ -124,7 +101,7 @@ struct Serve: ParsableCommand {
             print(BackendDescription.json(d.capabilities), terminator: "")
             return
         }
-        let endpoint = try chooseSocket(passed)
+        let endpoint = try chooseSocket(start.passed)
         guard serial.isEmpty || kind.pool == .mtty else { throw ValidationError("--serial applies to mtty types only") }
         guard serial.count <= kind.cost else { throw ValidationError("\(kind.id) has \(kind.cost) port(s); \(serial.count) --serial given") }
         for s in serial where SerialBackend(argument: s) == nil {
@@ -168,7 +145,7 @@ struct Serve: ParsableCommand {
         installTerminationHandler(paths: paths)
         let ownsSocketFile = socketPath != nil && { if case .path = endpoint { return true } else { return false } }()
         startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: ownsSocketFile, logger: logger)
-        if usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: ownsSocketFile, paths: paths, logger: logger) }
+        if restart.usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: ownsSocketFile, paths: paths, logger: logger) }
         let place: String
         switch endpoint {
         case .path(let path): place = path
@@ -226,13 +203,13 @@ extension Serve {
     /// client from the handover, then serving as before. With the check
     /// flag set, only reads and rebuilds (the old process asks first), and
     /// exits 0; any failure is the last line on stderr and exit status 1.
-    /// `fromStore`: the handover came from the service manager's fd store;
-    /// if it cannot be restored, that is logged and false returned (the
-    /// caller starts afresh) instead of thrown.
-    @discardableResult
-    /// `leftover`: what socket activation passed beside the store, closed once the handover's own listener serves.
-    func takeOver(_ incoming: LiveUpgrade.Incoming, kind: DeviceType, logger: Logger, started: UInt64, fromStore: Bool = false,
-                  leftover: [ServiceManager.ListenedFD] = []) throws -> Bool {
+    /// A handover from the service manager's fd store that cannot be
+    /// restored is logged and false returned (the caller starts afresh)
+    /// instead of thrown. What socket activation passed beside it is closed
+    /// once the handover's own listener serves.
+    func takeOver(_ start: StartingHandover, kind: DeviceType, logger: Logger, started: UInt64) throws -> Bool {
+        guard let incoming = start.incoming else { return false }
+        let fromStore = start.fromStore
         let restored: LiveUpgrade.Restored
         do {
             restored = try LiveUpgrade.restore(incoming, instance: "", logger: logger, pollMicroseconds: pollMicroseconds) { () throws(DeviceError) in
@@ -253,7 +230,7 @@ extension Serve {
         }
         if incoming.checkOnly { Glibc.exit(0) }
         if fromStore { LiveUpgrade.forgetStored(count: incoming.pool.count) }
-        for p in leftover { close(p.fd) }
+        for p in start.passed { close(p.fd) }
         let server = restored.server
         if let mtty = server.host.device as? MTTY {
             for (port, name) in mtty.backendNames.enumerated() {
@@ -277,18 +254,11 @@ extension Serve {
         }
         installTerminationHandler(paths: paths)
         startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, logger: logger)
-        if usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, paths: paths, logger: logger) }
-        let from = incoming.writer.map { "umdev \($0.version) (pid \($0.pid))" } ?? "the previous umdev"
-        let ready = monotonicNanoseconds()
-        var timing: Logger.Metadata = ["client": "\(server.isAttached ? "attached" : "none")",
-                                       "restore_ms": "\(milliseconds(ready - started))"]
-        if let written = incoming.writer?.writtenAt, written > 0, written <= started {
-            // From the handover written to this process's first line of Swift: exec, loading, runtime start-up.
-            timing["startup_ms"] = "\(milliseconds(started - written))"
-            timing["total_ms"] = "\(milliseconds(ready - written))"
-        }
-        logger.notice("took over \(kind.id) from \(from)\(fromStore ? " through the fd store" : ""); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
-        ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (\(fromStore ? "restarted" : "upgraded") from \(from))")
+        if restart.usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, paths: paths, logger: logger) }
+        var timing = start.timing(started: started, now: monotonicNanoseconds())
+        timing["client"] = "\(server.isAttached ? "attached" : "none")"
+        logger.notice("took over \(kind.id) from \(start.from); now umdev \(LiveUpgrade.umdevVersion)", metadata: timing)
+        ServiceManager.notify("READY=1\nSTATUS=serving \(kind.id) (\(fromStore ? "restarted" : "upgraded") from \(start.from))")
         server.serve()
         if server.path.isEmpty {
             logger.notice("the client left; a connected socket serves no one else")
@@ -296,8 +266,6 @@ extension Serve {
         }
         return true
     }
-
-    var usesFDStore: Bool { fdStore || ServiceManager.fdStoreSize != nil }
 
     /// The device paused and written into a handover, or nil (and the
     /// device serving again) with why logged.
@@ -391,7 +359,6 @@ extension Serve {
         return arg0
     }()
 }
-
 
 enum FileHandleOutput {
     /// One line on stderr, unbuffered (the process exits right after).
