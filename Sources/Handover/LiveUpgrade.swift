@@ -263,17 +263,9 @@ public enum LiveUpgrade {
         case .failure(let why): return .failure(why)
         }
         for fd in handover.fds + [memfd] { _ = umdev_set_cloexec(fd, 0) }
-        var env: [String] = []
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if !s.hasPrefix(handoverVariable + "=") && !s.hasPrefix(descriptorsVariable + "=") && !s.hasPrefix(checkVariable + "=") {
-                env.append(s)
-            }
-            p += 1
-        }
-        env.append("\(handoverVariable)=\(memfd)")
-        env.append("\(descriptorsVariable)=\(handover.fds.map(String.init).joined(separator: ","))")
+        let env = ServiceManager.environment(removing: [checkVariable], setting: [
+            (handoverVariable, "\(memfd)"), (descriptorsVariable, handover.fds.map(String.init).joined(separator: ",")),
+        ])
         return .success(Passed(memfd: memfd, fds: handover.fds, environment: env))
     }
 

@@ -105,8 +105,8 @@ public final class FDStore: @unchecked Sendable {
     /// process stored just before it exited is in the store when the next
     /// one starts.
     public func settle(seconds: Double = 5) {
-        let deadline = monotonic() + UInt64(seconds * 1e9)
-        while monotonic() < deadline {
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while monotonicNanoseconds() < deadline {
             var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
             if poll(&p, 1, 0) == 0 && !locked({ busy }) { return }
             usleep(500)
@@ -120,8 +120,8 @@ public final class FDStore: @unchecked Sendable {
 
     /// Waits until `count` READY=1 have come or `seconds` pass.
     public func waitReadies(_ count: Int, seconds: Double = 30) -> Bool {
-        let deadline = monotonic() + UInt64(seconds * 1e9)
-        while monotonic() < deadline {
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while monotonicNanoseconds() < deadline {
             if readies >= count { return true }
             usleep(2_000)
         }
@@ -161,16 +161,8 @@ public final class FDStore: @unchecked Sendable {
         let script = kept.isEmpty ? "exec \"$0\" \"$@\""
             : "LISTEN_PID=$$ LISTEN_FDS=\(kept.count) LISTEN_FDNAMES='\(names)' exec \"$0\" \"$@\""
         let argv = ["/bin/sh", "-c", script, executable] + arguments
-        var env: [String] = []
-        var p = environ
-        let replaced = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] + Array(environment.keys)
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if !replaced.contains(where: { s.hasPrefix($0 + "=") }) { env.append(s) }
-            p += 1
-        }
-        env.append("NOTIFY_SOCKET=\(path)")
-        env += environment.map { "\($0.key)=\($0.value)" }
+        let env = ServiceManager.environment(removing: ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"],
+                                             setting: [("NOTIFY_SOCKET", path)] + environment.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
         var cArgs = argv.map { strdup($0) } + [nil]
         var cEnv = env.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
@@ -190,9 +182,4 @@ public final class FDStore: @unchecked Sendable {
         lock.deallocate()
     }
 
-    private func monotonic() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
 }

@@ -98,10 +98,19 @@ public enum ServiceManager {
         }
     }
 
-    private static func monotonicNanoseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    /// This process's environment as `NAME=value` entries for a child:
+    /// without the variables `removing` names or `setting` assigns, then
+    /// `setting`'s assignments in order.
+    public static func environment(removing: [String] = [], setting: [(name: String, value: String)] = []) -> [String] {
+        let dropped = removing + setting.map(\.name)
+        var env: [String] = []
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if !dropped.contains(where: { s.hasPrefix($0 + "=") }) { env.append(s) }
+            p += 1
+        }
+        return env + setting.map { "\($0.name)=\($0.value)" }
     }
 
     /// A descriptor handed over by socket activation (or the fd store).
@@ -128,4 +137,11 @@ public enum ServiceManager {
             return ListenedFD(fd: fd, name: name)
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

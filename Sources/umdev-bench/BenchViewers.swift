@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandSupport
 import Glibc
+import ServiceManager
 import MBochs
 import Locking
 import VFIOUser
@@ -332,14 +333,7 @@ final class ChildProcess {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         if let stderrPath { posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_APPEND, 0o600) }
-        var env: [String] = []
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if !environment.keys.contains(where: { s.hasPrefix($0 + "=") }) { env.append(s) }
-            p += 1
-        }
-        env += environment.map { "\($0.key)=\($0.value)" }
+        let env = ServiceManager.environment(setting: environment.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
         var cEnv = env.map { strdup($0) } + [nil]
         defer { cEnv.forEach { free($0) } }
         var child: pid_t = 0

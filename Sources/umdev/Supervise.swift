@@ -1,6 +1,7 @@
 import CShim
 import Glibc
 import Logging
+import PCI
 import ServiceManager
 
 /// `--supervise`: where there is no service manager (a container, a
@@ -122,9 +123,5 @@ enum Supervisor {
         return signal == 0 ? "status \((status >> 8) & 0xff)" : "killed by signal \(signal)"
     }
 
-    private static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    private static func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }
 }
