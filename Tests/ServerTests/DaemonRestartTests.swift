@@ -27,9 +27,8 @@ struct DaemonRestartTests {
     /// next start takes them back and the clients, which never noticed,
     /// get every request answered, twice over.
     @Test func aRestartLosesNoRequestAndNoDevice() throws {
-        let dir = "/tmp/umdev-restart-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(dir, 0o700)
-        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let scratch = ScratchDirectory("umdev-restart")
+        let dir = scratch.path
         let run = dir + "/run", log = dir + "/log"
         let manager = try manager()
         let arguments = ["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--fd-store", "--log-level", "info"]
@@ -79,9 +78,8 @@ struct DaemonRestartTests {
     /// `umdev serve --fd-store` the same way: SIGTERM stores the device
     /// and its client, the next start takes them back.
     @Test func serveRestartsWithItsClient() throws {
-        let dir = "/tmp/umdev-restart-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(dir, 0o700)
-        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let scratch = ScratchDirectory("umdev-restart")
+        let dir = scratch.path
         let path = dir + "/mtty.sock", log = dir + "/log"
         let manager = try manager()
         let arguments = ["serve", "--type", "mtty-2", "--socket", path, "--fd-store", "--log-level", "info"]
@@ -120,25 +118,12 @@ struct DaemonRestartTests {
     /// the daemon keeping every device, a killed daemon is started again
     /// (its devices lost: nothing is stored while it runs yet), SIGTERM stops it.
     @Test func superviseRestartsKeepingDevicesAndRevivesACrash() throws {
-        let dir = "/tmp/umdev-supervise-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(dir, 0o700)
-        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let scratch = ScratchDirectory("umdev-supervise-test")
+        let dir = scratch.path
         let run = dir + "/run", log = dir + "/log"
         let notify = try NotifySocket()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        let argv = [umdevExecutable(), "daemon", "--supervise", "--run-dir", run, "--config-dir", dir + "/config", "--log-level", "info"]
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var env = ProcessInfo.processInfo.environment
-        env.merge(notify.environment) { $1 }
-        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { cEnv.forEach { free($0) } }
-        var parent: pid_t = 0
-        #expect(posix_spawn(&parent, argv[0], &actions, nil, &cArgs, &cEnv) == 0)
+        var parent = try spawnChild([umdevExecutable(), "daemon", "--supervise", "--run-dir", run, "--config-dir", dir + "/config",
+                                     "--log-level", "info"], environment: notify.environment, stderr: log)
         defer { if parent > 0 { kill(parent, SIGKILL); waitpid(parent, nil, 0) } }
         let supervisor = parent
         #expect(notify.waitReady("umdev daemon --supervise", exited: { waitpid(supervisor, nil, WNOHANG) != 0 }) != nil)
@@ -189,9 +174,8 @@ struct DaemonRestartTests {
 
     /// Without an fd store, SIGTERM stops every instance as before.
     @Test func withoutAStoreSIGTERMStopsAsBefore() throws {
-        let dir = "/tmp/umdev-restart-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(dir, 0o700)
-        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let scratch = ScratchDirectory("umdev-restart")
+        let dir = scratch.path
         let run = dir + "/run", log = dir + "/log"
         let manager = try manager()
         let pid = try manager.start(["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--log-level", "info"], log: log)

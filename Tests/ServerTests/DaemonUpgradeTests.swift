@@ -10,44 +10,15 @@ import VFIOUser
 import VFIOUserClient
 import Viewer
 
-/// `umdev daemon` started from a path of the test's own (a symlink to the
-/// built umdev), so the test decides what binary an upgrade finds there;
-/// its log goes to a file the test reads.
-private final class UpgradableDaemon {
-    let directory: String
-    let binary: String
+/// `umdev daemon` as an `UpgradableProcess`, its run directory in the scratch one.
+private final class UpgradableDaemon: UpgradableProcess {
     let run: String
-    let log: String
-    let pid: pid_t
-    let manager: NotifySocket
 
     init() throws {
-        directory = "/tmp/umdev-dupgrade-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(directory, 0o700)
-        binary = directory + "/umdev"
-        run = directory + "/run"
-        log = directory + "/log"
-        symlink(umdevExecutable(), binary)
-        manager = try NotifySocket()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        let argv = [binary, "daemon", "--run-dir", run, "--config-dir", directory + "/config", "--budget", "mtty=8",
-                    "--log-level", "info"]
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var env = ProcessInfo.processInfo.environment
-        env.merge(manager.environment) { $1 }
-        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { cEnv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, binary, &actions, nil, &cArgs, &cEnv)
-        guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(binary)") }
-        pid = child
-        let pid = child
-        manager.waitReady("umdev daemon", exited: { waitpid(pid, nil, WNOHANG) != 0 })
+        let scratch = ScratchDirectory("umdev-dupgrade")
+        run = scratch.path + "/run"
+        try super.init(scratch, arguments: ["daemon", "--run-dir", run, "--config-dir", scratch.path + "/config", "--budget", "mtty=8",
+                                            "--log-level", "info"], what: "umdev daemon")
     }
 
     /// A lifecycle command against this daemon.
@@ -58,28 +29,6 @@ private final class UpgradableDaemon {
     }
 
     func socket(_ uuid: String) -> String { "\(run)/\(uuid).sock" }
-
-    /// Replaces what is at the binary's path with a shell script.
-    func replaceBinary(withScript body: String) {
-        unlink(binary)
-        _ = FileManager.default.createFile(atPath: binary, contents: Data("#!/bin/sh\n\(body)\n".utf8),
-                                           attributes: [.posixPermissions: 0o755])
-    }
-
-    func restoreBinary() {
-        unlink(binary)
-        symlink(umdevExecutable(), binary)
-    }
-
-    func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
-
-    var isRunning: Bool { waitpid(pid, nil, WNOHANG) == 0 }
-
-    deinit {
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
-        _ = try? FileManager.default.removeItem(atPath: directory)
-    }
 }
 
 @Suite("live upgrade of umdev daemon (umdev upgrade, SIGUSR2)", .serialized)

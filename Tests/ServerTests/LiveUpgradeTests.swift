@@ -14,59 +14,17 @@ import VFIOUserClient
 import Viewer
 import VFIOUserServer
 
-/// `umdev serve` started from a path of the test's own (a symlink to the
-/// built umdev), so the test decides what binary an upgrade finds there;
-/// its log goes to a file the test reads.
-private final class UpgradableServer {
-    let directory: String
-    let binary: String
+/// `umdev serve` as an `UpgradableProcess`, its socket in the scratch directory.
+private final class UpgradableServer: UpgradableProcess {
     let path: String
-    let log: String
-    let pid: pid_t
-    let manager: NotifySocket
 
     /// `connected`: serve this socket as descriptor 3 (`--fd 3`) instead of a listening path.
     init(type: String, extraArguments: [String] = [], connected: Int32? = nil) throws {
-        directory = "/tmp/umdev-upgrade-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(directory, 0o700)
-        binary = directory + "/umdev"
-        path = directory + "/device.sock"
-        log = directory + "/log"
-        symlink(umdevExecutable(), binary)
-        manager = try NotifySocket()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        if let connected { posix_spawn_file_actions_adddup2(&actions, connected, 3) }
+        let scratch = ScratchDirectory("umdev-upgrade")
+        path = scratch.path + "/device.sock"
         let place = connected == nil ? ["--socket", path] : ["--fd", "3"]
-        let argv = [binary, "serve", "--type", type] + place + ["--log-level", "info"] + extraArguments
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var env = ProcessInfo.processInfo.environment
-        env.merge(manager.environment) { $1 }
-        var cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { cEnv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, binary, &actions, nil, &cArgs, &cEnv)
-        guard rc == 0 else { throw ClientError.system(rc, "posix_spawn \(binary)") }
-        pid = child
-        let pid = child
-        manager.waitReady("umdev serve --type \(type)", exited: { waitpid(pid, nil, WNOHANG) != 0 })
-    }
-
-    /// Replaces what is at the binary's path with a shell script.
-    func replaceBinary(withScript body: String) {
-        unlink(binary)
-        let text = "#!/bin/sh\n" + body + "\n"
-        _ = FileManager.default.createFile(atPath: binary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755])
-    }
-
-    /// Puts the built umdev back at the binary's path.
-    func restoreBinary() {
-        unlink(binary)
-        symlink(umdevExecutable(), binary)
+        try super.init(scratch, arguments: ["serve", "--type", type] + place + ["--log-level", "info"] + extraArguments,
+                       fd3: connected, what: "umdev serve --type \(type)")
     }
 
     /// Sends SIGUSR2 and waits for the new process to say READY=1.
@@ -96,16 +54,6 @@ private final class UpgradableServer {
         return nil
     }
 
-    func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
-
-    var isRunning: Bool { waitpid(pid, nil, WNOHANG) == 0 }
-
-    deinit {
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
-        for f in [binary, path, path + ".display", log] { unlink(f) }
-        rmdir(directory)
-    }
 }
 
 /// A thread reading the test device's scratch register (0xfeedf00d, as
