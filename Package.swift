@@ -169,7 +169,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/Support", swiftSettings: strict),
         .testTarget(name: "VFIOUserTests", dependencies: ["VFIOUser"], path: "Tests/VFIOUserTests",
                     swiftSettings: strict),
-        .testTarget(name: "HandoverTests", dependencies: ["Handover", "PCI", "MTTY", "MBochs", "VFIOUser", "VFIOUserServer"], path: "Tests/HandoverTests",
+        .testTarget(name: "HandoverTests", dependencies: ["Handover", "PCI", "MTTY", "MBochs", "VFIOUser", "VFIOUserServer", "CShim"], path: "Tests/HandoverTests",
                     swiftSettings: strict),
         .testTarget(
             name: "ServerTests",

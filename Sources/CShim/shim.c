@@ -70,6 +70,12 @@ int umdev_memfd_seal_size(int fd) {
     return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
 }
 
+int umdev_memfd_size_sealed(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    int want = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    return seals >= 0 && (seals & want) == want;
+}
+
 /// Sends `len` bytes from `buf` plus `nfds` descriptors as SCM_RIGHTS in one
 /// sendmsg(2). Returns bytes sent or -1 with errno set. MSG_NOSIGNAL so a
 /// vanished peer is an EPIPE, not a SIGPIPE.

@@ -35,40 +35,35 @@ public final class SharedMemory {
     }
 
     public init(name: String, size: Int) throws(DeviceError) {
+        let fd: Int32
+        let handedOver: Bool
         if let adopted = MemoryAdoption.claim(name: name, size: size) {
-            guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, adopted, 0), p != MAP_FAILED else {
+            (fd, handedOver) = (adopted, true)
+        } else {
+            let made = umdev_memfd(name)
+            guard made >= 0 else { throw DeviceError(errno, "memfd_create(\(name)) failed") }
+            guard ftruncate(made, off_t(size)) == 0 else {
                 let e = errno
-                close(adopted)
-                throw DeviceError(e, "mmap of the handed-over \(name) failed")
+                close(made)
+                throw DeviceError(e, "ftruncate of \(name) failed")
             }
-            descriptor = OwnedDescriptor(adopting: FileDescriptor(rawValue: adopted))
-            self.size = size
-            self.base = p
-            keepContentsOnRestore = true
-            wasHandedOver = true
-            return
-        }
-        let fd = umdev_memfd(name)
-        guard fd >= 0 else { throw DeviceError(errno, "memfd_create(\(name)) failed") }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            let e = errno
-            close(fd)
-            throw DeviceError(e, "ftruncate of \(name) failed")
-        }
-        guard umdev_memfd_seal_size(fd) == 0 else {
-            let e = errno
-            close(fd)
-            throw DeviceError(e, "sealing the size of \(name) failed")
+            guard umdev_memfd_seal_size(made) == 0 else {
+                let e = errno
+                close(made)
+                throw DeviceError(e, "sealing the size of \(name) failed")
+            }
+            (fd, handedOver) = (made, false)
         }
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
             let e = errno
             close(fd)
-            throw DeviceError(e, "mmap of \(name) failed")
+            throw DeviceError(e, "mmap of \(handedOver ? "the handed-over " : "")\(name) failed")
         }
         descriptor = OwnedDescriptor(adopting: FileDescriptor(rawValue: fd))
         self.size = size
         self.base = p
-        wasHandedOver = false
+        wasHandedOver = handedOver
+        keepContentsOnRestore = handedOver
     }
 
     deinit {
@@ -210,8 +205,10 @@ public enum MemoryAdoption {
         guard !offered.isEmpty else { return nil }
         for (i, fd) in offered.enumerated() {
             var st = stat()
+            // Sealed as this process seals its own: a previous process's
+            // descriptor must not let anyone shrink memory mapped here.
             guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) == size,
-                  memfdName(fd) == name else { continue }
+                  memfdName(fd) == name, umdev_memfd_size_sealed(fd) == 1 else { continue }
             offered.remove(at: i)
             return fd
         }

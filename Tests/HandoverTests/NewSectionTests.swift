@@ -1,3 +1,4 @@
+import CShim
 import Glibc
 import Handover
 import MBochs
@@ -94,6 +95,20 @@ struct NewSectionTests {
         let at = 1 + 1 + 4 + 4 + stream.count
         past[at] = 0xff; past[at + 1] = 0xff
         #expect(throws: DeviceError.self) { try MigrationSection(past) }
+    }
+
+    /// Memory another process hands over is taken only if its size is
+    /// sealed: an unsealed memfd could be shrunk under this process's mapping.
+    @Test func anUnsealedMemfdIsNotTakenAsVRAM() throws {
+        let fd = umdev_memfd("umdev-mbochs-small-vram")
+        #expect(ftruncate(fd, 4 << 20) == 0)
+        let (device, unclaimed) = try MemoryAdoption.offering([fd]) { () throws(DeviceError) in try MBochs(type: .small) }
+        #expect(unclaimed == [fd] && !device.vram.wasHandedOver)
+        close(fd)
+        let sealed = umdev_memfd("umdev-mbochs-small-vram")
+        #expect(ftruncate(sealed, 4 << 20) == 0 && umdev_memfd_seal_size(sealed) == 0)
+        let (taken, none) = try MemoryAdoption.offering([sealed]) { () throws(DeviceError) in try MBochs(type: .small) }
+        #expect(none.isEmpty && taken.vram.wasHandedOver && taken.vram.fd.rawValue == sealed)
     }
 
     /// A handover save leaves VRAM's pages in the memfd; restoring that

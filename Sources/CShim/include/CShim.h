@@ -37,6 +37,10 @@ int umdev_memfd(const char *name);
 /// client holding the descriptor cannot truncate memory this process maps.
 int umdev_memfd_seal_size(int fd);
 
+/// Whether a memfd's size is sealed as `umdev_memfd_seal_size` seals it:
+/// what memory handed over by another process must be before it is mapped.
+int umdev_memfd_size_sealed(int fd);
+
 /// Sends `len` bytes from `buf` plus `nfds` descriptors as SCM_RIGHTS in one
 /// sendmsg(2). Returns bytes sent or -1 with errno set. MSG_NOSIGNAL so a
 /// vanished peer is an EPIPE, not a SIGPIPE.
