@@ -5,19 +5,20 @@ import PCI
 /// its key, its descriptors by role, and the model's bytes for it. The
 /// model that claims one checks the descriptors are what they say.
 public struct HostSection: Equatable, Sendable {
+    /// A descriptor by its role to the model and its index in the handover's list.
+    public struct Descriptor: Equatable, Sendable {
+        public var role: String
+        public var index: UInt32
+        public init(_ role: String, _ index: UInt32) { self.role = role; self.index = index }
+    }
+
     public struct Entry: Equatable, Sendable {
         public var key: String
-        /// Roles and descriptor indices.
-        public var descriptors: [(role: String, index: UInt32)]
+        public var descriptors: [Descriptor]
         public var data: [UInt8]
 
-        public init(key: String, descriptors: [(role: String, index: UInt32)], data: [UInt8]) {
+        public init(key: String, descriptors: [Descriptor], data: [UInt8]) {
             self.key = key; self.descriptors = descriptors; self.data = data
-        }
-
-        public static func == (a: Entry, b: Entry) -> Bool {
-            a.key == b.key && a.data == b.data && a.descriptors.map(\.role) == b.descriptors.map(\.role)
-                && a.descriptors.map(\.index) == b.descriptors.map(\.index)
         }
     }
 
@@ -54,14 +55,14 @@ public struct HostSection: Equatable, Sendable {
             guard !key.isEmpty, !list.contains(where: { $0.key == key }) else { throw DeviceError(EINVAL, "handover host section: an empty or repeated key") }
             let m = Int(try r.u8())
             guard m <= Self.maxDescriptors else { throw DeviceError(EINVAL, "handover host section: \(m) descriptors for \(key.prefix(64))") }
-            var descriptors: [(role: String, index: UInt32)] = []
+            var descriptors: [Descriptor] = []
             for _ in 0..<m {
                 let role = try r.name()
                 let index = try r.u32()
                 guard Int(index) < descriptorCount else {
                     throw DeviceError(EINVAL, "handover names descriptor \(index) for \(key.prefix(64)) but \(descriptorCount) came with it")
                 }
-                descriptors.append((role, index))
+                descriptors.append(Descriptor(role, index))
             }
             let length = Int(try r.u32())
             guard length <= Self.maxData else { throw DeviceError(EINVAL, "handover host section: \(length) bytes for \(key.prefix(64))") }

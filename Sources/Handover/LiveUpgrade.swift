@@ -124,7 +124,7 @@ public enum LiveUpgrade {
                     let entries = resources.map { r in
                         HostSection.Entry(key: r.key, descriptors: r.descriptors.map { f in
                             let role: DescriptorRole = f.role == "listener" ? .backendListener : .backendLine
-                            return (f.role, list.add(f.fd, role: role, name: prefix + r.key + "/" + f.role))
+                            return HostSection.Descriptor(f.role, list.add(f.fd, role: role, name: prefix + r.key + "/" + f.role))
                         }, data: r.data)
                     }
                     sections.append(HostSection(instance: d.instance, entries: entries).section)

@@ -40,14 +40,14 @@ struct NewSectionTests {
 
     @Test func aHostSectionReadsBackAndKeepsItsLimits() throws {
         let h = HostSection(instance: "", entries: [
-            .init(key: "port0", descriptors: [("master", 0), ("slave", 1)], data: [1, 2, 3]),
-            .init(key: "port1", descriptors: [("listener", 2)], data: []),
+            .init(key: "port0", descriptors: [.init("master", 0), .init("slave", 1)], data: [1, 2, 3]),
+            .init(key: "port1", descriptors: [.init("listener", 2)], data: []),
         ])
         #expect(try HostSection(h.section.payload, descriptorCount: 3) == h)
         #expect(throws: DeviceError.self) { try HostSection(h.section.payload, descriptorCount: 2) }
         let twice = HostSection(instance: "", entries: [.init(key: "port0", descriptors: [], data: []), .init(key: "port0", descriptors: [], data: [])])
         #expect(throws: DeviceError.self) { try HostSection(twice.section.payload, descriptorCount: 0) }
-        let many = HostSection(instance: "", entries: [.init(key: "port0", descriptors: Array(repeating: ("x", 0), count: 5), data: [])])
+        let many = HostSection(instance: "", entries: [.init(key: "port0", descriptors: Array(repeating: .init("x", 0), count: 5), data: [])])
         #expect(throws: DeviceError.self) { try HostSection(many.section.payload, descriptorCount: 1) }
     }
 
