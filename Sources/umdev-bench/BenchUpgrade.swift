@@ -28,13 +28,14 @@ extension Bench {
     func benchUpgrade() throws { try benchHandover(restart: false) }
     func benchRestart() throws { try benchHandover(restart: true) }
 
-    /// The server child, started as a live upgrade or a restart needs it.
+    /// The server child, started as a live upgrade or a restart needs it:
+    /// this process plays its service manager (`FDStore`), which counts its
+    /// READY=1 and, for a restart, keeps what it stores.
     final class Served {
         let restart: Bool
         let log: String
         let arguments: [String]
-        let notify: DatagramListener?
-        let store: FDStore?
+        let store: FDStore
         private(set) var pid: pid_t = 0
         private var readies = 0
 
@@ -42,29 +43,18 @@ extension Bench {
             self.restart = restart
             log = dir + "/log"
             self.arguments = arguments + (restart ? ["--fd-store"] : [])
-            if restart {
-                do { store = try FDStore(path: dir + "/notify") } catch { throw CommandFailure("\(error)") }
-                notify = nil
-            } else {
-                notify = try DatagramListener(path: dir + "/notify")
-                store = nil
-            }
+            do { store = try FDStore(path: dir + "/notify") } catch { throw CommandFailure("\(error)") }
             try launch()
         }
 
         func launch() throws {
-            if let store {
-                do { pid = try store.start(umdevExecutable, arguments, stderr: log) } catch { throw CommandFailure("\(error)") }
-            } else {
-                pid = try ChildProcess(arguments, environment: ["NOTIFY_SOCKET": notify!.path], stderrPath: log).pid
-            }
+            do { pid = try store.start(umdevExecutable, arguments, stderr: log) } catch { throw CommandFailure("\(error)") }
         }
 
         /// Waits for the next READY=1.
         func waitReady(seconds: Double = 60) -> Bool {
             readies += 1
-            if let store { return store.waitReadies(readies, seconds: seconds) }
-            return notify!.waitReady(seconds: seconds)
+            return store.waitReadies(readies, seconds: seconds)
         }
 
         /// A live upgrade (SIGUSR2) or a restart (SIGTERM, the exit, a start with the store), up to READY=1.
@@ -82,7 +72,7 @@ extension Bench {
         }
 
         func stop() {
-            store?.flush()
+            store.flush()
             kill(pid, SIGTERM)
             waitpid(pid, nil, 0)
         }
@@ -265,40 +255,6 @@ final class PlaneViewer: @unchecked Sendable {
             return worst
         }
     }
-}
-
-/// The service manager's end of sd_notify(3): a datagram socket whose
-/// messages are read for READY=1.
-final class DatagramListener {
-    let path: String
-    private let fd: Int32
-
-    init(path: String) throws {
-        self.path = path
-        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard fd >= 0, bound == 0 else { throw CommandFailure("cannot bind \(path): \(String(cString: strerror(errno)))") }
-    }
-
-    /// Waits for a datagram carrying READY=1.
-    func waitReady(seconds: Double) -> Bool {
-        let deadline = now() + UInt64(seconds * 1e9)
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while now() < deadline {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, 100) > 0 else { continue }
-            let n = recv(fd, &buf, buf.count, 0)
-            if n > 0, String(decoding: buf[0..<n], as: UTF8.self).split(separator: "\n").contains("READY=1") { return true }
-        }
-        return false
-    }
-
-    deinit { close(fd); unlink(path) }
 }
 
 func ms(_ ns: UInt64) -> String { format2(Double(ns) / 1e6) }
