@@ -115,8 +115,13 @@ public final class FDStore: @unchecked Sendable {
 
     /// How many READY=1 have come so far.
     public var readies: Int { locked { readyCount } }
-    /// What the store keeps now, in the order it came.
-    public var stored: [(name: String, fd: Int32)] { locked { entries } }
+    /// What the store keeps once every message already sent is applied,
+    /// in the order it came: a process that stored descriptors and exited
+    /// finds them here, however far behind the reader thread is.
+    public var stored: [(name: String, fd: Int32)] {
+        settle()
+        return locked { entries }
+    }
 
     /// Waits until `count` READY=1 have come or `seconds` pass.
     public func waitReadies(_ count: Int, seconds: Double = 30) -> Bool {
@@ -145,7 +150,6 @@ public final class FDStore: @unchecked Sendable {
     /// whether the child keeps ours (else /dev/null).
     public func start(_ executable: String, _ arguments: [String], stderr: String? = nil, stdout: Bool = false,
                       environment: [String: String] = [:]) throws(StoreError) -> pid_t {
-        settle()
         let kept = stored
         // Out of the way of 3..: the copies the child's dup2s read from.
         let high = kept.map { fcntl($0.fd, F_DUPFD_CLOEXEC, 1000) }
