@@ -118,6 +118,9 @@ public final class MBochs: DisplayDevice {
         return 0
     }
 
+    /// Nothing of mbochs changes when read: DISPI, EDID, VRAM and config space are plain storage.
+    public func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool { false }
+
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
         guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         switch region {

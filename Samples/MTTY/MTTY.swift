@@ -122,6 +122,18 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         return 0
     }
 
+    /// Config space reads change nothing; of a port's registers, reading
+    /// RBR (pops the FIFO), IIR (clears a THRE interrupt), LSR (clears the
+    /// error bits) and MSR (clears the deltas) does.
+    public func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool {
+        guard region != RegionIndex.config, offset < 8 else { return false }
+        for r in Int(offset)..<min(Int(offset) + count, 8) {
+            if r == UART16550.Register.data || r == UART16550.Register.interruptIdentification
+                || r == UART16550.Register.lineStatus || r == UART16550.Register.modemStatus { return true }
+        }
+        return false
+    }
+
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
         guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         if region == RegionIndex.config {

@@ -122,6 +122,9 @@ public final class TestDevice: VFIODevice {
         return 0
     }
 
+    /// Every register and memory of the test device reads without side effects.
+    public func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool { false }
+
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
         guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }
         let o = Int(offset)

@@ -12,14 +12,26 @@ import VFIOUserServer
 public struct DescriptorList {
     public private(set) var fds: [Int32] = []
     public private(set) var inventory: [InventoryItem] = []
-    public init() {}
+    /// Numbers descriptors itself instead of by position (the fd store's
+    /// slots: `StateKeeper`); nil when it cannot (the list is then `failed`).
+    let numbering: ((Int32) -> UInt32?)?
+    private var numbers: [UInt32] = []
+    /// A descriptor `numbering` could not number.
+    public private(set) var failed = false
+    public init() { numbering = nil }
+    init(numbering: @escaping (Int32) -> UInt32?) { self.numbering = numbering }
 
     /// The index of `fd` in the list, adding it with its role and name.
     public mutating func add(_ fd: Int32, role: DescriptorRole, name: String) -> UInt32 {
-        if let i = fds.firstIndex(of: fd) { return UInt32(i) }
+        if let i = fds.firstIndex(of: fd) { return numbering == nil ? UInt32(i) : numbers[i] }
         fds.append(fd)
-        inventory.append(InventoryItem(index: fds.count - 1, role: role, name: name))
-        return UInt32(fds.count - 1)
+        var index = UInt32(fds.count - 1)
+        if let numbering {
+            if let n = numbering(fd) { index = n } else { failed = true }
+            numbers.append(index)
+        }
+        inventory.append(InventoryItem(index: Int(index), role: role, name: name))
+        return index
     }
 }
 

@@ -85,6 +85,11 @@ public enum LiveUpgrade {
     /// build cannot carry yet.
     public static func write(_ devices: [Device], daemon: DaemonPart? = nil) throws(DeviceError) -> (bytes: [UInt8], fds: [Int32]) {
         var list = DescriptorList()
+        return (try write(devices, daemon: daemon, into: &list), list.fds)
+    }
+
+    /// The handover's bytes, its descriptors numbered by `list`.
+    static func write(_ devices: [Device], daemon: DaemonPart?, into list: inout DescriptorList) throws(DeviceError) -> [UInt8] {
         var sections = [Writer(version: umdevVersion, pid: getpid(), writtenAt: monotonicNanoseconds()).section]
         if let daemon {
             let listener = list.add(daemon.controlListener, role: .controlListener, name: "control")
@@ -141,7 +146,7 @@ public enum LiveUpgrade {
             }
         }
         sections += list.inventory.map(\.section)
-        return (Handover(sections: sections).encode(), list.fds)
+        return Handover(sections: sections).encode()
     }
 
     // MARK: Replacing the process
@@ -210,7 +215,8 @@ public enum LiveUpgrade {
         case .failure(let why): return why.text
         }
         defer { passed.end() }
-        let env = passed.environment
+        // What the fd store holds for this process is the new one's to replace.
+        let env = passed.environment + (StateKeeper.enabled ? [StoredDescriptors.shared.namesForNextProcess] : [])
         _ = withCStrings([binary] + arguments.dropFirst()) { argv in
             withCStrings(env) { envp in execve(binary, argv, envp) }
         }

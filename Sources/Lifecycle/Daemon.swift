@@ -99,12 +99,15 @@ public final class Daemon: @unchecked Sendable {
     var upgradeRequester: Int32?
     /// The instances a live upgrade brought, not serving until `start`.
     private var restored: [Instance] = []
+    /// Keeps the control socket in the fd store (StateKeeper.enabled).
+    private var keeper: StateKeeper?
 
     /// Creates the directories, claims the control socket, loads the
     /// definitions and starts the `auto` ones. Given a live upgrade's
     /// handover (`incoming`), takes the control socket and every instance
     /// from it instead (auto definitions are running already).
-    public init(_ configuration: DaemonConfiguration, logger: Logger, takingOver incoming: LiveUpgrade.Incoming? = nil) throws(LifecycleError) {
+    public init(_ configuration: DaemonConfiguration, logger: Logger, takingOver incoming: LiveUpgrade.Incoming? = nil,
+                kept: StateKeeper.Kept? = nil) throws(LifecycleError) {
         self.configuration = configuration
         self.logger = logger
         for dir in [configuration.runDirectory, configuration.configDirectory] { try Self.makePrivateDirectory(dir) }
@@ -137,6 +140,10 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         control = Locked(Control(listen: fd, ownsFile: ownsFile))
+        if StateKeeper.enabled {
+            let part = LiveUpgrade.DaemonPart(controlListener: fd, ownsControlFile: ownsFile, requester: nil)
+            keeper = kept.map { $0.keep(daemon: part, logger: logger) } ?? StateKeeper.keep(daemon: part, logger: logger)
+        }
         let (definitions, skipped) = store.load()
         for (file, reason) in skipped {
             logger.error("skipping definition \(file): \(reason)")
@@ -145,7 +152,7 @@ public final class Daemon: @unchecked Sendable {
         logger.notice("\(definitions.count) definition(s) in \(configuration.configDirectory)")
         if incoming == nil { removeStaleSockets() }
         if let incoming {
-            do { try restore(handedOver, from: incoming) } catch {
+            do { try restore(handedOver, from: incoming, kept: kept) } catch {
                 if let r = upgradeRequester { close(r) }
                 close(fd)
                 throw error

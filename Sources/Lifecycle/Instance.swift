@@ -28,6 +28,8 @@ final class Instance: @unchecked Sendable {
     let planes: PlanePublisher?
     /// Runtime attributes set since creation.
     private let runtime: Locked<[String: String]>
+    /// Keeps the instance's state in the fd store (StateKeeper.enabled); set before it serves.
+    private var keeper: StateKeeper?
 
     private init(uuid: String, type: DeviceType, given: Attributes, runtime settings: [String: String],
                  server: DeviceServer, display: DisplayServer?) {
@@ -64,13 +66,26 @@ final class Instance: @unchecked Sendable {
             }
         }
         self.init(uuid: uuid, type: type, given: attributes, runtime: settings, server: server, display: display)
+        keepState(resuming: nil, logger: logger)
         startServing()
+    }
+
+    /// From here the instance's state is kept in the fd store, when devices
+    /// keep it (`resuming`: what the store brought, if it brought this one).
+    func keepState(resuming kept: StateKeeper.Kept?, logger: Logger) {
+        guard StateKeeper.enabled else { return }
+        let display = displaySocket
+        let preface = { [unowned self] in [self.section.section] }
+        let l = Self.logger(logger, uuid)
+        keeper = kept.map { $0.keep(server, name: uuid, instance: uuid, preface: preface, display: display, logger: l) }
+            ?? StateKeeper.keep(server, name: uuid, instance: uuid, preface: preface, display: display, logger: l)
     }
 
     /// An instance a live upgrade handed over (`section`, and its device's
     /// sections in `incoming`): the device rebuilt as it was created, its
     /// state, listener and client restored. Not serving until `startServing`.
-    static func restored(_ section: InstanceSection, from incoming: LiveUpgrade.Incoming, logger: Logger) throws(LifecycleError) -> Instance {
+    static func restored(_ section: InstanceSection, from incoming: LiveUpgrade.Incoming, kept: StateKeeper.Kept?,
+                         logger: Logger) throws(LifecycleError) -> Instance {
         let uuid = section.uuid
         guard UUIDs.canonical(uuid) == uuid else { throw LifecycleError(.invalid, "the handover names an instance \"\(uuid.prefix(64))\", not a UUID") }
         guard let type = Catalog.type(section.type) else {
@@ -103,7 +118,9 @@ final class Instance: @unchecked Sendable {
                 close(d.listener)
             }
         }
-        return Instance(uuid: uuid, type: type, given: given, runtime: settings, server: server, display: display)
+        let instance = Instance(uuid: uuid, type: type, given: given, runtime: settings, server: server, display: display)
+        instance.keepState(resuming: kept, logger: logger)
+        return instance
     }
 
     /// The display socket as a handover carries it.
@@ -148,6 +165,7 @@ final class Instance: @unchecked Sendable {
     func shutdown() {
         display?.stop()
         server.stop()
+        keeper?.discard()
     }
 
     var socket: String { server.path }
@@ -214,6 +232,8 @@ final class Instance: @unchecked Sendable {
     func set(_ spec: AttributeSpec, _ value: String) throws(LifecycleError) {
         if spec.name == "label" {
             runtime.withLock { $0[spec.name] = value }
+            // Saved now if no client holds the device, else with its next change.
+            _ = server.withIdleDevice { _ in }
             return
         }
         let outcome = server.withIdleDevice { host -> LifecycleError? in
@@ -224,5 +244,6 @@ final class Instance: @unchecked Sendable {
         }
         if let outcome { throw outcome }
         runtime.withLock { $0[spec.name] = value }
+        _ = server.withIdleDevice { _ in }
     }
 }

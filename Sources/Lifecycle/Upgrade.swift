@@ -111,6 +111,31 @@ extension Daemon {
     /// instances and budgets cannot change before exec.
     private func handover(requester: Int32?, holdControl: Bool)
         -> Result<((bytes: [UInt8], fds: [Int32]), () -> Void), LifecycleError> {
+        let paused: [(Instance, DeviceServer.Paused)]
+        let resume: () -> Void
+        switch pauseAll(requester: requester, holdControl: holdControl) {
+        case .failure(let e): return .failure(e)
+        case .success(let (p, r)): (paused, resume) = (p, r)
+        }
+        let (listener, ownsFile) = control.withLock { ($0.listen, $0.ownsFile) }
+        let devices = paused.map { i, p in
+            LiveUpgrade.Device(instance: i.uuid, host: i.server.host, paused: p, ownsSocketFile: i.server.ownsSocketFile,
+                               socketPath: i.server.path, preface: [i.section.section], display: i.displaySocket)
+        }
+        do {
+            let h = try LiveUpgrade.write(devices, daemon: .init(controlListener: listener, ownsControlFile: ownsFile, requester: requester))
+            return .success((h, resume))
+        } catch {
+            resume()
+            return .failure(LifecycleError(.busy, error.message))
+        }
+    }
+
+    /// Every instance stopped between messages (and, with `holdControl`,
+    /// the control socket held, its running requests but the requester's
+    /// finished), with what undoes it.
+    private func pauseAll(requester: Int32?, holdControl: Bool)
+        -> Result<([(Instance, DeviceServer.Paused)], () -> Void), LifecycleError> {
         var paused: [DeviceServer] = []
         var heldControl = false
         let resume = { [self] in
@@ -130,9 +155,7 @@ extension Daemon {
                 return .failure(LifecycleError(.busy, "\(running) control request(s) still running after \(Int(Self.drainSeconds)) s"))
             }
         }
-        let (instances, busy, listener, ownsFile) = state.withLock { s in
-            (s.order.compactMap { s.instances[$0] }, s.busy, control.withLock { $0.listen }, control.withLock { $0.ownsFile })
-        }
+        let (instances, busy) = state.withLock { s in (s.order.compactMap { s.instances[$0] }, s.busy) }
         if holdControl, let uuid = busy.first {
             resume()
             return .failure(LifecycleError(.busy, "\(uuid) is being started or stopped"))
@@ -145,22 +168,15 @@ extension Daemon {
             }
             paused.append(i.server)
         }
-        var devices: [LiveUpgrade.Device] = []
+        var all: [(Instance, DeviceServer.Paused)] = []
         for i in instances {
             guard let p = i.server.awaitPause() else {
                 resume()
                 return .failure(LifecycleError(.busy, "\(i.uuid) did not stop between requests within 5 s"))
             }
-            devices.append(.init(instance: i.uuid, host: i.server.host, paused: p, ownsSocketFile: i.server.ownsSocketFile,
-                                 socketPath: i.server.path, preface: [i.section.section], display: i.displaySocket))
+            all.append((i, p))
         }
-        do {
-            let h = try LiveUpgrade.write(devices, daemon: .init(controlListener: listener, ownsControlFile: ownsFile, requester: requester))
-            return .success((h, resume))
-        } catch {
-            resume()
-            return .failure(LifecycleError(.busy, error.message))
-        }
+        return .success((all, resume))
     }
 
     // MARK: The new process
@@ -193,9 +209,19 @@ extension Daemon {
 
     /// Rebuilds the handed-over instances, their budgets committed again;
     /// they serve from `start`.
-    func restore(_ sections: [InstanceSection], from incoming: LiveUpgrade.Incoming) throws(LifecycleError) {
+    /// `kept`: the state kept in the fd store, after a crash or a restart:
+    /// an instance that cannot be resumed from it is logged and started
+    /// afresh as it was created, and the others go on.
+    func restore(_ sections: [InstanceSection], from incoming: LiveUpgrade.Incoming, kept: StateKeeper.Kept?) throws(LifecycleError) {
+        var afresh: [InstanceSection] = []
         for section in sections {
-            let instance = try Instance.restored(section, from: incoming, logger: logger)
+            let instance: Instance
+            do { instance = try Instance.restored(section, from: incoming, kept: kept, logger: logger) } catch {
+                guard kept != nil else { throw error }
+                logger.error("cannot resume \(section.uuid.prefix(64)) from the fd store, starting it afresh: \(error.message)")
+                afresh.append(section)
+                continue
+            }
             try state.withLock { s throws(LifecycleError) in
                 guard s.instances[instance.uuid] == nil else { throw LifecycleError(.invalid, "the handover holds \(instance.uuid) twice") }
                 do throws(LifecycleError) { try s.budgets.commit(instance.type) } catch {
@@ -205,6 +231,33 @@ extension Daemon {
                 s.order.append(instance.uuid)
             }
             appendRestored(instance)
+        }
+        for section in afresh {
+            let given = Attributes(section.given.map { ($0.name, $0.value) })
+            do {
+                let info = try start(uuid: section.uuid, type: section.type, attributes: given)
+                logger.notice("started \(info.uuid) (\(info.type)) afresh on \(info.socket)")
+            } catch {
+                logger.error("cannot start \(section.uuid.prefix(64)) afresh: \(error.message)")
+            }
+        }
+    }
+
+    /// A planned restart while every device keeps its state in the fd
+    /// store (SIGTERM): each finishes the request it is on, its state is
+    /// saved with what it has read and not yet handled, and nothing else is
+    /// needed: the caller exits, leaving every file in place. Nil when all
+    /// is saved; otherwise why (what was saved last stays, the devices serve on).
+    public func saveForRestart() -> String? {
+        let began = monotonicNanoseconds()
+        switch pauseAll(requester: nil, holdControl: true) {
+        case .failure(let e): return e.message
+        case .success(let (paused, _)):
+            for (instance, p) in paused { instance.server.saveState(p) }
+            logger.notice("every instance's state is in the service manager's fd store for the next start",
+                          metadata: ["save_ms": "\(milliseconds(monotonicNanoseconds() - began))", "instances": "\(paused.count)",
+                                     "descriptors": "\(StoredDescriptors.shared.count)"])
+            return nil
         }
     }
 

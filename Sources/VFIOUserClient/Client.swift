@@ -78,6 +78,16 @@ public final class VFIOUserClient {
     public let socket: Int32
     private let wire: ClientWire?
     private var nextID: UInt16 = 0
+    /// How long a request waits for its reply, in ms (QEMU's proxy waits
+    /// 5 s by default, `x-msg-timeout`); -1 waits for ever.
+    /// Setting it bounds the no-allocation calls' (`read`, `write`) wait too.
+    public var replyTimeout: Int32 = 10_000 {
+        didSet {
+            guard socket >= 0 else { return }
+            var tv = timeval(tv_sec: replyTimeout < 0 ? 0 : Int(replyTimeout / 1000), tv_usec: replyTimeout < 0 ? 0 : Int(replyTimeout % 1000) * 1000)
+            setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
     private let sendBuffer: UnsafeMutableRawBufferPointer
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     /// The server's capabilities after `negotiate`.
@@ -219,7 +229,7 @@ public final class VFIOUserClient {
     /// Waits for the reply to (id, command), answering server DMA requests.
     public func awaitReply(id: UInt16, command: Command) throws(ClientError) -> Reply {
         while true {
-            let m = try receiveMessage()
+            let m = try receiveMessage(timeout: replyTimeout)
             if m.header.isCommand {
                 try serveDMA(m)
                 continue
@@ -280,7 +290,7 @@ public final class VFIOUserClient {
         var need = Header.size
         while got < need {
             let n = umdev_recvmsg(socket, receiveBuffer.baseAddress! + got, receiveBuffer.count - got, 0, nil, 0, &nfds, &truncated)
-            if n < 0 { throw .system(errno, "recvmsg") }
+            if n < 0 { throw errno == EAGAIN ? .system(ETIMEDOUT, "waiting for the server") : .system(errno, "recvmsg") }
             if n == 0 { throw .disconnected }
             got += n
             if got >= Header.size { need = Int(Header(receiveBuffer.baseAddress!).messageSize) }

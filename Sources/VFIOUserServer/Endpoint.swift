@@ -305,8 +305,14 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
                 device.serviceEvent(fd: pollSet[i].fd, revents: pollSet[i].revents)
             }
         }
-        if let deadline = device.timerDeadline, clock.nanoseconds() >= deadline { device.timerExpired() }
+        if keepsState && n > (pollSet[0].revents != 0 ? 1 : 0) { transport.unsaved = true }
+        if let deadline = device.timerDeadline, clock.nanoseconds() >= deadline {
+            device.timerExpired()
+            transport.unsaved = keepsState
+        }
         if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
+        // What the host side or the clock changed is saved before the next request is read.
+        transport.saveIfUnsaved()
         if pollSet[0].revents != 0, let message = try transport.receive(nonBlocking: true) { try handle(message) }
     }
 
@@ -318,13 +324,20 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
             try route(request, header: h, fdCount: fdCount)
         }
+        // A posted request's change (no reply to save it before).
+        transport.saveIfUnsaved()
     }
+
+    /// Whether a state keeper watches this endpoint (`Transport.saveBeforeReply`):
+    /// only then is a read asked whether it changes the device.
+    @exclusivity(unchecked) public var keepsState = false
 
     /// The reply flags for a success.
     private static var replyFlags: UInt32 { Header.typeReply }
 
     @inline(__always)
     private func reply(_ w: MessageWriter, to h: Header) throws(TransportEnd) {
+        transport.saveIfUnsaved()
         guard h.wantsReply else { return }
         let n = w.finish(messageID: h.messageID, command: h.command, flags: Endpoint.replyFlags)
         try transport.send(length: n)
@@ -338,6 +351,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             let size = try checkAccess(a, write: false)
             w.u64(a.offset); w.u32(a.region); w.u32(a.count)
             if size > 0 {
+                if keepsState && host.device.readChangesState(region: Int(a.region), offset: a.offset, count: size) { transport.unsaved = true }
                 let e = host.device.read(region: Int(a.region), offset: a.offset, into: w.space(size))
                 guard e == 0 else { throw ProtocolError(e, "device refused the read") }
             }
@@ -345,6 +359,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
 
         case .regionWrite(let a):
             let size = try checkAccess(a, write: true)
+            transport.unsaved = keepsState
             if size > 0 {
                 let e = host.device.write(region: Int(a.region), offset: a.offset, data: a.data)
                 guard e == 0 else { throw ProtocolError(e, "device refused the write") }
@@ -353,6 +368,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .regionWriteMulti(let count, let entries):
+            transport.unsaved = keepsState
             for i in 0..<count {
                 let base = i * 24
                 let c = entries.u32(base + 12)
@@ -366,6 +382,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .version(_, _, let caps):
+            transport.unsaved = keepsState
             let answer = try Capabilities.serverReply(to: caps, offersMigration: host.device.migrationIdentity != nil)
             answer.encodeVersionReply(&w)
             client = caps
@@ -374,10 +391,12 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .dmaMap(let m):
+            transport.unsaved = keepsState
             try dma.map(m, fd: fdCount == 1 ? transport.takeFD(0) : nil)
             try reply(w, to: h)
 
         case .dmaUnmap(let u):
+            transport.unsaved = keepsState
             if u.flags & VFIO.dmaUnmapAll != 0 { dma.removeAll() } else { try dma.unmap(address: u.address, size: u.size) }
             u.encode(&w)
             try reply(w, to: h)
@@ -386,11 +405,13 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             _ = try host.description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, writer: &w, transport: transport)
 
         case .deviceSetIRQs(let s):
+            transport.unsaved = keepsState
             try interrupts.apply(s, fds: transport.takeFDs(fdCount))
             if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
             try reply(w, to: h)
 
         case .deviceReset:
+            transport.unsaved = keepsState
             guard host.device.supportsReset else { throw ProtocolError(ENOTTY, "device does not support reset") }
             host.resetDevice()
             try reply(w, to: h)
@@ -399,16 +420,19 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             throw ProtocolError(ENOTSUP, "dirty page tracking is not supported")
 
         case .deviceFeature(let f):
+            transport.unsaved = keepsState
             try deviceFeature(f, writer: &w)
             try reply(w, to: h)
 
         case .migDataRead(_, let size):
+            transport.unsaved = keepsState
             let chunk = try host.migration.read(max: Int(size))
             w.u32(UInt32(8 + chunk.count)); w.u32(UInt32(chunk.count))
             chunk.withUnsafeBytes { w.bytes($0) }
             try reply(w, to: h)
 
         case .migDataWrite(_, _, let data):
+            transport.unsaved = keepsState
             try host.migration.write(data)
             try reply(w, to: h)
         }

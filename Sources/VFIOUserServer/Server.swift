@@ -315,7 +315,20 @@ public final class DeviceServer: @unchecked Sendable {
         defer { locked { $0.serving = nil } }
         let endpoint = resumed ?? Endpoint(host: host, socket: c, logger: logger, stallTimeout: stallTimeout, pollMicroseconds: pollMicroseconds)
         endpoint.whenInterrupted = { [unowned self, unowned endpoint] in self.parkIfAsked(endpoint) }
+        if let keeper {
+            // Every change a request makes is saved before its reply; the
+            // client's arrival (its socket) and its leaving are saved too.
+            endpoint.keepsState = true
+            endpoint.transport.saveBeforeReply = { [unowned self, unowned endpoint] in
+                keeper(Paused(listener: self.listenerNow, connection: (c, endpoint)))
+            }
+            keeper(Paused(listener: listenerNow, connection: (c, endpoint)))
+        }
         endpoint.run()
+        if let keeper {
+            endpoint.transport.saveBeforeReply = nil
+            keeper(Paused(listener: listenerNow, connection: nil))
+        }
         release(c)
         logger.info("client disconnected", metadata: ["socket": "\(path)"])
     }
@@ -371,6 +384,28 @@ public final class DeviceServer: @unchecked Sendable {
     }
 
     // MARK: Holding still for a live upgrade
+
+    // MARK: Keeping state for a restart after a crash
+
+    /// Saves what the server is made of, as a handover would carry it
+    /// (Handover's `StateKeeper`: the service manager's fd store and a
+    /// state memfd). Called on the thread that holds the device, never two
+    /// at once: after every request that changed something (before its
+    /// reply), when a client arrives or leaves, after a management borrow.
+    public typealias Keeper = (Paused) -> Void
+    private var keeper: Keeper?
+
+    /// Keeps the server's state with `keeper` from here, saving it once
+    /// now. Call before `start` (no thread may hold the device yet).
+    public func keepState(with keeper: @escaping Keeper) {
+        self.keeper = keeper
+        keeper(Paused(listener: listenerNow, connection: resumedSession))
+    }
+
+    /// Saves the state now (nothing attached; a planned restart after `pause`, or after a change made from outside).
+    public func saveState(_ paused: Paused) { keeper?(paused) }
+
+    private var listenerNow: Int32? { locked { $0.listen >= 0 ? $0.listen : nil } }
 
     /// What a paused server is made of, for the handover: the listener, and
     /// the attached client's socket and parked endpoint, if any. The
@@ -474,7 +509,11 @@ public final class DeviceServer: @unchecked Sendable {
             return true
         }
         guard borrowed else { return nil }
-        defer { vacate() }
+        defer {
+            // Whatever the borrow changed (state loaded, a reset) is what a restart resumes.
+            keeper?(Paused(listener: listenerNow, connection: nil))
+            vacate()
+        }
         return try body(host)
     }
 

@@ -136,6 +136,30 @@ public final class Transport<Channel: MessageChannel> {
 
     // MARK: Sending
 
+    // MARK: Keeping state current (a crash-surviving device, issue 18)
+
+    /// A request changed the device or the connection and the change is not
+    /// saved yet: `saveBeforeReply` runs before its reply leaves, so that
+    /// what a client saw answered is what a restarted process resumes.
+    @exclusivity(unchecked) public var unsaved = false
+    /// Saves the state (nil: nothing keeps it; `unsaved` is then ignored).
+    public var saveBeforeReply: (() -> Void)?
+
+    /// Runs `saveBeforeReply` if a change is unsaved; waits while the
+    /// server's own DMA request has client messages deferred (the
+    /// connection's state is not whole then).
+    @inline(__always)
+    public func saveIfUnsaved() {
+        if unsaved { saveNow() }
+    }
+
+    @inline(never)
+    private func saveNow() {
+        guard deferred.items.isEmpty, let save = saveBeforeReply else { return }
+        unsaved = false
+        save()
+    }
+
     /// Sends `length` bytes of `sendBuffer` and `fds` in one sendmsg.
     @inline(__always)
     public func send(length: Int, fds: UnsafeBufferPointer<Int32> = UnsafeBufferPointer(start: nil, count: 0)) throws(TransportEnd) {
@@ -147,6 +171,7 @@ public final class Transport<Channel: MessageChannel> {
     /// Nothing is sent if `h` asked for no reply.
     @inline(__always)
     public func reply(_ w: MessageWriter, to h: Header, fd: FileDescriptor? = nil) throws(TransportEnd) {
+        saveIfUnsaved()
         guard h.wantsReply else { return }
         let n = w.finish(messageID: h.messageID, command: h.command, flags: Header.typeReply)
         guard let fd else { return try send(length: n) }
@@ -156,6 +181,7 @@ public final class Transport<Channel: MessageChannel> {
 
     /// Writes a header-only error reply into the send buffer and sends it.
     public func sendError(to h: Header, errno e: Int32) throws(TransportEnd) {
+        saveIfUnsaved()
         Header(messageID: h.messageID, command: h.command, messageSize: UInt32(Header.size),
                flags: Header.typeReply | Header.errorFlag, error: UInt32(e)).store(to: sendBuffer.baseAddress!)
         try send(length: Header.size)

@@ -95,7 +95,7 @@ struct DaemonCommand: ParsableCommand {
         LiveUpgrade.blockTrigger()
         logging.bootstrap()
         let logger = Logger(label: "umdev")
-        var start = try StartingHandover(logger: logger)
+        var start = try StartingHandover(logger: logger, keeping: restart.keepsState)
         var config = DaemonConfiguration(runDirectory: runDirectory ?? DaemonConfiguration.defaultRunDirectory,
                                          configDirectory: configDirectory ?? DaemonConfiguration.defaultConfigDirectory)
         config.budgets = try budgets()
@@ -116,7 +116,7 @@ struct DaemonCommand: ParsableCommand {
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         var made: Daemon
-        do { made = try Daemon(config, logger: logger, takingOver: start.incoming) } catch {
+        do { made = try Daemon(config, logger: logger, takingOver: start.incoming, kept: start.kept) } catch {
             if start.incoming?.checkOnly == true {
                 FileHandleOutput.standardError("cannot take over: \(error.message)")
                 Glibc.exit(1)
@@ -127,12 +127,12 @@ struct DaemonCommand: ParsableCommand {
             // What the store held cannot be restored: start as if it were empty.
             logger.error("cannot take the instances back from the fd store, starting without them: \(error.message)")
             stored.pool.closeUnclaimed()
-            LiveUpgrade.forgetStored(count: stored.pool.count)
+            start.finishStore()
             start = StartingHandover()
             made = try Daemon(config, logger: logger)
         }
         let daemon = made
-        if start.fromStore, let stored = start.incoming { LiveUpgrade.forgetStored(count: stored.pool.count) }
+        start.finishStore()
         if start.incoming?.checkOnly == true { Glibc.exit(0) }
         if let leftover = start.incoming?.pool.closeUnclaimed(), leftover > 0 {
             logger.warning("\(leftover) handed-over descriptor(s) nothing claimed; closed")
@@ -154,6 +154,12 @@ struct DaemonCommand: ParsableCommand {
         if received == SIGTERM, restart.usesFDStore {
             // A restart keeps every device: the manager holds them until the next start.
             ServiceManager.notify("STOPPING=1\nSTATUS=handing every instance to the fd store")
+            if StateKeeper.enabled {
+                if let why = daemon.saveForRestart() {
+                    logger.error("cannot save every instance for the next start (\(why)); exiting with their state as last saved")
+                }
+                Glibc.exit(0)
+            }
             if let why = daemon.handOverToStore() {
                 logger.error("cannot hand the instances to the fd store, stopping them: \(why)")
             } else {

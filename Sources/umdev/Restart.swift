@@ -17,6 +17,10 @@ struct RestartOptions: ParsableArguments {
     /// Whether SIGTERM hands everything to the fd store.
     var usesFDStore: Bool { fdStore || ServiceManager.fdStoreSize != nil }
 
+    /// Whether every device keeps its state in the fd store as it runs, so
+    /// that a crash costs none (a manager listens to store it).
+    var keepsState: Bool { usesFDStore && ServiceManager.notifies }
+
     /// With `--supervise`, this process becomes the supervisor and never returns.
     func superviseIfAsked(_ logging: LoggingOptions) {
         guard supervise else { return }
@@ -31,18 +35,28 @@ struct RestartOptions: ParsableArguments {
 struct StartingHandover {
     var incoming: LiveUpgrade.Incoming?
     var fromStore = false
+    /// The devices' state kept in the fd store (a restart after a crash or
+    /// a SIGTERM): `incoming` is its joined handover.
+    var kept: StateKeeper.Kept?
     var passed: [ServiceManager.ListenedFD] = []
 
     /// None: a fresh start.
     init() {}
 
     /// A live upgrade's handover that cannot be read ends the process; an
-    /// unusable fd store's is logged and forgotten, and the process starts afresh.
-    init(logger: Logger) throws {
+    /// unusable fd store's is logged and forgotten, and the process starts
+    /// afresh. `keeping`: devices keep their state in the fd store from
+    /// here (`StateKeeper.enabled`).
+    init(logger: Logger, keeping: Bool) throws {
+        StateKeeper.enabled = keeping
         do { incoming = try LiveUpgrade.incoming() } catch {
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
-        guard incoming == nil else { return }
+        if let incoming {
+            // The previous process's stored descriptors make way for this one's.
+            StoredDescriptors.forgetPrevious(checkOnly: incoming.checkOnly)
+            return
+        }
         passed = ServiceManager.listenFDs()
         do {
             incoming = try LiveUpgrade.incoming(fromStore: &passed)
@@ -50,6 +64,18 @@ struct StartingHandover {
         } catch {
             logger.error("the fd store's handover is unusable, starting afresh: \(error.message)")
         }
+        if incoming == nil, let k = StateKeeper.incoming(fromStore: &passed, logger: logger) {
+            kept = k
+            incoming = k.incoming
+            fromStore = true
+        }
+    }
+
+    /// Once the devices are taken over, or the process started afresh
+    /// without them: what the fd store held for no device here leaves it;
+    /// a handover of the older kind is forgotten there.
+    func finishStore() {
+        if let kept { kept.finish() } else if fromStore, let incoming { LiveUpgrade.forgetStored(count: incoming.pool.count) }
     }
 
     /// The takeover's figures for the log: restore_ms from this process's

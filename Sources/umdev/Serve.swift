@@ -90,9 +90,10 @@ struct Serve: ParsableCommand {
             sigaddset(&set, SIGTERM)
             pthread_sigmask(SIG_BLOCK, &set, nil)
         }
-        let start = try StartingHandover(logger: logger)
+        let start = try StartingHandover(logger: logger, keeping: restart.keepsState)
         // What the store held and cannot be restored: start as if it were empty (its listener went with it).
         if start.incoming != nil, try takeOver(start, kind: kind, logger: logger, started: started) { return }
+        start.finishStore()
         if printCapabilities {
             // The conventions: print, exit 0, ignore every other option.
             guard let d = BackendDescription(type: kind, binary: CommandLine.arguments[0]) else {
@@ -143,6 +144,9 @@ struct Serve: ParsableCommand {
             }
         }
         installTerminationHandler(paths: paths)
+        if StateKeeper.enabled {
+            keeper = StateKeeper.keep(server, name: "serve", instance: "", display: viewers.flatMap(LiveUpgrade.DisplaySocket.init), logger: logger)
+        }
         let ownsSocketFile = socketPath != nil && { if case .path = endpoint { return true } else { return false } }()
         startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: ownsSocketFile, logger: logger)
         if restart.usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: ownsSocketFile, paths: paths, logger: logger) }
@@ -223,13 +227,12 @@ extension Serve {
             if fromStore {
                 logger.error("cannot take the device back from the fd store, starting afresh: \(error.message)")
                 incoming.pool.closeUnclaimed()
-                LiveUpgrade.forgetStored(count: incoming.pool.count)
                 return false
             }
             throw CommandFailure("cannot take over from the previous umdev: \(error.message)")
         }
         if incoming.checkOnly { Glibc.exit(0) }
-        if fromStore { LiveUpgrade.forgetStored(count: incoming.pool.count) }
+        if start.kept == nil { start.finishStore() }
         for p in start.passed { close(p.fd) }
         let server = restored.server
         if let mtty = server.host.device as? MTTY {
@@ -253,6 +256,12 @@ extension Serve {
             close(d.listener)
         }
         installTerminationHandler(paths: paths)
+        if StateKeeper.enabled {
+            let display = viewers.flatMap(LiveUpgrade.DisplaySocket.init)
+            keeper = start.kept.map { $0.keep(server, name: "serve", instance: "", display: display, logger: logger) }
+                ?? StateKeeper.keep(server, name: "serve", instance: "", display: display, logger: logger)
+        }
+        start.finishStore()
         startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, logger: logger)
         if restart.usesFDStore { startStoreOnTerm(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, paths: paths, logger: logger) }
         var timing = start.timing(started: started, now: monotonicNanoseconds())
@@ -294,6 +303,18 @@ extension Serve {
             _ = umdev_wait_signal(SIGTERM)
             let began = monotonicNanoseconds()
             ServiceManager.notify("STOPPING=1\nSTATUS=handing the device to the fd store")
+            if StateKeeper.enabled {
+                // Everything is in the store already: the request under way finishes, its state is saved, and the process exits.
+                if let paused = server.pause() {
+                    server.saveState(paused)
+                    logger.notice("the device's state is in the service manager's fd store for the next start",
+                                  metadata: ["store_ms": "\(milliseconds(monotonicNanoseconds() - began))",
+                                             "descriptors": "\(StoredDescriptors.shared.count)"])
+                    Glibc.exit(0)
+                }
+                logger.error("the device did not stop between requests within 5 s; exiting with its state as last saved")
+                Glibc.exit(0)
+            }
             if let h = Self.handover(server: server, display: display, ownsSocketFile: ownsSocketFile, logger: logger,
                                 refusal: "cannot hand the device to the fd store, stopping") {
                 if let why = LiveUpgrade.store(h) {
@@ -367,6 +388,9 @@ enum FileHandleOutput {
         _ = text.withCString { write(2, $0, strlen($0)) }
     }
 }
+
+/// The device's state keeper (`--fd-store`, `--supervise`): alive as long as the process.
+private nonisolated(unsafe) var keeper: StateKeeper?
 
 /// Removes the socket files and exits on SIGINT/SIGTERM.
 private nonisolated(unsafe) var socketPathsForSignal: (UnsafeMutablePointer<CChar>?, UnsafeMutablePointer<CChar>?)

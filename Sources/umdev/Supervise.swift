@@ -15,10 +15,11 @@ import ServiceManager
 /// - SIGUSR2: passes it on (a live upgrade, the child's pid unchanged);
 /// - SIGTERM, SIGINT: stops it (SIGINT to the child, which stops every
 ///   device as it always does) and exits with its status;
-/// - a child that dies (a signal, a non-zero status) is started again,
-///   after 0.1 s doubling to 5 s while it keeps dying within 10 s of
-///   starting, with what the store keeps (nothing yet after a crash: its
-///   devices are lost, issue 18). A child that exits 0 ends the parent.
+/// - a child that dies (a signal, a non-zero status) is started again, at
+///   once if it had told it was ready, else after 0.1 s doubling to 5 s
+///   while it keeps dying before that, with what the store keeps: every device, its state as of
+///   its last answered request (StateKeeper). A child that exits 0 ends
+///   the parent.
 enum Supervisor {
     static let firstDelay = 0.1, maxDelay = 5.0, steadySeconds = 10.0
 
@@ -63,6 +64,7 @@ enum Supervisor {
         }
         var delay = firstDelay
         var readies = 0
+        var readiesAtStart = 0
         var told = false
         guard var child = start() else { finish(1) }
         var startedAt = monotonicSeconds()
@@ -83,6 +85,7 @@ enum Supervisor {
                 let status = wait(child)
                 store.settle()
                 logger.info("pid \(child) exited (\(describe(status))); \(store.stored.count) descriptor(s) kept")
+                readiesAtStart = store.readies
                 guard let next = start() else { finish(1) }
                 child = next
                 startedAt = monotonicSeconds()
@@ -103,9 +106,14 @@ enum Supervisor {
                 finish(status & 0x7f == 0 ? (status >> 8) & 0xff : 1)
             }
             let ran = monotonicSeconds() - startedAt
-            delay = ran >= steadySeconds ? firstDelay : min(maxDelay, delay * 2)
-            logger.error("pid \(child) \(describe(status)) after \(Int(ran * 1000)) ms; starting it again in \(Int(delay * 1000)) ms")
-            usleep(UInt32(delay * 1e6))
+            // A child that was serving starts again at once: its clients wait meanwhile
+            // (QEMU gives up on a reply after 5 s). One that never got as far backs off.
+            let served = store.readies > readiesAtStart
+            delay = ran >= steadySeconds || served ? firstDelay : min(maxDelay, delay * 2)
+            let wait = served ? 0 : delay
+            logger.error("pid \(child) \(describe(status)) after \(Int(ran * 1000)) ms; starting it again in \(Int(wait * 1000)) ms")
+            if wait > 0 { usleep(UInt32(wait * 1e6)) }
+            readiesAtStart = store.readies
             guard let next = start() else { finish(1) }
             child = next
             startedAt = monotonicSeconds()

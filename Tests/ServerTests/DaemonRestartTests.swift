@@ -53,19 +53,19 @@ struct DaemonRestartTests {
             var status: Int32 = 0
             waitpid(pid, &status, 0)
             #expect(status == 0, "restart \(round): the daemon exits 0 once the store holds everything")
-            let names = manager.stored.map(\.name)
-            #expect(names.contains("umdev-handover") && names.filter { $0.hasPrefix("umdev-fd-") }.count >= 4, "\(names)")
+            let names = Set(manager.stored.map(\.name))
+            #expect(names.isSuperset(of: ["umdev-state-daemon", "umdev-state-\(Self.testUUID)", "umdev-state-\(Self.mttyUUID)"]), "\(names)")
+            #expect(names.filter { $0.hasPrefix("umdev-d-") }.count >= 6, "\(names)")
             pid = try manager.start(arguments, log: log)
             #expect(manager.waitReadies(1 + round), "restart \(round)")
             streamer.waitForAnswers(100, since: before)
-            // The new process took its descriptors back and told the manager to let them go.
-            let left = Date().addingTimeInterval(10)
-            while !manager.stored.isEmpty && Date() < left { usleep(5_000) }
-            #expect(manager.stored.isEmpty, "\(manager.stored.map(\.name))")
+            // The new process keeps the same things in the store, no more.
+            #expect(Set(manager.stored.map(\.name)) == names)
         }
         #expect(streamer.stop() == [])
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.components(separatedBy: "took over 2 instance(s)").count - 1 == 2, "\(text)")
+        #expect(!text.contains("afresh"), "\(text)")
         #expect(text.contains("through the fd store"))
         #expect(try umdev(["list", "--dumpjson"]).out == listed)
         try attached.expectIntact()
@@ -109,14 +109,14 @@ struct DaemonRestartTests {
         #expect(try c.read8(region: 0, offset: 0) == 0x41)
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.components(separatedBy: "through the fd store").count - 1 == 2, "\(text)")
-        let left = Date().addingTimeInterval(10)
-        while !manager.stored.isEmpty && Date() < left { usleep(5_000) }
-        #expect(manager.stored.isEmpty)
+        // The state memfd, the listener, the client, the eventfd: kept for the next crash.
+        let names = Set(manager.stored.map(\.name))
+        #expect(names.contains("umdev-state-serve") && names.filter { $0.hasPrefix("umdev-d-") }.count == 3, "\(names)")
     }
 
     /// `--supervise` plays the manager where there is none: SIGHUP restarts
     /// the daemon keeping every device, a killed daemon is started again
-    /// (its devices lost: nothing is stored while it runs yet), SIGTERM stops it.
+    /// with every device (20 kills), SIGTERM stops it.
     @Test func superviseRestartsKeepingDevicesAndRevivesACrash() throws {
         let scratch = ScratchDirectory("umdev-supervise-test")
         let dir = scratch.path
@@ -150,18 +150,23 @@ struct DaemonRestartTests {
         try attached.expectIntact()
         try attached.expectInterruptDelivered()
 
-        // A crash: the supervisor starts it again; the control socket answers (the instance is gone).
-        let second = try #require(child())
-        kill(second, SIGKILL)
-        #expect(waitLog("killed by signal 9", count: 1), "\(logText())")
-        let deadline = Date().addingTimeInterval(30)
-        var answered = false
-        while !answered && Date() < deadline {
-            answered = (try? runUmdev(["list", "--dumpjson", "--run-dir", run]).status) == 0
-            if !answered { usleep(50_000) }
+        // Crashes: the supervisor starts it again each time, and the instance and its client go on.
+        let streamer = CrashStreamer("test", attached.client) { try $0.read32(region: 0, offset: TestDevice.Register.scratch) == 0xfeed_f00d }
+        let kills = 20
+        for round in 1...kills {
+            let killed = try #require(child())
+            #expect(streamer.waitForAnswers(20, since: streamer.answered))
+            kill(killed, SIGKILL)
+            #expect(waitLog("killed by signal 9", count: round), "\(logText())")
+            #expect(waitLog("took over 1 instance(s)", count: 1 + round), "\(logText())")
+            #expect(streamer.waitForAnswers(50, since: streamer.answered), "after kill \(round)")
+            #expect(child() != killed)
         }
-        #expect(answered, "the restarted daemon answers on the control socket")
-        #expect(child() != second)
+        #expect(streamer.stop() == [])
+        #expect(streamer.unanswered <= kills)
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+        #expect(try runUmdev(["list", "--dumpjson", "--run-dir", run]).out.contains(Self.testUUID))
 
         kill(supervisor, SIGTERM)
         var status: Int32 = 0

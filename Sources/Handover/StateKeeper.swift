@@ -1,0 +1,490 @@
+import CShim
+import Glibc
+import Locking
+import Logging
+import PCI
+import ServiceManager
+import VFIOUserServer
+
+// A device that outlives a crash (issue 18). While umdev runs under a
+// service manager that keeps descriptors (`--fd-store`, `--supervise`),
+// every descriptor a device is made of sits in the manager's fd store from
+// the moment it exists, and the device's state, written as a handover of
+// that one device, is kept current in a memfd that is itself in the store.
+// A process started after a crash (or a SIGTERM) finds both in
+// `$LISTEN_FDS` and resumes every device as of its last answered request.
+//
+// - Each stored descriptor has a slot, `umdev-d-<n>`; a handover written
+//   here numbers its descriptors by slot, so every device's handover
+//   indexes one space and the next process joins them into one.
+// - A state memfd per device (`umdev-state-<name>`) holds two copies of
+//   its handover and a header naming the whole one: a process killed while
+//   writing leaves the previous copy readable (a checksum tells).
+// - Order: new descriptors are stored before the handover that names them
+//   is written; those it no longer names are removed after.
+
+/// The descriptors this process keeps in the service manager's fd store,
+/// by slot. One per process: every device's keeper shares it.
+public final class StoredDescriptors: @unchecked Sendable {
+    // @unchecked: every field is behind `lock`.
+    public static let shared = StoredDescriptors()
+    /// The fd store's name of slot n is prefix + n.
+    public static let prefix = "umdev-d-"
+    static func name(_ slot: UInt32) -> String { prefix + "\(slot)" }
+
+    private struct Entry {
+        var fd: Int32
+        var device: UInt64
+        var inode: UInt64
+        /// The keeper whose handover names it (nil: taken over, not claimed yet).
+        var owner: String?
+    }
+    private let lock = Locked<State>(State())
+    private struct State {
+        var slots: [UInt32: Entry] = [:]
+        /// Which slot a descriptor number is in now.
+        var byFD: [Int32: UInt32] = [:]
+        var free: [UInt32] = []
+        var next: UInt32 = 0
+    }
+
+    /// How many descriptors the store holds for this process now.
+    public var count: Int { lock.withLock { $0.slots.count } }
+
+    private static func identity(_ fd: Int32) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    /// `fd`'s slot for `owner`: the one it is stored in already (the same
+    /// open file, not merely the same number), else a new one, stored now.
+    /// Nil when the manager would not take it.
+    func slot(for fd: Int32, owner: String) -> UInt32? {
+        guard let (dev, ino) = Self.identity(fd) else { return nil }
+        return lock.withLock { s -> UInt32? in
+            if let slot = s.byFD[fd], var e = s.slots[slot], e.device == dev, e.inode == ino, e.owner == owner || e.owner == nil {
+                e.owner = owner
+                s.slots[slot] = e
+                return slot
+            }
+            let slot: UInt32
+            if let f = s.free.popLast() { slot = f } else { slot = s.next; s.next += 1 }
+            guard ServiceManager.store(fd, name: Self.name(slot)) else {
+                s.free.append(slot)
+                return nil
+            }
+            s.slots[slot] = Entry(fd: fd, device: dev, inode: ino, owner: owner)
+            s.byFD[fd] = slot
+            return slot
+        }
+    }
+
+    /// Removes `owner`'s slots but those in `keeping` from the store.
+    func release(owner: String, keeping: Set<UInt32>) {
+        lock.withLock { s in
+            for (slot, e) in s.slots where e.owner == owner && !keeping.contains(slot) {
+                ServiceManager.removeStored(name: Self.name(slot))
+                s.slots[slot] = nil
+                if s.byFD[e.fd] == slot { s.byFD[e.fd] = nil }
+                s.free.append(slot)
+            }
+        }
+    }
+
+    /// A descriptor the previous process stored in `slot`, now `fd` here,
+    /// until a keeper's handover claims it (`dropUnclaimed`).
+    func adopt(slot: UInt32, fd: Int32) {
+        guard let (dev, ino) = Self.identity(fd) else { return }
+        lock.withLock { s in
+            s.slots[slot] = Entry(fd: fd, device: dev, inode: ino, owner: nil)
+            s.byFD[fd] = slot
+            s.next = max(s.next, slot + 1)
+            s.free.removeAll { $0 == slot }
+        }
+    }
+
+    /// Slots below the highest adopted one that nothing filled, for reuse.
+    func settleFree() {
+        lock.withLock { s in
+            s.free = (0..<s.next).filter { s.slots[$0] == nil }.reversed()
+        }
+    }
+
+    /// Removes from the store what the previous process left and no device
+    /// here claimed (a device that started afresh, a window since gone).
+    /// Returns how many.
+    @discardableResult
+    public func dropUnclaimed() -> Int {
+        lock.withLock { s in
+            var n = 0
+            for (slot, e) in s.slots where e.owner == nil {
+                ServiceManager.removeStored(name: Self.name(slot))
+                s.slots[slot] = nil
+                if s.byFD[e.fd] == slot { s.byFD[e.fd] = nil }
+                s.free.append(slot)
+                n += 1
+            }
+            return n
+        }
+    }
+
+    /// The keepers whose state memfds are stored, by name.
+    let keepers = Locked<Set<String>>([])
+
+    /// Every name this process has in the store: what a live upgrade's new
+    /// process removes before it stores its own (`forgetPrevious`).
+    var allNames: [String] {
+        lock.withLock { $0.slots.keys.sorted().map(Self.name) } + keepers.withLock { $0.sorted().map { StateKeeper.statePrefix + $0 } }
+    }
+
+    static let previousVariable = "UMDEV_FDSTORE_NAMES"
+
+    /// For a live upgrade's exec: the names, as an environment entry for the new process.
+    var namesForNextProcess: String { Self.previousVariable + "=" + allNames.joined(separator: ":") }
+
+    /// In the new process of a live upgrade: what the previous process
+    /// stored leaves the store (this one stores its own as it starts
+    /// keeping). Not in a check: the old process still serves.
+    public static func forgetPrevious(checkOnly: Bool) {
+        guard let text = getenv(previousVariable).map({ String(cString: $0) }) else { return }
+        unsetenv(previousVariable)
+        guard !checkOnly else { return }
+        for name in text.split(separator: ":") where ServiceManager.isValidFDName(String(name)) {
+            ServiceManager.removeStored(name: String(name))
+        }
+    }
+}
+
+/// One device's (or the daemon's) state, kept current in the fd store: its
+/// descriptors by slot and its handover in a state memfd.
+public final class StateKeeper: @unchecked Sendable {
+    // @unchecked: `save` runs on the thread that holds the device (one at a
+    // time, DeviceServer.Keeper); the fields it changes are used nowhere else.
+    /// The fd store's name of a keeper's state memfd: prefix + its name.
+    public static let statePrefix = "umdev-state-"
+    /// The name the keeper stores under ("serve", "daemon", an instance's UUID).
+    public let name: String
+    private let memfd: Int32
+    private let logger: Logger
+    /// The handover's device: everything but what `save` is given.
+    private let instance: String
+    private let host: DeviceHost?
+    private let ownsSocketFile: Bool
+    private let socketPath: String
+    private let preface: () -> [Handover.Section]
+    private let display: LiveUpgrade.DisplaySocket?
+    private let daemon: LiveUpgrade.DaemonPart?
+    /// Where the whole copy is, and how much of the memfd each copy may take.
+    private var current: (offset: Int, length: Int)?
+    private var copySize = 64 << 10
+    private var generation: UInt64 = 0
+    private var stopped = false
+    /// The last save failed (logged once until one succeeds again).
+    private var failing = false
+
+    static let headerSize = 64
+    static let magic: UInt32 = 0x5344_4d55 // "UMDS" little-endian
+    static let formatVersion: UInt16 = 1
+
+    /// Whether devices keep their state in the fd store (set once at start:
+    /// a service manager that keeps descriptors listens).
+    nonisolated(unsafe) public static var enabled = false
+
+    private init(name: String, memfd: Int32, logger: Logger, instance: String, host: DeviceHost?, ownsSocketFile: Bool,
+                 socketPath: String, preface: @escaping () -> [Handover.Section], display: LiveUpgrade.DisplaySocket?,
+                 daemon: LiveUpgrade.DaemonPart?) {
+        self.name = name; self.memfd = memfd; self.logger = logger; self.instance = instance; self.host = host
+        self.ownsSocketFile = ownsSocketFile; self.socketPath = socketPath; self.preface = preface; self.display = display
+        self.daemon = daemon
+    }
+
+    /// A keeper for the device `server` serves (`instance`: "" for `umdev
+    /// serve`; `preface`: the daemon's instance section), saving from here
+    /// on: its state memfd is stored, the server saves through it. Nil
+    /// (logged) when the state memfd cannot be made or stored.
+    public static func keep(_ server: DeviceServer, name: String, instance: String, preface: @escaping () -> [Handover.Section] = { [] },
+                            display: LiveUpgrade.DisplaySocket?, logger: Logger) -> StateKeeper? {
+        guard let memfd = storedMemfd(name: name, logger: logger) else { return nil }
+        let keeper = StateKeeper(name: name, memfd: memfd, logger: logger, instance: instance, host: server.host,
+                                 ownsSocketFile: server.ownsSocketFile, socketPath: server.path, preface: preface,
+                                 display: display, daemon: nil)
+        server.keepState { [keeper] paused in keeper.save(paused) }
+        return keeper
+    }
+
+    /// A keeper for the daemon's own part (its control socket), saved once now.
+    public static func keep(daemon: LiveUpgrade.DaemonPart, logger: Logger) -> StateKeeper? {
+        guard let memfd = storedMemfd(name: "daemon", logger: logger) else { return nil }
+        let keeper = StateKeeper(name: "daemon", memfd: memfd, logger: logger, instance: "", host: nil, ownsSocketFile: false,
+                                 socketPath: "", preface: { [] }, display: nil, daemon: daemon)
+        keeper.save(nil)
+        return keeper
+    }
+
+    private static func storedMemfd(name: String, logger: Logger) -> Int32? {
+        let memfd = umdev_memfd("umdev-state")
+        guard memfd >= 0 else {
+            logger.error("cannot keep \(name)'s state for a restart: memfd_create: \(String(cString: strerror(errno)))")
+            return nil
+        }
+        guard ServiceManager.store(memfd, name: statePrefix + name) else {
+            logger.error("cannot keep \(name)'s state for a restart: the service manager did not take its state memfd")
+            close(memfd)
+            return nil
+        }
+        StoredDescriptors.shared.keepers.withLock { _ = $0.insert(name) }
+        return memfd
+    }
+
+    /// Writes the device's handover as `paused` says it is now (nil: the
+    /// daemon's part), its descriptors stored first, then drops from the
+    /// store what it no longer names.
+    func save(_ paused: DeviceServer.Paused?) {
+        guard !stopped else { return }
+        let owner = name
+        var list = DescriptorList { StoredDescriptors.shared.slot(for: $0, owner: owner) }
+        let bytes: [UInt8]
+        do {
+            var devices: [LiveUpgrade.Device] = []
+            if let host, let paused {
+                devices.append(.init(instance: instance, host: host, paused: paused, ownsSocketFile: ownsSocketFile,
+                                     socketPath: socketPath, preface: preface(), display: display))
+            }
+            bytes = try LiveUpgrade.write(devices, daemon: daemon, into: &list)
+        } catch {
+            return fail("cannot write its state: \(error.message)")
+        }
+        guard !list.failed else { return fail("the service manager did not take one of its descriptors") }
+        let slots = list.inventory.map { UInt32($0.index) }
+        guard write(bytes) else { return fail("cannot write its state memfd: \(String(cString: strerror(errno)))") }
+        StoredDescriptors.shared.release(owner: owner, keeping: Set(slots))
+        if failing { logger.notice("\(name)'s state is kept for a restart again"); failing = false }
+    }
+
+    private func fail(_ why: String) {
+        if !failing { logger.error("\(name) would not survive a crash now: \(why)") }
+        failing = true
+    }
+
+    /// Writes `document` beside the whole copy, then points the header at it.
+    private func write(_ document: [UInt8]) -> Bool {
+        let header = Self.headerSize
+        func rounded(_ n: Int) -> Int { (n + 0xffff) & ~0xffff }
+        func overlapsCurrent(_ t: Int) -> Bool {
+            guard let c = current else { return false }
+            return t < c.offset + c.length && c.offset < t + document.count
+        }
+        if document.count > copySize { copySize = max(rounded(document.count), 2 * copySize) }
+        var target = header
+        if overlapsCurrent(target) { target = header + copySize }
+        if overlapsCurrent(target), let c = current { target = rounded(c.offset + c.length) }
+        var st = stat()
+        guard fstat(memfd, &st) == 0 else { return false }
+        let size = off_t(max(header + 2 * copySize, target + document.count))
+        if st.st_size < size, ftruncate(memfd, size) != 0 { return false }
+        guard pwriteAll(document, at: target) else { return false }
+        generation += 1
+        var w = StateWriter()
+        w.u32(Self.magic); w.u16(Self.formatVersion); w.u16(0)
+        w.u64(generation); w.u64(UInt64(target)); w.u64(UInt64(document.count)); w.u64(Self.checksum(document))
+        guard pwriteAll(w.bytes, at: 0) else { return false }
+        current = (target, document.count)
+        return true
+    }
+
+    private func pwriteAll(_ bytes: [UInt8], at offset: Int) -> Bool {
+        bytes.withUnsafeBytes { b in
+            var done = 0
+            while done < b.count {
+                let n = pwrite(memfd, b.baseAddress! + done, b.count - done, off_t(offset + done))
+                if n < 0 { if errno == EINTR { continue }; return false }
+                done += n
+            }
+            return true
+        }
+    }
+
+    /// FNV-1a over the bytes: tells a whole copy from a torn one.
+    static func checksum(_ bytes: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
+    }
+
+    /// The device is gone (stopped, destroyed): its descriptors and state
+    /// memfd leave the store.
+    public func discard() {
+        stopped = true
+        StoredDescriptors.shared.release(owner: name, keeping: [])
+        ServiceManager.removeStored(name: Self.statePrefix + name)
+        StoredDescriptors.shared.keepers.withLock { _ = $0.remove(name) }
+        close(memfd)
+    }
+
+    // MARK: Reading, in the next process
+
+    /// The handover in a state memfd: the copy its header names, checked
+    /// whole. Throws when the header or the copy is not one a keeper wrote.
+    static func read(memfd: Int32) throws(DeviceError) -> [UInt8] {
+        var st = stat()
+        guard fstat(memfd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw DeviceError(EINVAL, "the state is not a memfd") }
+        var head = [UInt8](repeating: 0, count: headerSize)
+        guard head.withUnsafeMutableBytes({ pread(memfd, $0.baseAddress, $0.count, 0) }) == headerSize else {
+            throw DeviceError(EINVAL, "the state memfd is shorter than its header")
+        }
+        var r = StateReader(fields: head, what: "state memfd header")
+        let magic = try r.u32(), version = try r.u16()
+        _ = try r.u16()
+        _ = try r.u64()
+        let offset = try r.u64(), length = try r.u64(), sum = try r.u64()
+        guard magic == Self.magic else { throw DeviceError(EINVAL, "the state memfd holds no state (bad magic)") }
+        guard version == formatVersion else { throw DeviceError(EINVAL, "state memfd format \(version); this umdev reads \(formatVersion)") }
+        guard offset >= UInt64(headerSize), length <= UInt64(LiveUpgrade.maxHandover), offset <= UInt64(st.st_size),
+              length <= UInt64(st.st_size) - offset else {
+            throw DeviceError(EINVAL, "the state memfd's header points outside it")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(length))
+        let n = bytes.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, off_t(offset)) }
+        guard n == bytes.count else { throw DeviceError(EIO, "reading the state memfd: short read") }
+        guard checksum(bytes) == sum else { throw DeviceError(EINVAL, "the state memfd's copy is torn (checksum)") }
+        return bytes
+    }
+
+    /// What the fd store brought this process (`passed`, from
+    /// `$LISTEN_FDS`): every kept device's handover, joined into one, with
+    /// the descriptors by slot. Taken out of `passed`; nil when it held no
+    /// kept state. A state that cannot be read is logged and left out (its
+    /// device starts afresh, or not at all); nothing else is lost. The
+    /// state memfds stay in the store for the devices resumed from them.
+    public static func incoming(fromStore passed: inout [ServiceManager.ListenedFD], logger: Logger) -> Kept? {
+        var states: [(name: String, fd: Int32)] = []
+        var slots: [UInt32: Int32] = [:]
+        passed.removeAll { p in
+            if p.name.hasPrefix(statePrefix) {
+                states.append((String(p.name.dropFirst(statePrefix.count)), p.fd))
+                return true
+            }
+            guard p.name.hasPrefix(StoredDescriptors.prefix) else { return false }
+            if let n = UInt32(p.name.dropFirst(StoredDescriptors.prefix.count)), n < 1 << 20, slots[n] == nil {
+                slots[n] = p.fd
+            } else {
+                logger.warning("the fd store holds \(p.name) twice or out of range; closed")
+                ServiceManager.removeStored(name: p.name)
+                close(p.fd)
+            }
+            return true
+        }
+        guard !states.isEmpty else {
+            for (n, fd) in slots { close(fd); ServiceManager.removeStored(name: StoredDescriptors.name(n)) }
+            return nil
+        }
+        let count = Int(slots.keys.max().map { $0 + 1 } ?? 0)
+        var fds = [Int32](repeating: -1, count: count)
+        for (n, fd) in slots { fds[Int(n)] = fd }
+        var sections: [Handover.Section] = []
+        var writer: Writer?
+        var kept: [String: Int32] = [:]
+        var unreadable: [String] = []
+        // The daemon's part first: its sections lead, as a daemon's handover has them.
+        for (name, memfd) in states.sorted(by: { ($0.name == "daemon" ? "" : "~" + $0.name) < ($1.name == "daemon" ? "" : "~" + $1.name) }) {
+            do throws(DeviceError) {
+                guard kept[name] == nil else { throw DeviceError(EINVAL, "stored twice") }
+                let h = try Handover.decode(try read(memfd: memfd), descriptorCount: count)
+                for s in h.sections {
+                    if s.type == SectionType.writer.rawValue {
+                        if writer == nil { writer = try Writer(s.payload) }
+                    } else {
+                        sections.append(s)
+                    }
+                }
+                kept[name] = memfd
+            } catch {
+                logger.error("the fd store's state of \(name) is unusable, it starts afresh: \(error.message)")
+                unreadable.append(name)
+                ServiceManager.removeStored(name: statePrefix + name)
+                close(memfd)
+            }
+        }
+        if let w = writer { sections.insert(w.section, at: 0) }
+        for (n, fd) in slots { StoredDescriptors.shared.adopt(slot: n, fd: fd) }
+        StoredDescriptors.shared.settleFree()
+        let pool = DescriptorPool(fds)
+        let incoming = LiveUpgrade.Incoming(handover: Handover(sections: sections), pool: pool, checkOnly: false, writer: writer)
+        return Kept(incoming: incoming, states: kept, unreadable: unreadable, logger: logger)
+    }
+
+    /// The state the fd store brought: one handover of every kept device,
+    /// and their state memfds (each device's keeper writes on in its own).
+    public final class Kept {
+        public let incoming: LiveUpgrade.Incoming
+        /// State memfds by keeper name, not yet taken by a keeper.
+        private var states: [String: Int32]
+        /// The keepers whose state could not be read.
+        public let unreadable: [String]
+        private let logger: Logger
+
+        init(incoming: LiveUpgrade.Incoming, states: [String: Int32], unreadable: [String], logger: Logger) {
+            self.incoming = incoming; self.states = states; self.unreadable = unreadable; self.logger = logger
+        }
+
+        /// Whether a daemon's part was kept.
+        public var hasDaemon: Bool { states["daemon"] != nil }
+        /// The names of the kept states.
+        public var names: [String] { states.keys.sorted() }
+
+        /// Resumes keeping `server` with the state memfd the store brought
+        /// under `name` (a new one if none came).
+        public func keep(_ server: DeviceServer, name: String, instance: String, preface: @escaping () -> [Handover.Section] = { [] },
+                         display: LiveUpgrade.DisplaySocket?, logger: Logger) -> StateKeeper? {
+            guard let memfd = states.removeValue(forKey: name) else {
+                return StateKeeper.keep(server, name: name, instance: instance, preface: preface, display: display, logger: logger)
+            }
+            let keeper = StateKeeper(name: name, memfd: memfd, logger: logger, instance: instance, host: server.host,
+                                     ownsSocketFile: server.ownsSocketFile, socketPath: server.path, preface: preface,
+                                     display: display, daemon: nil)
+            keeper.adoptLayout()
+            StoredDescriptors.shared.keepers.withLock { _ = $0.insert(name) }
+            server.keepState { [keeper] paused in keeper.save(paused) }
+            return keeper
+        }
+
+        /// The daemon's part, kept on in the memfd the store brought.
+        public func keep(daemon: LiveUpgrade.DaemonPart, logger: Logger) -> StateKeeper? {
+            guard let memfd = states.removeValue(forKey: "daemon") else { return StateKeeper.keep(daemon: daemon, logger: logger) }
+            let keeper = StateKeeper(name: "daemon", memfd: memfd, logger: logger, instance: "", host: nil, ownsSocketFile: false,
+                                     socketPath: "", preface: { [] }, display: nil, daemon: daemon)
+            keeper.adoptLayout()
+            StoredDescriptors.shared.keepers.withLock { _ = $0.insert("daemon") }
+            keeper.save(nil)
+            return keeper
+        }
+
+        /// Once every device is resumed: states and descriptors nothing
+        /// claimed leave the store (their devices are gone or started afresh).
+        public func finish() {
+            for (name, memfd) in states {
+                logger.notice("the fd store's state of \(name) matched no device here; removed")
+                ServiceManager.removeStored(name: StateKeeper.statePrefix + name)
+                close(memfd)
+            }
+            states = [:]
+            let dropped = StoredDescriptors.shared.dropUnclaimed()
+            if dropped > 0 { logger.notice("\(dropped) stored descriptor(s) no device here claimed; removed from the fd store") }
+        }
+    }
+
+    /// Continues the memfd's layout: the next copy goes beside the whole one.
+    private func adoptLayout() {
+        var st = stat()
+        guard fstat(memfd, &st) == 0 else { return }
+        var head = [UInt8](repeating: 0, count: Self.headerSize)
+        guard head.withUnsafeMutableBytes({ pread(memfd, $0.baseAddress, $0.count, 0) }) == Self.headerSize else { return }
+        var r = StateReader(fields: head, what: "state memfd header")
+        guard (try? r.u32()) == Self.magic, (try? r.u16()) == Self.formatVersion, (try? r.u16()) != nil,
+              let g = try? r.u64(), let offset = try? r.u64(), let length = try? r.u64() else { return }
+        generation = g
+        copySize = max(copySize, (Int(st.st_size) - Self.headerSize) / 2)
+        current = (Int(offset), Int(length))
+    }
+}

@@ -1,0 +1,190 @@
+import CShim
+import Foundation
+import Glibc
+import MBochs
+import ServiceManager
+import Synchronization
+import TestDevice
+import Testing
+import VFIOUser
+import VFIOUserClient
+import Viewer
+
+/// A client streaming one request after another, as a VMM does, that
+/// gives up on a reply after `timeout` ms (QEMU's proxy after 5 s) and goes
+/// on with the next request: what a crash can cost it is counted, not fatal.
+final class CrashStreamer: @unchecked Sendable {
+    // @unchecked: the counters are atomic, the failures behind a Mutex; the thread is only joined.
+    private let stopping = Atomic<Bool>(false)
+    private let count = Atomic<Int>(0)
+    private let lost = Atomic<Int>(0)
+    private let failed = Mutex<[String]>([])
+    private var thread: Thread?
+
+    /// `request` sends one request and checks its answer (false: a wrong answer).
+    init(_ name: String, _ client: VFIOUserClient, timeout: Int32 = 3_000, request: @escaping (VFIOUserClient) throws -> Bool) {
+        nonisolated(unsafe) let c = client
+        nonisolated(unsafe) let request = request
+        c.replyTimeout = timeout
+        let t = Thread { [self] in
+            while !stopping.load(ordering: .relaxed) {
+                do {
+                    if try request(c) { count.add(1, ordering: .relaxed) } else { failed.withLock { $0.append("\(name): wrong answer") } }
+                } catch ClientError.system(ETIMEDOUT, _) {
+                    lost.add(1, ordering: .relaxed)
+                } catch {
+                    failed.withLock { $0.append("\(name): \(error)") }
+                    return
+                }
+            }
+        }
+        thread = t
+        t.start()
+    }
+
+    var answered: Int { count.load(ordering: .relaxed) }
+    /// Requests whose reply never came.
+    var unanswered: Int { lost.load(ordering: .relaxed) }
+    var failures: [String] { failed.withLock { $0 } }
+
+    /// Waits until `n` more requests than `since` were answered (or one failed, or 20 s passed).
+    func waitForAnswers(_ n: Int, since: Int) -> Bool {
+        let deadline = Date().addingTimeInterval(20)
+        while answered < since + n && Date() < deadline && failures.isEmpty { usleep(1000) }
+        return answered >= since + n
+    }
+
+    func stop() -> [String] {
+        stopping.store(true, ordering: .relaxed)
+        while let t = thread, !t.isFinished { usleep(1000) }
+        return failures
+    }
+}
+
+/// The three kinds of device a crash must not cost: the test device (DMA,
+/// BAR memory, INTx), an mtty-2 (registers, FIFO) and an mbochs (VRAM, plane).
+struct CrashFleet {
+    static let testUUID = "3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b"
+    static let mttyUUID = "4f5a6b7c-8d9e-4f0a-9b1c-2d3e4f5a6b7c"
+    static let bochsUUID = "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"
+    let attached: AttachedClient
+    let serial: VFIOUserClient
+    let vmm: VFIOUserClient
+    let vram: DisplayServerTests.Mapping
+    let plane: GfxPlaneInfo
+    let streamers: [CrashStreamer]
+
+    /// Starts the three instances through `umdev` and attaches a client to each.
+    init(run: String, serialClient: VFIOUserClient? = nil) throws {
+        func umdev(_ a: [String]) throws -> CommandOutcome { try runUmdev(a + ["--run-dir", run]) }
+        #expect(try umdev(["start", "--uuid", Self.testUUID, "--type", "test"]).status == 0)
+        #expect(try umdev(["start", "--uuid", Self.mttyUUID, "--type", "mtty-2"]).status == 0)
+        #expect(try umdev(["start", "--uuid", Self.bochsUUID, "--type", "mbochs-large"]).status == 0)
+        attached = try AttachedClient(path: "\(run)/\(Self.testUUID).sock")
+        serial = try VFIOUserClient(path: "\(run)/\(Self.mttyUUID).sock")
+        try serial.negotiate()
+        try serial.write8(region: 0, offset: 7, 0xa5)     // scratch
+        try serial.write8(region: 0, offset: 2, 0x01)     // FIFO on
+        for b in Array("kept".utf8) { try serial.write8(region: 0, offset: 0, b) }
+        vmm = try VFIOUserClient(path: "\(run)/\(Self.bochsUUID).sock")
+        try vmm.negotiate(json: VFIOUserClient.planeCapabilitiesJSON)
+        try setBochsMode(vmm, width: 640, height: 480, vram: 4 << 20)
+        vram = try DisplayServerTests.Mapping(vmm, region: MBochs.vramRegion)
+        TestPattern.drawXRGB(into: vram.base, width: 640, height: 480, stride: 2560, seed: 9)
+        plane = try vmm.queryPlane(flags: VFIO.gfxPlaneDmabuf)
+        let xres = UInt64(MBochs.MMIO.dispi.lowerBound + 2 * DispiRegisters.Index.xres)
+        streamers = [
+            CrashStreamer("test", attached.client) { try $0.read32(region: 0, offset: TestDevice.Register.scratch) == 0xfeed_f00d },
+            CrashStreamer("mtty", serial) { try $0.read8(region: 0, offset: 7) == 0xa5 },
+            CrashStreamer("mbochs", vmm) { try $0.read16(region: UInt32(MBochs.mmioRegion), offset: xres) == 640 },
+        ]
+    }
+
+    /// Each client had `n` more requests answered than `since`.
+    func waitForAnswers(_ n: Int, since: [Int], sourceLocation: SourceLocation = #_sourceLocation) {
+        for (s, before) in zip(streamers, since) { #expect(s.waitForAnswers(n, since: before), sourceLocation: sourceLocation) }
+    }
+
+    var answered: [Int] { streamers.map(\.answered) }
+
+    /// Stops the streams; checks each lost at most `most` replies and failed
+    /// nothing; then that every device is as it was.
+    func expectIntact(unansweredAtMost most: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        for s in streamers {
+            #expect(s.stop() == [], sourceLocation: sourceLocation)
+            #expect(s.unanswered <= most, "\(s.unanswered) requests unanswered", sourceLocation: sourceLocation)
+        }
+        try attached.expectIntact(sourceLocation: sourceLocation)
+        try attached.expectInterruptDelivered(sourceLocation: sourceLocation)
+        #expect(try vmm.queryPlane(flags: VFIO.gfxPlaneDmabuf) == plane, sourceLocation: sourceLocation)
+        let shown = PixelFormat.rgb(pixels: UnsafeRawPointer(vram.base), fourcc: plane.drmFormat,
+                                    width: 640, height: 480, stride: 2560)
+        #expect(shown == TestPattern.image(width: 640, height: 480, seed: 9), sourceLocation: sourceLocation)
+        var got: [UInt8] = []
+        while try serial.read8(region: 0, offset: 5) & 0x01 != 0 { got.append(try serial.read8(region: 0, offset: 0)) }
+        #expect(got == Array("kept".utf8), sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("a crash costs no device: state kept in the fd store", .serialized)
+struct CrashSurvivalTests {
+    /// `kill -9` of a daemon serving three devices, each streamed to, 20
+    /// times: after each start every client goes on on its own connection,
+    /// at most one request per kill unanswered.
+    @Test func aKilledDaemonLosesNoDevice() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let run = dir + "/run", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let fleet = try CrashFleet(run: run)
+        let listed = try runUmdev(["list", "--dumpjson", "--run-dir", run]).out
+        let kills = 20
+        for round in 1...kills {
+            let before = fleet.answered
+            fleet.waitForAnswers(20, since: before)
+            kill(pid, SIGKILL)
+            waitpid(pid, nil, 0)
+            pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+            #expect(manager.waitReadies(1 + round), "start \(round)")
+            fleet.waitForAnswers(50, since: fleet.answered)
+        }
+        try fleet.expectIntact(unansweredAtMost: kills)
+        #expect(try runUmdev(["list", "--dumpjson", "--run-dir", run]).out == listed)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.components(separatedBy: "took over 3 instance(s)").count - 1 == kills, "\(text.suffix(4000))")
+        #expect(!text.contains("afresh") && !text.contains("unusable"), "\(text.suffix(4000))")
+    }
+
+    /// `umdev serve --fd-store`, killed: the device and its client come back.
+    @Test func aKilledServeKeepsItsClient() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let path = dir + "/mtty.sock", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["serve", "--type", "mtty-2", "--socket", path, "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let c = try VFIOUserClient(path: path)
+        try c.negotiate()
+        let intx = umdev_eventfd(0)
+        defer { close(intx) }
+        try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
+        try c.write8(region: 0, offset: 7, 0x3c)
+        try c.write8(region: 0, offset: 1, 0x01)
+        for round in 1...3 {
+            kill(pid, SIGKILL)
+            waitpid(pid, nil, 0)
+            pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+            #expect(manager.waitReadies(1 + round))
+            #expect(try c.read8(region: 0, offset: 7) == 0x3c)
+        }
+        try c.write8(region: 0, offset: 0, 0x41)
+        #expect(waitSignal(intx) == 1, "the RX interrupt reached the eventfd registered before the kills")
+        #expect(try c.read8(region: 0, offset: 0) == 0x41)
+    }
+}
