@@ -146,6 +146,18 @@ def handover():
                           ([writer, device, state, connection], 5),
                           ([writer, daemon, instance, mbochs, display, state], 5)):
         write("handover", bytes([fds]) + b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections))
+    # State memfds (byte 0 bit 6): a header naming the second of two copies, FNV-1a 64 over it.
+    def fnv(b):
+        h = 0xCBF29CE484222325
+        for x in b:
+            h = ((h ^ x) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        return h
+    for sections, fds in (([writer, device, state, connection], 5), ([writer, daemon, instance, mbochs, display, state], 5)):
+        doc = b"UMDH" + struct.pack("<HH", 1, len(sections)) + b"".join(sections)
+        old = b"UMDH" + struct.pack("<HH", 1, 0)
+        header = b"UMDS" + struct.pack("<HHQQQQ", 1, 0, 7, 64 + 256, len(doc), fnv(doc))
+        file = header + bytes(64 - len(header)) + old + bytes(256 - len(old)) + doc
+        write("handover", bytes([0x40 | fds]) + file)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,16 @@ for d in "${devices[@]}"; do
     $bench --iterations 100000 --type "$type" --region "$region" --offset "$offset" --widths 1
 done
 
+sink=/tmp/umdev-measure-$$.notify
 serve_under() { # $1 = type; the rest = wrapper command; starts the server, waits for its socket
+    # keep=1: under an fd store (scripts/fd-store-sink.py), --fd-store: every
+    # change saved for a crash before its reply.
     local type=$1; shift
+    rm -f "$sock"   # a server stopped with --fd-store leaves its socket file for the next start
+    local extra=() notify=""
+    if [ -n "${keep:-}" ]; then extra=(--fd-store); notify=$sink; fi
     # Its stdout (the -device line it prints) would land among the figures.
-    "$@" ${served:-$bin} serve --type "$type" --socket "$sock" --log-level error >/dev/null 2>>/tmp/umdev-measure-server.log &
+    NOTIFY_SOCKET=$notify "$@" ${served:-$bin} serve --type "$type" --socket "$sock" "${extra[@]}" --log-level error >/dev/null 2>>/tmp/umdev-measure-server.log &
     pid=$!
     for _ in $(seq 600); do [ -S "$sock" ] && return; sleep 0.1; done
     echo "server did not start" >&2; exit 1
@@ -41,13 +47,16 @@ stop_server() { # SIGTERM the server itself (background jobs ignore SIGINT); the
     wait $pid 2>/dev/null || true
 }
 
+python3 scripts/fd-store-sink.py "$sink" & sinkpid=$!
+trap 'kill $sinkpid 2>/dev/null || true; rm -f "$sink"' EXIT
+
 echo "== syscalls per 1-byte REGION_READ (strace -c -f, 20000 requests)"
-for d in "${devices[@]}"; do
-    IFS='|' read -r type region offset <<< "$d"
-    serve_under "$type" strace -f -c -o /tmp/umdev-strace.$$
+for d in "${devices[@]}" "mtty-2|0|7|keep"; do
+    IFS='|' read -r type region offset kept <<< "$d"
+    keep=$kept serve_under "$type" strace -f -c -o /tmp/umdev-strace.$$
     $bench --socket "$sock" --only read-1 --iterations 20000 --region "$region" --offset "$offset" --widths 1 >/dev/null
     stop_server
-    echo "-- $type (21000 requests incl. warm-up)"
+    echo "-- $type${kept:+, state kept for a crash (--fd-store)} (21000 requests incl. warm-up)"
     grep -E "calls|recvmsg|sendmsg|poll|write|total" /tmp/umdev-strace.$$ || true
     rm -f /tmp/umdev-strace.$$
 done
@@ -55,9 +64,9 @@ done
 echo "== instructions per 1-byte REGION_READ (callgrind, server only)"
 # valgrind 3.19 cannot read the DWARF 5 Swift emits: measure a copy without debug info.
 strip --strip-debug -o /tmp/umdev-nodebug.$$ $bin
-count() { # $1 = type, $2 = requests, $3 = region, $4 = offset; prints the server's total instructions
+count() { # $1 = type, $2 = requests, $3 = region, $4 = offset, $5 = case (read-1); prints the server's total instructions
     served=/tmp/umdev-nodebug.$$ serve_under "$1" valgrind --tool=callgrind --callgrind-out-file=/tmp/umdev-cg.$$ -q
-    $bench --socket "$sock" --only read-1 --iterations "$2" --region "$3" --offset "$4" --widths 1 >/dev/null
+    $bench --socket "$sock" --only "${5:-read-1}" --iterations "$2" --region "$3" --offset "$4" --widths 1 >/dev/null
     stop_server
     sleep 0.5
     callgrind_annotate /tmp/umdev-cg.$$ 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
@@ -67,6 +76,13 @@ for d in "${devices[@]}"; do
     IFS='|' read -r type region offset <<< "$d"
     short=$(count "$type" 2000 "$region" "$offset"); long=$(count "$type" 22000 "$region" "$offset")
     echo "$type: $(( (long - short) / 20000 )) instructions per request ($short Ir for 3000 requests, $long Ir for 23000, warm-up included)"
+done
+# The same with every change kept for a crash (--fd-store under a store):
+# a read that changes nothing saves nothing; a write saves the device's state.
+for c in "read-1|mtty-2|0|7" "write-1|mtty-2|0|7" "write-1|test|0|0x10"; do
+    IFS='|' read -r what type region offset <<< "$c"
+    short=$(keep=1 count "$type" 2000 "$region" "$offset" "$what"); long=$(keep=1 count "$type" 22000 "$region" "$offset" "$what")
+    echo "$type $what, state kept for a crash: $(( (long - short) / 20000 )) instructions per request"
 done
 rm -f /tmp/umdev-nodebug.$$
 

@@ -2,7 +2,9 @@
 // must return a handover or an error, never trap; what decodes must encode
 // to the same bytes, and so must each section the decoder checks.
 //
-// Input: byte 0 = how many descriptors came with it (mod 64), then the bytes.
+// Input: byte 0 = how many descriptors came with it (mod 64; bit 6 set: the
+// bytes are a state memfd's, Protocol/HANDOVER.md "Kept in the fd store",
+// and the copy its header names is the handover), then the bytes.
 import FuzzDriver
 import Handover
 
@@ -10,7 +12,11 @@ import Handover
 public func fuzzHandover(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard size >= 1 else { return 0 }
     let descriptors = Int(data[0] % 64)
-    let bytes = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    var bytes = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    if data[0] & 0x40 != 0 {
+        guard let copy = try? StateKeeper.copy(inFile: bytes) else { return 0 }
+        bytes = copy
+    }
     if let h = try? Handover.decode(bytes, descriptorCount: descriptors) {
         precondition(h.encode() == bytes, "a handover that decodes encodes to other bytes")
         // Each device and connection section the decoder accepted reads as

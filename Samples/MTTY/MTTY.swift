@@ -126,13 +126,15 @@ public final class MTTY: VFIODevice, HostResourceHolder {
     /// RBR (pops the FIFO), IIR (clears a THRE interrupt), LSR (clears the
     /// error bits) and MSR (clears the deltas) does.
     public func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool {
-        guard region != RegionIndex.config, offset < 8 else { return false }
-        for r in Int(offset)..<min(Int(offset) + count, 8) {
-            if r == UART16550.Register.data || r == UART16550.Register.interruptIdentification
-                || r == UART16550.Register.lineStatus || r == UART16550.Register.modemStatus { return true }
-        }
-        return false
+        guard region != RegionIndex.config, offset < 8, count > 0, count <= 8 else { return false }
+        // One bit per register read in [offset, offset + count), against those reads change.
+        let read = ((1 &<< UInt32(count)) &- 1) &<< UInt32(offset)
+        return read & Self.readsWithEffects != 0
     }
+
+    /// RBR, IIR, LSR and MSR, as register bits.
+    private static let readsWithEffects: UInt32 = 1 << UART16550.Register.data | 1 << UART16550.Register.interruptIdentification
+        | 1 << UART16550.Register.lineStatus | 1 << UART16550.Register.modemStatus
 
     public func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32 {
         guard accessible(region: region, offset: offset, count: data.count) else { return EINVAL }

@@ -27,7 +27,7 @@ import VFIOUserServer
 /// in order in `UMDEV_HANDOVER_FDS`.
 public enum LiveUpgrade {
     /// The version this build of umdev reports in its handovers and logs.
-    public static let umdevVersion = "0.17.0"
+    public static let umdevVersion = "0.18.0"
 
     static let handoverVariable = "UMDEV_HANDOVER"
     static let descriptorsVariable = "UMDEV_HANDOVER_FDS"

@@ -179,7 +179,8 @@ public final class StateKeeper: @unchecked Sendable {
     private var current: (offset: Int, length: Int)?
     private var copySize = 64 << 10
     private var generation: UInt64 = 0
-    private var stopped = false
+    /// Held while saving; true once discarded (nothing is saved after).
+    private let gate = Locked<Bool>(false)
     /// The last save failed (logged once until one succeeds again).
     private var failing = false
 
@@ -203,23 +204,40 @@ public final class StateKeeper: @unchecked Sendable {
     /// serve`; `preface`: the daemon's instance section), saving from here
     /// on: its state memfd is stored, the server saves through it. Nil
     /// (logged) when the state memfd cannot be made or stored.
+    /// A state memfd the fd store brought (`incoming(fromStore:)`) goes on
+    /// being the state of the keeper of that name, whether its device was
+    /// resumed from it or started afresh.
     public static func keep(_ server: DeviceServer, name: String, instance: String, preface: @escaping () -> [Handover.Section] = { [] },
                             display: LiveUpgrade.DisplaySocket?, logger: Logger) -> StateKeeper? {
-        guard let memfd = storedMemfd(name: name, logger: logger) else { return nil }
+        guard let (memfd, adopted) = stateMemfd(name: name, logger: logger) else { return nil }
         let keeper = StateKeeper(name: name, memfd: memfd, logger: logger, instance: instance, host: server.host,
                                  ownsSocketFile: server.ownsSocketFile, socketPath: server.path, preface: preface,
                                  display: display, daemon: nil)
+        if adopted { keeper.adoptLayout() }
         server.keepState { [keeper] paused in keeper.save(paused) }
         return keeper
     }
 
     /// A keeper for the daemon's own part (its control socket), saved once now.
     public static func keep(daemon: LiveUpgrade.DaemonPart, logger: Logger) -> StateKeeper? {
-        guard let memfd = storedMemfd(name: "daemon", logger: logger) else { return nil }
+        guard let (memfd, adopted) = stateMemfd(name: "daemon", logger: logger) else { return nil }
         let keeper = StateKeeper(name: "daemon", memfd: memfd, logger: logger, instance: "", host: nil, ownsSocketFile: false,
                                  socketPath: "", preface: { [] }, display: nil, daemon: daemon)
+        if adopted { keeper.adoptLayout() }
         keeper.save(nil)
         return keeper
+    }
+
+    /// State memfds the fd store brought that no keeper took yet, by name.
+    static let unclaimed = Locked<[String: Int32]>([:])
+
+    /// The state memfd for `name`: the one the store brought (adopted), else a new one, stored.
+    private static func stateMemfd(name: String, logger: Logger) -> (Int32, Bool)? {
+        if let fd = unclaimed.withLock({ $0.removeValue(forKey: name) }) {
+            StoredDescriptors.shared.keepers.withLock { _ = $0.insert(name) }
+            return (fd, true)
+        }
+        return storedMemfd(name: name, logger: logger).map { ($0, false) }
     }
 
     private static func storedMemfd(name: String, logger: Logger) -> Int32? {
@@ -241,7 +259,10 @@ public final class StateKeeper: @unchecked Sendable {
     /// daemon's part), its descriptors stored first, then drops from the
     /// store what it no longer names.
     func save(_ paused: DeviceServer.Paused?) {
-        guard !stopped else { return }
+        gate.withLock { discarded in if !discarded { saveNow(paused) } }
+    }
+
+    private func saveNow(_ paused: DeviceServer.Paused?) {
         let owner = name
         var list = DescriptorList { StoredDescriptors.shared.slot(for: $0, owner: owner) }
         let bytes: [UInt8]
@@ -314,12 +335,16 @@ public final class StateKeeper: @unchecked Sendable {
 
     /// The device is gone (stopped, destroyed): its descriptors and state
     /// memfd leave the store.
+    /// Call before the device stops, so that a crash meanwhile does not bring it back.
     public func discard() {
-        stopped = true
-        StoredDescriptors.shared.release(owner: name, keeping: [])
-        ServiceManager.removeStored(name: Self.statePrefix + name)
-        StoredDescriptors.shared.keepers.withLock { _ = $0.remove(name) }
-        close(memfd)
+        gate.withLock { discarded in
+            guard !discarded else { return }
+            discarded = true
+            StoredDescriptors.shared.release(owner: name, keeping: [])
+            ServiceManager.removeStored(name: Self.statePrefix + name)
+            StoredDescriptors.shared.keepers.withLock { _ = $0.remove(name) }
+            close(memfd)
+        }
     }
 
     // MARK: Reading, in the next process
@@ -329,24 +354,31 @@ public final class StateKeeper: @unchecked Sendable {
     static func read(memfd: Int32) throws(DeviceError) -> [UInt8] {
         var st = stat()
         guard fstat(memfd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw DeviceError(EINVAL, "the state is not a memfd") }
-        var head = [UInt8](repeating: 0, count: headerSize)
-        guard head.withUnsafeMutableBytes({ pread(memfd, $0.baseAddress, $0.count, 0) }) == headerSize else {
-            throw DeviceError(EINVAL, "the state memfd is shorter than its header")
+        guard st.st_size <= off_t(2 * LiveUpgrade.maxHandover + headerSize) else {
+            throw DeviceError(EINVAL, "the state memfd is larger than two handovers")
         }
-        var r = StateReader(fields: head, what: "state memfd header")
+        var file = [UInt8](repeating: 0, count: Int(st.st_size))
+        let n = file.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, 0) }
+        guard n == file.count else { throw DeviceError(EIO, "reading the state memfd: short read") }
+        return try copy(inFile: file)
+    }
+
+    /// The copy a state memfd's bytes (`file`, all of them) name in their
+    /// header, checked whole: input from another process (fuzzed).
+    public static func copy(inFile file: [UInt8]) throws(DeviceError) -> [UInt8] {
+        guard file.count >= headerSize else { throw DeviceError(EINVAL, "the state memfd is shorter than its header") }
+        var r = StateReader(fields: Array(file[0..<headerSize]), what: "state memfd header")
         let magic = try r.u32(), version = try r.u16()
         _ = try r.u16()
         _ = try r.u64()
         let offset = try r.u64(), length = try r.u64(), sum = try r.u64()
         guard magic == Self.magic else { throw DeviceError(EINVAL, "the state memfd holds no state (bad magic)") }
         guard version == formatVersion else { throw DeviceError(EINVAL, "state memfd format \(version); this umdev reads \(formatVersion)") }
-        guard offset >= UInt64(headerSize), length <= UInt64(LiveUpgrade.maxHandover), offset <= UInt64(st.st_size),
-              length <= UInt64(st.st_size) - offset else {
+        guard offset >= UInt64(headerSize), length <= UInt64(LiveUpgrade.maxHandover), offset <= UInt64(file.count),
+              length <= UInt64(file.count) - offset else {
             throw DeviceError(EINVAL, "the state memfd's header points outside it")
         }
-        var bytes = [UInt8](repeating: 0, count: Int(length))
-        let n = bytes.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, off_t(offset)) }
-        guard n == bytes.count else { throw DeviceError(EIO, "reading the state memfd: short read") }
+        let bytes = Array(file[Int(offset)..<Int(offset + length)])
         guard checksum(bytes) == sum else { throw DeviceError(EINVAL, "the state memfd's copy is torn (checksum)") }
         return bytes
     }
@@ -414,61 +446,28 @@ public final class StateKeeper: @unchecked Sendable {
         return Kept(incoming: incoming, states: kept, unreadable: unreadable, logger: logger)
     }
 
-    /// The state the fd store brought: one handover of every kept device,
-    /// and their state memfds (each device's keeper writes on in its own).
+    /// The state the fd store brought: one handover of every kept device;
+    /// their state memfds wait in `unclaimed` for the keepers (`keep`).
     public final class Kept {
         public let incoming: LiveUpgrade.Incoming
-        /// State memfds by keeper name, not yet taken by a keeper.
-        private var states: [String: Int32]
         /// The keepers whose state could not be read.
         public let unreadable: [String]
         private let logger: Logger
 
         init(incoming: LiveUpgrade.Incoming, states: [String: Int32], unreadable: [String], logger: Logger) {
-            self.incoming = incoming; self.states = states; self.unreadable = unreadable; self.logger = logger
+            self.incoming = incoming; self.unreadable = unreadable; self.logger = logger
+            StateKeeper.unclaimed.withLock { $0.merge(states) { _, new in new } }
         }
 
-        /// Whether a daemon's part was kept.
-        public var hasDaemon: Bool { states["daemon"] != nil }
-        /// The names of the kept states.
-        public var names: [String] { states.keys.sorted() }
-
-        /// Resumes keeping `server` with the state memfd the store brought
-        /// under `name` (a new one if none came).
-        public func keep(_ server: DeviceServer, name: String, instance: String, preface: @escaping () -> [Handover.Section] = { [] },
-                         display: LiveUpgrade.DisplaySocket?, logger: Logger) -> StateKeeper? {
-            guard let memfd = states.removeValue(forKey: name) else {
-                return StateKeeper.keep(server, name: name, instance: instance, preface: preface, display: display, logger: logger)
-            }
-            let keeper = StateKeeper(name: name, memfd: memfd, logger: logger, instance: instance, host: server.host,
-                                     ownsSocketFile: server.ownsSocketFile, socketPath: server.path, preface: preface,
-                                     display: display, daemon: nil)
-            keeper.adoptLayout()
-            StoredDescriptors.shared.keepers.withLock { _ = $0.insert(name) }
-            server.keepState { [keeper] paused in keeper.save(paused) }
-            return keeper
-        }
-
-        /// The daemon's part, kept on in the memfd the store brought.
-        public func keep(daemon: LiveUpgrade.DaemonPart, logger: Logger) -> StateKeeper? {
-            guard let memfd = states.removeValue(forKey: "daemon") else { return StateKeeper.keep(daemon: daemon, logger: logger) }
-            let keeper = StateKeeper(name: "daemon", memfd: memfd, logger: logger, instance: "", host: nil, ownsSocketFile: false,
-                                     socketPath: "", preface: { [] }, display: nil, daemon: daemon)
-            keeper.adoptLayout()
-            StoredDescriptors.shared.keepers.withLock { _ = $0.insert("daemon") }
-            keeper.save(nil)
-            return keeper
-        }
-
-        /// Once every device is resumed: states and descriptors nothing
-        /// claimed leave the store (their devices are gone or started afresh).
+        /// Once every device is resumed (or started afresh): states and
+        /// descriptors nothing claimed leave the store (their devices are gone).
         public func finish() {
-            for (name, memfd) in states {
+            let left = StateKeeper.unclaimed.withLock { u in defer { u = [:] }; return u }
+            for (name, memfd) in left {
                 logger.notice("the fd store's state of \(name) matched no device here; removed")
                 ServiceManager.removeStored(name: StateKeeper.statePrefix + name)
                 close(memfd)
             }
-            states = [:]
             let dropped = StoredDescriptors.shared.dropUnclaimed()
             if dropped > 0 { logger.notice("\(dropped) stored descriptor(s) no device here claimed; removed from the fd store") }
         }

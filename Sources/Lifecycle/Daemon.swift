@@ -142,7 +142,7 @@ public final class Daemon: @unchecked Sendable {
         control = Locked(Control(listen: fd, ownsFile: ownsFile))
         if StateKeeper.enabled {
             let part = LiveUpgrade.DaemonPart(controlListener: fd, ownsControlFile: ownsFile, requester: nil)
-            keeper = kept.map { $0.keep(daemon: part, logger: logger) } ?? StateKeeper.keep(daemon: part, logger: logger)
+            keeper = StateKeeper.keep(daemon: part, logger: logger)
         }
         let (definitions, skipped) = store.load()
         for (file, reason) in skipped {
@@ -237,6 +237,7 @@ public final class Daemon: @unchecked Sendable {
             return c.listen
         }
         guard fd >= 0 else { return }
+        keeper?.discard()
         var one: UInt64 = 1
         _ = write(wake, &one, 8)
         Glibc.shutdown(fd, Int32(SHUT_RDWR))

@@ -66,26 +66,24 @@ final class Instance: @unchecked Sendable {
             }
         }
         self.init(uuid: uuid, type: type, given: attributes, runtime: settings, server: server, display: display)
-        keepState(resuming: nil, logger: logger)
+        keepState(logger: logger)
         startServing()
     }
 
     /// From here the instance's state is kept in the fd store, when devices
-    /// keep it (`resuming`: what the store brought, if it brought this one).
-    func keepState(resuming kept: StateKeeper.Kept?, logger: Logger) {
+    /// keep it (in the state memfd the store brought for it, if it did).
+    func keepState(logger: Logger) {
         guard StateKeeper.enabled else { return }
         let display = displaySocket
         let preface = { [unowned self] in [self.section.section] }
         let l = Self.logger(logger, uuid)
-        keeper = kept.map { $0.keep(server, name: uuid, instance: uuid, preface: preface, display: display, logger: l) }
-            ?? StateKeeper.keep(server, name: uuid, instance: uuid, preface: preface, display: display, logger: l)
+        keeper = StateKeeper.keep(server, name: uuid, instance: uuid, preface: preface, display: display, logger: l)
     }
 
     /// An instance a live upgrade handed over (`section`, and its device's
     /// sections in `incoming`): the device rebuilt as it was created, its
     /// state, listener and client restored. Not serving until `startServing`.
-    static func restored(_ section: InstanceSection, from incoming: LiveUpgrade.Incoming, kept: StateKeeper.Kept?,
-                         logger: Logger) throws(LifecycleError) -> Instance {
+    static func restored(_ section: InstanceSection, from incoming: LiveUpgrade.Incoming, logger: Logger) throws(LifecycleError) -> Instance {
         let uuid = section.uuid
         guard UUIDs.canonical(uuid) == uuid else { throw LifecycleError(.invalid, "the handover names an instance \"\(uuid.prefix(64))\", not a UUID") }
         guard let type = Catalog.type(section.type) else {
@@ -119,7 +117,7 @@ final class Instance: @unchecked Sendable {
             }
         }
         let instance = Instance(uuid: uuid, type: type, given: given, runtime: settings, server: server, display: display)
-        instance.keepState(resuming: kept, logger: logger)
+        instance.keepState(logger: logger)
         return instance
     }
 
@@ -163,9 +161,10 @@ final class Instance: @unchecked Sendable {
 
     /// Stops serving and removes both sockets; the device goes with the instance.
     func shutdown() {
+        // Out of the fd store first: a crash while stopping must not bring it back.
+        keeper?.discard()
         display?.stop()
         server.stop()
-        keeper?.discard()
     }
 
     var socket: String { server.path }

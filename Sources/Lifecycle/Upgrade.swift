@@ -216,7 +216,7 @@ extension Daemon {
         var afresh: [InstanceSection] = []
         for section in sections {
             let instance: Instance
-            do { instance = try Instance.restored(section, from: incoming, kept: kept, logger: logger) } catch {
+            do { instance = try Instance.restored(section, from: incoming, logger: logger) } catch {
                 guard kept != nil else { throw error }
                 logger.error("cannot resume \(section.uuid.prefix(64)) from the fd store, starting it afresh: \(error.message)")
                 afresh.append(section)
@@ -239,6 +239,19 @@ extension Daemon {
                 logger.notice("started \(info.uuid) (\(info.type)) afresh on \(info.socket)")
             } catch {
                 logger.error("cannot start \(section.uuid.prefix(64)) afresh: \(error.message)")
+            }
+        }
+        // A state not even the instance's type can be read from: its definition, if it has one, says how to start it.
+        for name in kept?.unreadable ?? [] where UUIDs.canonical(name) == name {
+            guard state.withLock({ $0.definitions[name] != nil }) else {
+                logger.error("\(name) is lost: its state in the fd store cannot be read and it has no definition to start it from")
+                continue
+            }
+            do {
+                let info = try start(uuid: name, type: nil, attributes: nil)
+                logger.notice("started \(info.uuid) (\(info.type)) afresh from its definition on \(info.socket)")
+            } catch {
+                logger.error("cannot start \(name) afresh from its definition: \(error.message)")
             }
         }
     }

@@ -46,7 +46,9 @@ struct Bench: ParsableCommand {
     var upgrade = false
     @Flag(help: "Measure a planned restart instead: SIGTERM to `umdev serve --type TYPE --fd-store` (with --daemon: a daemon), and a start with what the fd store kept, this process playing systemd.")
     var restart = false
-    @Option(help: "Upgrades (or restarts) --upgrade and --restart perform.") var upgrades = 100
+    @Flag(help: "Measure a crash instead: kill -9 of `umdev serve --type TYPE --fd-store` (with --daemon: a daemon), and a start with what the fd store kept, this process playing systemd; the client gives up on a reply after 5 s, as QEMU does.")
+    var crash = false
+    @Option(help: "Upgrades (or restarts, or kills) --upgrade, --restart and --crash perform.") var upgrades = 100
     @Option(help: "With --upgrade --daemon: mtty-1 instances the daemon holds.") var mttyInstances = 100
     @Option(help: "With --upgrade --daemon: mbochs-large instances the daemon holds.") var mbochsInstances = 8
     @Flag(help: "Measure opt-in polling instead: mtty-2 round trips with and without --poll-us, beside --gpio if given.") var polling = false
@@ -62,6 +64,7 @@ struct Bench: ParsableCommand {
         if viewers { return try benchViewers() }
         if upgrade { return try benchUpgrade() }
         if restart { return try benchRestart() }
+        if crash { return try benchCrash() }
         if daemon { return try benchDaemon() }
         if polling { return try benchPolling() }
         var server: DeviceServer?

@@ -25,24 +25,29 @@ import Viewer
 /// longest time between two frames it saw across a window. The server's log
 /// gives where the time went.
 extension Bench {
-    func benchUpgrade() throws { try benchHandover(restart: false) }
-    func benchRestart() throws { try benchHandover(restart: true) }
+    func benchUpgrade() throws { try benchHandover(.upgrade) }
+    func benchRestart() throws { try benchHandover(.restart) }
+    func benchCrash() throws { try benchHandover(.crash) }
+
+    /// How the server is replaced: SIGUSR2, SIGTERM and a start, SIGKILL and a start.
+    enum Replacement: String { case upgrade, restart, crash }
 
     /// The server child, started as a live upgrade or a restart needs it:
     /// this process plays its service manager (`FDStore`), which counts its
     /// READY=1 and, for a restart, keeps what it stores.
     final class Served {
-        let restart: Bool
+        let mode: Replacement
+        var restart: Bool { mode != .upgrade }
         let log: String
         let arguments: [String]
         let store: FDStore
         private(set) var pid: pid_t = 0
         private var readies = 0
 
-        init(_ arguments: [String], restart: Bool, dir: String) throws {
-            self.restart = restart
+        init(_ arguments: [String], mode: Replacement, dir: String) throws {
+            self.mode = mode
             log = dir + "/log"
-            self.arguments = arguments + (restart ? ["--fd-store"] : [])
+            self.arguments = arguments + (mode != .upgrade ? ["--fd-store"] : [])
             do { store = try FDStore(path: dir + "/notify") } catch { throw CommandFailure("\(error)") }
             try launch()
         }
@@ -58,17 +63,27 @@ extension Bench {
         }
 
         /// A live upgrade (SIGUSR2) or a restart (SIGTERM, the exit, a start with the store), up to READY=1.
-        func cycle() throws {
-            if restart {
+        /// Returns when the old process was gone (a restart or a crash; for an upgrade, when it was asked).
+        @discardableResult
+        func cycle() throws -> UInt64 {
+            var gone = now()
+            if mode == .crash {
+                kill(pid, SIGKILL)
+                waitpid(pid, nil, 0)
+                gone = now()
+                try launch()
+            } else if restart {
                 kill(pid, SIGTERM)
                 var status: Int32 = 0
                 waitpid(pid, &status, 0)
                 guard status == 0 else { throw CommandFailure("umdev exited with status \(status) on SIGTERM") }
+                gone = now()
                 try launch()
             } else {
                 kill(pid, SIGUSR2)
             }
             guard waitReady() else { throw CommandFailure("the \(restart ? "restarted" : "upgraded") umdev did not say READY=1") }
+            return gone
         }
 
         func stop() {
@@ -78,8 +93,9 @@ extension Bench {
         }
     }
 
-    func benchHandover(restart: Bool) throws {
-        let dir = "/tmp/umdev-bench-\(restart ? "restart" : "upgrade")-\(getpid())"
+    func benchHandover(_ mode: Replacement) throws {
+        let restart = mode != .upgrade
+        let dir = "/tmp/umdev-bench-\(mode.rawValue)-\(getpid())"
         mkdir(dir, 0o700)
         defer { _ = system("rm -rf '\(dir)'") }
         let log = dir + "/log"
@@ -88,12 +104,12 @@ extension Bench {
         var displays: [String] = []
         var held: [VFIOUserClient] = []
         let what: String
-        let verb = restart ? "restarted" : "upgraded"
+        let verb = ["upgrade": "upgraded", "restart": "restarted", "crash": "killed and started again"][mode.rawValue]!
         if daemon {
             let run = dir + "/run"
             server = try Served(["daemon", "--run-dir", run, "--config-dir", dir + "/config",
                                  "--budget", "mtty=\(max(1, mttyInstances))", "--budget", "mbochs=\(max(64, mbochsInstances * 64))",
-                                 "--log-level", "info"], restart: restart, dir: dir)
+                                 "--log-level", "info"], mode: mode, dir: dir)
             guard server.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev daemon did not say READY=1") }
             var sockets: [(type: String, socket: String, display: String?)] = []
             for (type, count) in [("mtty-1", mttyInstances), ("mbochs-large", mbochsInstances)] {
@@ -120,7 +136,7 @@ extension Bench {
             what = "`umdev daemon` with \(mttyInstances) mtty-1 and \(mbochsInstances) mbochs-large, each attached, \(verb)"
         } else {
             let path = dir + "/device.sock"
-            server = try Served(["serve", "--type", type, "--socket", path, "--log-level", "info"], restart: restart, dir: dir)
+            server = try Served(["serve", "--type", type, "--socket", path, "--log-level", "info"], mode: mode, dir: dir)
             guard server.waitReady(seconds: 30) else { server.stop(); throw CommandFailure("umdev serve did not say READY=1") }
             busy = path
             if access(path + ".display", F_OK) == 0 { displays = [path + ".display"] }
@@ -135,14 +151,18 @@ extension Bench {
         defer { viewer?.stop() }
         if let viewer, !viewer.waitForFrames(5, seconds: 10) { throw CommandFailure("the viewer saw no picture on \(displays[0])") }
 
-        let streamer = Streamer(client: client, region: daemon ? 0 : region, offset: daemon ? 7 : offset)
+        // A crash loses the request in flight if the old process had read it: the client gives up after 5 s, as QEMU does.
+        if mode == .crash { client.replyTimeout = 5_000 }
+        let streamer = Streamer(client: client, region: daemon ? 0 : region, offset: daemon ? 7 : offset, tolerateTimeouts: mode == .crash)
         var windows: [(from: UInt64, to: UInt64)] = []
-        print("\(restart ? "restart" : "upgrade"): \(what) \(upgrades) times by \(restart ? "SIGTERM and a start with the fd store" : "SIGUSR2")"
+        var gone: [UInt64] = []
+        let how = ["upgrade": "SIGUSR2", "restart": "SIGTERM and a start with the fd store", "crash": "SIGKILL and a start with the fd store"][mode.rawValue]!
+        print("\(mode.rawValue): \(what) \(upgrades) times by \(how)"
               + " while one client sends 1-byte REGION_READs back to back" + (viewer == nil ? "" : "; a viewer polls \(displays[0]) every 10 ms"))
         for _ in 0..<upgrades {
             try streamer.waitFor(200)
             let t0 = now()
-            try server.cycle()
+            gone.append(try server.cycle())
             windows.append((t0, now()))
             try streamer.check()
         }
@@ -153,8 +173,12 @@ extension Bench {
         for (i, h) in held.enumerated() {
             do { _ = try h.deviceInfo() } catch { throw CommandFailure("idle client \(i) lost its device: \(error)") }
         }
-        streamer.report(windows: windows, signal: restart ? "SIGTERM to READY=1" : "SIGUSR2 to READY=1",
-                        note: restart ? "(the exit, the start, the restore)" : "(includes the check, served meanwhile)")
+        if mode == .crash {
+            streamer.reportCrash(windows: windows, gone: gone)
+        } else {
+            streamer.report(windows: windows, signal: restart ? "SIGTERM to READY=1" : "SIGUSR2 to READY=1",
+                            note: restart ? "(the exit, the start, the restore)" : "(includes the check, served meanwhile)")
+        }
         if let viewer {
             let gaps = viewer.gaps(in: windows).sorted()
             print("viewer gap (ms)        p50 \(ms(pct(gaps, 0.5)))  p99 \(ms(pct(gaps, 0.99)))  max \(ms(gaps.last ?? 0))"
@@ -271,9 +295,11 @@ final class Streamer: @unchecked Sendable {
     private let count = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     private let failed = Mutex<String?>(nil)
+    /// When each request that got no reply (`tolerateTimeouts`) was sent.
+    private let lost = Mutex<[UInt64]>([])
     private var thread: Thread?
 
-    init(client: VFIOUserClient, region: UInt32, offset: UInt64) {
+    init(client: VFIOUserClient, region: UInt32, offset: UInt64, tolerateTimeouts: Bool = false) {
         nonisolated(unsafe) let c = client
         let t = Thread { [self] in
             var buffer: UInt8 = 0
@@ -282,6 +308,9 @@ final class Streamer: @unchecked Sendable {
                 let t0 = now()
                 do {
                     try withUnsafeMutableBytes(of: &buffer) { try c.read(region: region, offset: offset, into: $0) }
+                } catch ClientError.system(ETIMEDOUT, _) where tolerateTimeouts {
+                    lost.withLock { $0.append(t0) }
+                    continue
                 } catch {
                     failed.withLock { $0 = "\(error)" }
                     return
@@ -314,6 +343,30 @@ final class Streamer: @unchecked Sendable {
         stopping.store(true, ordering: .relaxed)
         while let t = thread, !t.isFinished { usleep(1000) }
         try check()
+    }
+
+    /// For a crash: the time from each kill to the first reply the client got
+    /// from the process started after it (kills whose request in flight was lost counted apart: that
+    /// client waited out its timeout), and the kills' own lengths.
+    func reportCrash(windows: [(from: UInt64, to: UInt64)], gone: [UInt64]) {
+        let total = count.load(ordering: .acquiring)
+        let lostAt = lost.withLock { $0 }
+        var served: [UInt64] = []
+        var lostKills = 0
+        var k = 0
+        for (i, w) in windows.enumerated() {
+            let next = i + 1 < windows.count ? windows[i + 1].from : UInt64.max
+            if lostAt.contains(where: { $0 <= w.to && $0 + 1_000_000_000 >= w.from && $0 < next }) { lostKills += 1; continue }
+            // The first reply after the killed process was gone: the new one's.
+            while k < total && starts[k] + durations[k] <= gone[i] { k += 1 }
+            if k < total { served.append(starts[k] + durations[k] - w.from) }
+        }
+        served.sort()
+        let lengths = windows.map { $0.to - $0.from }.sorted()
+        print("requests answered      \(total); without a reply: \(lostAt.count) (in flight when the process died, each waited out the client's 5 s)")
+        print("kill to served (ms)    p50 \(ms(pct(served, 0.5)))  p99 \(ms(pct(served, 0.99)))  max \(ms(served.last ?? 0))"
+              + "  (\(served.count) kills; the \(lostKills) that cost the request in flight are left out)")
+        print("SIGKILL to READY=1     p50 \(ms(pct(lengths, 0.5)))  p99 \(ms(pct(lengths, 0.99)))  (the start, the restore)")
     }
 
     /// Prints requests answered, the steady round trip, each window's blackout and the windows' own lengths.

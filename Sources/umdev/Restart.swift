@@ -83,7 +83,8 @@ struct StartingHandover {
     /// the moment the handover was written.
     func timing(started: UInt64, now: UInt64) -> Logger.Metadata {
         var t: Logger.Metadata = ["restore_ms": "\(milliseconds(now - started))"]
-        if let written = incoming?.writer?.writtenAt, written > 0, written <= started {
+        // A kept state's writer wrote at its last change, not at the end: no start-up to tell.
+        if kept == nil, let written = incoming?.writer?.writtenAt, written > 0, written <= started {
             // Exec (or the restart), loading, runtime start-up.
             t["startup_ms"] = "\(milliseconds(started - written))"
             t["total_ms"] = "\(milliseconds(now - written))"

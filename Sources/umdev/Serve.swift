@@ -258,8 +258,7 @@ extension Serve {
         installTerminationHandler(paths: paths)
         if StateKeeper.enabled {
             let display = viewers.flatMap(LiveUpgrade.DisplaySocket.init)
-            keeper = start.kept.map { $0.keep(server, name: "serve", instance: "", display: display, logger: logger) }
-                ?? StateKeeper.keep(server, name: "serve", instance: "", display: display, logger: logger)
+            keeper = StateKeeper.keep(server, name: "serve", instance: "", display: display, logger: logger)
         }
         start.finishStore()
         startUpgradeTrigger(server: server, display: viewers, ownsSocketFile: server.ownsSocketFile, logger: logger)

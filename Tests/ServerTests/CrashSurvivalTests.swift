@@ -1,7 +1,9 @@
 import CShim
 import Foundation
 import Glibc
+import Handover
 import MBochs
+import PCI
 import ServiceManager
 import Synchronization
 import TestDevice
@@ -159,6 +161,100 @@ struct CrashSurvivalTests {
         #expect(!text.contains("afresh") && !text.contains("unusable"), "\(text.suffix(4000))")
     }
 
+    /// What the store keeps but cannot be resumed costs that instance only:
+    /// one whose device cannot be rebuilt starts afresh as it was created,
+    /// one whose state cannot be read at all starts from its definition,
+    /// and the others go on with their clients.
+    @Test func anInstanceThatCannotBeResumedStartsAfresh() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let run = dir + "/run", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        func umdev(_ a: [String]) throws -> CommandOutcome { try runUmdev(a + ["--run-dir", run]) }
+        let mtty = CrashFleet.mttyUUID, defined = CrashFleet.bochsUUID
+        #expect(try umdev(["start", "--uuid", CrashFleet.testUUID, "--type", "test"]).status == 0)
+        #expect(try umdev(["start", "--uuid", mtty, "--type", "mtty-2", "--attr", "label=kept"]).status == 0)
+        #expect(try umdev(["define", "--uuid", defined, "--type", "mtty-1"]).status == 0)
+        #expect(try umdev(["start", "--uuid", defined]).status == 0)
+        let attached = try AttachedClient(path: "\(run)/\(CrashFleet.testUUID).sock")
+        let serial = try VFIOUserClient(path: "\(run)/\(mtty).sock")
+        try serial.negotiate()
+        try serial.write8(region: 0, offset: 7, 0x77)
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+
+        // The mtty's state: only its instance section left (a device that cannot be rebuilt).
+        let stored = manager.stored
+        let memfd = try #require(stored.first { $0.name == "umdev-state-\(mtty)" }?.fd)
+        var st = stat()
+        fstat(memfd, &st)
+        var file = [UInt8](repeating: 0, count: Int(st.st_size))
+        _ = file.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, 0) }
+        let kept = try Handover.decode(try StateKeeper.copy(inFile: file), descriptorCount: 1 << 20)
+        let document = Handover(sections: kept.sections.filter { $0.type == SectionType.instance.rawValue }).encode()
+        var w = StateWriter()
+        w.u32(0x5344_4d55); w.u16(1); w.u16(0); w.u64(99); w.u64(64); w.u64(UInt64(document.count))
+        w.u64(StateFileSupport.fnv(document))
+        let spoiled = w.bytes + [UInt8](repeating: 0, count: 64 - w.bytes.count) + document
+        #expect(spoiled.withUnsafeBytes { pwrite(memfd, $0.baseAddress, $0.count, 0) } == spoiled.count)
+        // The defined instance's state: not readable at all.
+        let definedState = try #require(stored.first { $0.name == "umdev-state-\(defined)" }?.fd)
+        var zero: UInt32 = 0
+        #expect(pwrite(definedState, &zero, 4, 0) == 4)
+
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        #expect(manager.waitReadies(2))
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("cannot resume \(mtty) from the fd store, starting it afresh"), "\(text.suffix(3000))")
+        #expect(text.contains("the fd store's state of \(defined) is unusable"), "\(text.suffix(3000))")
+        #expect(text.contains("started \(defined) (mtty-1) afresh from its definition"), "\(text.suffix(3000))")
+        // The test device's client noticed nothing.
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+        // The mtty runs again, as created (its label too), from its power-on state; its old client was let go.
+        let listed = try umdev(["list", "--dumpjson"]).out
+        #expect(listed.contains(mtty) && listed.contains(defined) && listed.contains("kept"), "\(listed)")
+        #expect(throws: (any Error).self) { try serial.read8(region: 0, offset: 7) }
+        let again = try VFIOUserClient(path: "\(run)/\(mtty).sock")
+        try again.negotiate()
+        #expect(try again.read8(region: 0, offset: 7) == 0)
+        // And the store holds what the devices now are: no stale state.
+        let names = manager.stored.map(\.name)
+        #expect(names.filter { $0.hasPrefix("umdev-state-") }.sorted()
+                == ["umdev-state-\(CrashFleet.testUUID)", "umdev-state-\(mtty)", "umdev-state-\(defined)", "umdev-state-daemon"].sorted(),
+                "\(names)")
+    }
+
+    /// A live upgrade under an fd store: the new process replaces what the
+    /// old one stored, and a crash after it costs nothing either.
+    @Test func aCrashAfterALiveUpgradeCostsNothing() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let path = dir + "/test.sock", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let attached = try AttachedClient(path: path)
+        let before = Set(manager.stored.map(\.name)).count
+        kill(pid, SIGUSR2)
+        #expect(manager.waitReadies(2))
+        try attached.expectIntact()
+        #expect(Set(manager.stored.map(\.name)).count == before, "\(manager.stored.map(\.name))")
+        #expect(manager.stored.count == before, "each descriptor once: \(manager.stored.map(\.name))")
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        #expect(manager.waitReadies(3))
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+    }
+
     /// `umdev serve --fd-store`, killed: the device and its client come back.
     @Test func aKilledServeKeepsItsClient() throws {
         let scratch = ScratchDirectory("umdev-crash")
@@ -186,5 +282,13 @@ struct CrashSurvivalTests {
         try c.write8(region: 0, offset: 0, 0x41)
         #expect(waitSignal(intx) == 1, "the RX interrupt reached the eventfd registered before the kills")
         #expect(try c.read8(region: 0, offset: 0) == 0x41)
+    }
+}
+
+enum StateFileSupport {
+    static func fnv(_ b: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for x in b { h = (h ^ UInt64(x)) &* 0x100_0000_01b3 }
+        return h
     }
 }
