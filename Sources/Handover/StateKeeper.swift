@@ -51,6 +51,17 @@ public final class StoredDescriptors: @unchecked Sendable {
     /// How many descriptors the store holds for this process now.
     public var count: Int { lock.withLock { $0.slots.count } }
 
+    /// Most descriptors the manager keeps (`$FDSTORE`, FileDescriptorStoreMax=),
+    /// when it says: beyond it systemd would drop them, so umdev stores no
+    /// more and says so.
+    static let limit: Int? = ServiceManager.fdStoreSize
+
+    /// Whether one more descriptor fits under `limit` (slots and state memfds together).
+    func hasRoom() -> Bool {
+        guard let limit = Self.limit else { return true }
+        return lock.withLock { $0.slots.count } + keepers.withLock { $0.count } < limit
+    }
+
     private static func identity(_ fd: Int32) -> (UInt64, UInt64)? {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return nil }
@@ -68,6 +79,7 @@ public final class StoredDescriptors: @unchecked Sendable {
                 s.slots[slot] = e
                 return slot
             }
+            if let limit = Self.limit, s.slots.count + keepers.withLock({ $0.count }) >= limit { return nil }
             let slot: UInt32
             if let f = s.free.popLast() { slot = f } else { slot = s.next; s.next += 1 }
             guard ServiceManager.store(fd, name: Self.name(slot)) else {
@@ -241,6 +253,10 @@ public final class StateKeeper: @unchecked Sendable {
     }
 
     private static func storedMemfd(name: String, logger: Logger) -> Int32? {
+        guard StoredDescriptors.shared.hasRoom() else {
+            logger.error("cannot keep \(name)'s state for a restart: the fd store is full (FileDescriptorStoreMax=\(StoredDescriptors.limit ?? 0))")
+            return nil
+        }
         let memfd = umdev_memfd("umdev-state")
         guard memfd >= 0 else {
             logger.error("cannot keep \(name)'s state for a restart: memfd_create: \(String(cString: strerror(errno)))")
@@ -276,7 +292,10 @@ public final class StateKeeper: @unchecked Sendable {
         } catch {
             return fail("cannot write its state: \(error.message)")
         }
-        guard !list.failed else { return fail("the service manager did not take one of its descriptors") }
+        guard !list.failed else {
+            let full = StoredDescriptors.limit.map { " (or its fd store is full: FileDescriptorStoreMax=\($0))" } ?? ""
+            return fail("the service manager did not take one of its descriptors\(full)")
+        }
         let slots = list.inventory.map { UInt32($0.index) }
         guard write(bytes) else { return fail("cannot write its state memfd: \(String(cString: strerror(errno)))") }
         StoredDescriptors.shared.release(owner: owner, keeping: Set(slots))
@@ -392,21 +411,46 @@ public final class StateKeeper: @unchecked Sendable {
     public static func incoming(fromStore passed: inout [ServiceManager.ListenedFD], logger: Logger) -> Kept? {
         var states: [(name: String, fd: Int32)] = []
         var slots: [UInt32: Int32] = [:]
+        var duplicates: [ServiceManager.ListenedFD] = []
+        var duplicatedStates = Set<String>()
         passed.removeAll { p in
             if p.name.hasPrefix(statePrefix) {
-                states.append((String(p.name.dropFirst(statePrefix.count)), p.fd))
+                let name = String(p.name.dropFirst(statePrefix.count))
+                if states.contains(where: { $0.name == name }) { duplicatedStates.insert(name) }
+                states.append((name, p.fd))
                 return true
             }
             guard p.name.hasPrefix(StoredDescriptors.prefix) else { return false }
-            if let n = UInt32(p.name.dropFirst(StoredDescriptors.prefix.count)), n < 1 << 20, slots[n] == nil {
-                slots[n] = p.fd
+            if let n = UInt32(p.name.dropFirst(StoredDescriptors.prefix.count)), n < 1 << 20 {
+                if slots[n] == nil { slots[n] = p.fd } else { duplicates.append(p) }
             } else {
-                logger.warning("the fd store holds \(p.name) twice or out of range; closed")
+                logger.warning("the fd store holds \(p.name.prefix(64)), not a slot this umdev numbers; removed")
                 ServiceManager.removeStored(name: p.name)
                 close(p.fd)
             }
             return true
         }
+        // A name stored twice: the first is kept, and the store holds it once again.
+        for p in duplicates {
+            logger.warning("the fd store holds \(p.name.prefix(64)) twice; the second is closed")
+            close(p.fd)
+        }
+        var restore: [(name: String, fd: Int32)] = duplicates.compactMap { p in
+            guard let n = UInt32(p.name.dropFirst(StoredDescriptors.prefix.count)), let fd = slots[n] else { return nil }
+            return (p.name, fd)
+        }
+        var seenStates = Set<String>()
+        states.removeAll { st in
+            guard seenStates.insert(st.name).inserted else {
+                logger.warning("the fd store holds the state of \(st.name.prefix(64)) twice; the second is closed")
+                close(st.fd)
+                return true
+            }
+            return false
+        }
+        for (name, fd) in states where duplicatedStates.contains(name) { restore.append((statePrefix + name, fd)) }
+        for r in Set(restore.map(\.name)) { ServiceManager.removeStored(name: r) }
+        for r in restore { _ = ServiceManager.store(r.fd, name: r.name) }
         guard !states.isEmpty else {
             for (n, fd) in slots { close(fd); ServiceManager.removeStored(name: StoredDescriptors.name(n)) }
             return nil
@@ -421,7 +465,6 @@ public final class StateKeeper: @unchecked Sendable {
         // The daemon's part first: its sections lead, as a daemon's handover has them.
         for (name, memfd) in states.sorted(by: { ($0.name == "daemon" ? "" : "~" + $0.name) < ($1.name == "daemon" ? "" : "~" + $1.name) }) {
             do throws(DeviceError) {
-                guard kept[name] == nil else { throw DeviceError(EINVAL, "stored twice") }
                 let h = try Handover.decode(try read(memfd: memfd), descriptorCount: count)
                 for s in h.sections {
                     if s.type == SectionType.writer.rawValue {
@@ -481,7 +524,8 @@ public final class StateKeeper: @unchecked Sendable {
         guard head.withUnsafeMutableBytes({ pread(memfd, $0.baseAddress, $0.count, 0) }) == Self.headerSize else { return }
         var r = StateReader(fields: head, what: "state memfd header")
         guard (try? r.u32()) == Self.magic, (try? r.u16()) == Self.formatVersion, (try? r.u16()) != nil,
-              let g = try? r.u64(), let offset = try? r.u64(), let length = try? r.u64() else { return }
+              let g = try? r.u64(), let offset = try? r.u64(), let length = try? r.u64(),
+              offset <= UInt64(st.st_size), length <= UInt64(st.st_size) else { return }
         generation = g
         copySize = max(copySize, (Int(st.st_size) - Self.headerSize) / 2)
         current = (Int(offset), Int(length))

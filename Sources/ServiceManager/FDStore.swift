@@ -133,6 +133,14 @@ public final class FDStore: @unchecked Sendable {
         return false
     }
 
+    /// Keeps a copy of `fd` under `name` as if the service had stored it (a
+    /// test's way to put what a confused or hostile service could into the store).
+    public func add(_ fd: Int32, name: String) {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+        guard copy >= 0 else { return }
+        locked { entries.append((name, copy)) }
+    }
+
     /// Closes and forgets everything kept (what systemd does on a stop).
     public func flush() {
         locked {

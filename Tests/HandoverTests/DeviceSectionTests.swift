@@ -89,15 +89,20 @@ struct DeviceSectionTests {
         let seeds = try FileManager.default.contentsOfDirectory(atPath: dir.path)
         #expect(seeds.count >= 7)
         var seen: [SectionType: Int] = [:]
+        var stateFiles = 0
         for name in seeds {
             let bytes = [UInt8](try Data(contentsOf: dir.appendingPathComponent(name)))
-            let h = try Handover.decode(Array(bytes.dropFirst()), descriptorCount: Int(bytes[0]))
+            // Byte 0 bit 6: a state memfd's bytes, whose copy is the handover.
+            let document = bytes[0] & 0x40 != 0 ? try StateKeeper.copy(inFile: Array(bytes.dropFirst())) : Array(bytes.dropFirst())
+            if bytes[0] & 0x40 != 0 { stateFiles += 1 }
+            let h = try Handover.decode(document, descriptorCount: Int(bytes[0] % 64))
             for s in h.sections { if let t = SectionType(rawValue: s.type) { seen[t, default: 0] += 1 } }
         }
         for t in [SectionType.writer, .descriptor, .modelState, .device, .connection, .daemon, .instance, .display, .host, .migration] {
             #expect(seen[t, default: 0] >= 1, "no seed has a \(t) section")
         }
-        #expect(seen[.connection] == 2)
+        #expect(seen[.connection] == 3)
+        #expect(stateFiles == 2, "the seeds hold state memfds too")
     }
 }
 

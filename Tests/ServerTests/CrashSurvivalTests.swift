@@ -255,6 +255,35 @@ struct CrashSurvivalTests {
         try attached.expectInterruptDelivered()
     }
 
+    /// A store holding a name twice (a state, a slot): the first is used,
+    /// the second closed, and the store holds each once again.
+    @Test func aNameStoredTwiceIsTakenOnce() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let path = dir + "/test.sock", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let attached = try AttachedClient(path: path)
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        let names = manager.stored.map(\.name)
+        let junk = umdev_memfd("junk")
+        defer { close(junk) }
+        manager.add(junk, name: "umdev-state-serve")
+        let slot = try #require(names.first { $0.hasPrefix("umdev-d-") })
+        manager.add(junk, name: slot)
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        #expect(manager.waitReadies(2))
+        try attached.expectIntact()
+        try attached.expectInterruptDelivered()
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("holds the state of serve twice") && text.contains("holds \(slot) twice"), "\(text.suffix(2000))")
+        #expect(manager.stored.map(\.name).sorted() == names.sorted())
+    }
+
     /// `umdev serve --fd-store`, killed: the device and its client come back.
     @Test func aKilledServeKeepsItsClient() throws {
         let scratch = ScratchDirectory("umdev-crash")
