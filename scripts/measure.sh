@@ -2,12 +2,17 @@
 # The performance figures quoted in release notes, measured on this machine.
 #   1. umdev-bench: ops/s, p50/p99, heap allocations per op (in-process server),
 #      on the test device's scratch register and on mtty-2's.
-#   2. strace -c on a separate server: syscalls per 1-byte REGION_READ.
+#   2. strace -c on a separate server: syscalls per 1-byte REGION_READ (also
+#      with state kept for a crash, --fd-store under scripts/fd-store-sink.py).
 #   3. callgrind on a separate server: user-space instructions per request,
-#      as the difference between a long and a short run.
+#      as the difference between a long and a short run; with state kept,
+#      reads and writes.
 #   4. mtty: loopback throughput, interrupt latency against a write round trip.
 #   5. Opt-in polling beside libvfio-user's gpio sample, when GPIO=/path/to/
 #      gpio-pci-idio-16 names a build of it (build it from its public sources).
+#   6. Display: 1080p snapshots and PNG encode time and size; live viewers'
+#      frame rates and idle CPU; the daemon's RSS, threads, start times and
+#      idle CPU up to 1,000 instances.
 # Run it on an otherwise idle machine: 3 and the allocation counts do not
 # depend on load; the timings do.
 set -euo pipefail
@@ -96,3 +101,12 @@ else
     $bench --polling --iterations 100000
     echo "(set GPIO=/path/to/gpio-pci-idio-16 to measure libvfio-user's sample beside it)"
 fi
+
+echo "== display: plane queries, 1080p snapshots and PNG encode (time and size), server RSS"
+$bench --display
+
+echo "== live viewers: VNC and web frame rates, idle CPU per 1080p screen (adaptive and every 30 ms)"
+$bench --viewers
+
+echo "== lifecycle daemon: RSS, threads, start p50/p99 and idle CPU, up to 1,000 mtty-1 instances"
+$bench --daemon

@@ -14,9 +14,10 @@ extension Bench {
             ("100 mtty-1", ["mtty=100"], [("mtty-1", 100)]),
             ("4 mbochs-large, idle", [], [("mbochs-large", 4)]),
             ("100 mtty-1 + 8 mbochs-large", ["mtty=100", "mbochs=512"], [("mtty-1", 100), ("mbochs-large", 8)]),
+            ("1000 mtty-1", ["mtty=1000"], [("mtty-1", 1000)]),
         ]
-        print("daemon: one `umdev daemon` process per case; instances started over the control socket, then idle 1 s")
-        print("case                            RSS KiB   anon KiB  shmem KiB  threads   start p50 ms")
+        print("daemon: one `umdev daemon` process per case; instances started over the control socket, then idle 1 s; idle CPU over 5 s")
+        print("case                            RSS KiB   anon KiB  shmem KiB  threads   start p50 ms  start p99 ms  idle CPU %")
         for c in cases {
             let dir = "/tmp/umdev-bench-daemon-\(getpid())"
             let run = dir + "/run", config = dir + "/config"
@@ -40,11 +41,16 @@ extension Bench {
             }
             usleep(1_000_000)
             let status = processStatus(daemon.pid)
+            let cpu = daemon.cpuSeconds()
+            usleep(5_000_000)
+            let idle = (daemon.cpuSeconds() - cpu) / 5 * 100
             starts.sort()
             let p50 = starts.isEmpty ? "-" : format2(Double(starts[starts.count / 2]) / 1e6)
+            let p99 = starts.isEmpty ? "-" : format2(Double(starts[min(starts.count - 1, starts.count * 99 / 100)]) / 1e6)
             print(c.name.padding(toLength: 30, withPad: " ", startingAt: 0)
                   + pad("\(status["VmRSS"] ?? -1)", 9) + pad("\(status["RssAnon"] ?? -1)", 11)
-                  + pad("\(status["RssShmem"] ?? -1)", 11) + pad("\(status["Threads"] ?? -1)", 9) + pad(p50, 15))
+                  + pad("\(status["RssShmem"] ?? -1)", 11) + pad("\(status["Threads"] ?? -1)", 9) + pad(p50, 15)
+                  + pad(p99, 14) + pad(format2(idle), 12))
         }
     }
 }

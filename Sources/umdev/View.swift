@@ -43,8 +43,10 @@ struct View: ParsableCommand {
                        network) or PNG (fewer bytes, more CPU).
 
         --vnc and --http can run together. Live outputs look every --interval ms
-        (30, as QEMU's display refresh) and send only the 64x64 tiles that changed;
-        a client that cannot keep up skips frames without delaying the others.
+        (30, as QEMU's display refresh) while the picture changes, and every
+        --idle-interval ms (250) once it has not changed for a second, so an idle
+        screen costs little; they send only the 64x64 tiles that changed, and a
+        client that cannot keep up skips frames without delaying the others.
         Stop them with SIGINT or SIGTERM.
         """)
 
@@ -57,7 +59,9 @@ struct View: ParsableCommand {
     @Option(help: "File whose first line is the VNC password.") var vncPasswordFile: String?
     @Option(help: "Serve a live web page on HOST:PORT (e.g. 127.0.0.1:8080).") var http: String?
     @Option(help: "How the page's tiles travel: raw or png.") var httpTiles: String = "raw"
-    @Option(help: "Milliseconds between looks at the planes.") var interval: Int = 30
+    @Option(help: "Milliseconds between looks at the planes while the picture changes.") var interval: Int = 30
+    @Option(help: "Milliseconds between looks once the picture has not changed for a second (the first change after that shows within it; give --interval's value to look at one rate always).")
+    var idleInterval: Int = 250
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -68,6 +72,7 @@ struct View: ParsableCommand {
             guard sockets.count == 1 else { throw ValidationError("--png and --vnc show one device: give one --socket") }
         }
         guard (10...10_000).contains(interval) else { throw ValidationError("--interval must be 10 to 10000 ms") }
+        guard (interval...10_000).contains(idleInterval) else { throw ValidationError("--idle-interval must be --interval's value (\(interval)) to 10000 ms") }
         guard WebOutput.TileEncoding(rawValue: httpTiles) != nil else { throw ValidationError("--http-tiles must be raw or png") }
     }
 
@@ -173,7 +178,7 @@ struct View: ParsableCommand {
         }
         let outputs = LiveOutputs(vnc: vncOutput, web: webOutput)
         for (i, socket) in sockets.enumerated() {
-            let watcher = DeviceWatch(index: i, socket: socket, outputs: outputs, interval: interval, logger: logger)
+            let watcher = DeviceWatch(index: i, socket: socket, outputs: outputs, interval: interval, idleInterval: idleInterval, logger: logger)
             Thread.detachNewThread { watcher.run() }
         }
         var signal: Int32 = 0
@@ -200,7 +205,8 @@ final class LiveOutputs: @unchecked Sendable {
     init(vnc: VNCOutput?, web: WebOutput?) { self.vnc = vnc; self.web = web }
 }
 
-/// One device, looked at every `interval` ms on a thread of its own; it
+/// One device, looked at every `interval` ms on a thread of its own (every
+/// `idleInterval` ms once its picture has not changed for a second); it
 /// reconnects when the device's socket goes away and comes back.
 final class DeviceWatch: @unchecked Sendable {
     // @unchecked: handed to its thread at start and used only there.
@@ -208,11 +214,16 @@ final class DeviceWatch: @unchecked Sendable {
     let socket: String
     let outputs: LiveOutputs
     let interval: Int
+    let idleInterval: Int
     let logger: Logger
 
-    init(index: Int, socket: String, outputs: LiveOutputs, interval: Int, logger: Logger) {
-        self.index = index; self.socket = socket; self.outputs = outputs; self.interval = interval; self.logger = logger
+    init(index: Int, socket: String, outputs: LiveOutputs, interval: Int, idleInterval: Int, logger: Logger) {
+        self.index = index; self.socket = socket; self.outputs = outputs; self.interval = interval; self.idleInterval = idleInterval
+        self.logger = logger
     }
+
+    /// How long the picture stays the same before the looks slow to `idleInterval`.
+    static let idleAfter: UInt64 = 1_000_000_000
 
     /// How long a lost display socket is retried at once, the picture kept:
     /// a live upgrade of the server ends every viewer's connection and the
@@ -251,10 +262,14 @@ final class DeviceWatch: @unchecked Sendable {
 
     private func watch(_ watcher: ScreenWatcher, replacing shown: inout ScreenWatcher?) throws {
         var wasShowing: Bool?
-        let period = UInt64(interval) * 1_000_000
+        let busy = UInt64(interval) * 1_000_000, idle = UInt64(idleInterval) * 1_000_000
         var next = monotonicNanoseconds()
+        var lastChange = next
         while true {
             let update = try watcher.poll()
+            let looked = monotonicNanoseconds()
+            if update.layoutChanged || update.moved || !update.changed.isEmpty { lastChange = looked }
+            let period = looked - lastChange >= Self.idleAfter ? idle : busy
             let showing = update.frame != nil
             if showing != wasShowing {
                 if let f = update.frame {
