@@ -56,12 +56,20 @@ if [ "$uninstall" = 1 ]; then
 fi
 
 programs=(umdev umdev-bench vfio-user-conformance)
+# A release carries the Swift runtime and Foundation inside the programs
+# (--static-swift-stdlib, its own build directory): every start of umdev,
+# and so every live upgrade and every restart after a crash, then spends
+# no time resolving them from shared libraries (8 ms instead of 11 from
+# exec to READY=1 here; the binary is about 100 MB with ICU's data).
+build_path=.build
+static=()
+if [ "$configuration" = release ]; then build_path=.build-static; static=(--static-swift-stdlib); fi
 if [ "$build" = 1 ]; then
-    for p in "${programs[@]}"; do swift build -c "$configuration" --product "$p"; done
+    for p in "${programs[@]}"; do swift build -c "$configuration" "${static[@]}" --build-path "$build_path" --product "$p"; done
     # Every ArgumentParser program's manual, one page per subcommand (umdev.serve.1, …).
     swift package generate-manual --configuration "$configuration" --multi-page >/dev/null
 fi
-bin=.build/$configuration
+bin=$build_path/$configuration
 man=.build/plugins/GenerateManual/outputs
 for p in "${programs[@]}"; do [ -x "$bin/$p" ] || { echo "install.sh: $bin/$p is not built (drop --no-build)" >&2; exit 1; }; done
 

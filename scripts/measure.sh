@@ -91,6 +91,25 @@ for c in "read-1|mtty-2|0|7" "write-1|mtty-2|0|7" "write-1|test|0|0x10"; do
 done
 rm -f /tmp/umdev-nodebug.$$
 
+echo "== start-up of umdev serve --type mtty-2: exec to READY=1 (its socket listening), and instructions to get there"
+# The release as scripts/install.sh builds it (the Swift runtime and Foundation inside) beside the one linking them.
+swift build -c release --static-swift-stdlib --build-path .build-static --product umdev >/dev/null
+startup_instructions() { # $1 = binary; the instructions until the socket listens (callgrind, then SIGINT)
+    strip --strip-debug -o /tmp/umdev-start.$$ "$1"
+    rm -f "$sock"
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/umdev-cg-start.$$ -q /tmp/umdev-start.$$ serve --type mtty-2 --socket "$sock" \
+        --log-level error >/dev/null 2>&1 &
+    local p=$!
+    for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
+    kill -INT $p; wait $p 2>/dev/null || true
+    callgrind_annotate /tmp/umdev-cg-start.$$ 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
+    rm -f /tmp/umdev-cg-start.$$ /tmp/umdev-start.$$
+}
+for b in .build-static/release/umdev "$bin"; do
+    python3 scripts/startup.py "$b" 40
+    echo "  $(startup_instructions "$b") instructions from exec to listening"
+done
+
 echo "== mtty: loopback and interrupt latency"
 $bench --mtty --iterations 20000
 

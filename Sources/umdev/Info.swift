@@ -5,6 +5,7 @@ import VFIOUserClient
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "info",
         abstract: "Connect to a vfio-user server and describe what it offers.")
 
     @Option(name: .long, help: "UNIX socket path of the server.")

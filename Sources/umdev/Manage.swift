@@ -100,6 +100,7 @@ func describe(display: DisplayInfo) -> String {
 
 struct Types: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "types",
         abstract: "List the device types, with what each instance takes and what a client will see.",
         discussion: """
         Asks the daemon when one runs (available instances then reflect the instances it
@@ -173,6 +174,7 @@ struct ListEntry: Encodable {
 
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "list",
         abstract: "List running instances, or with --defined the stored definitions.",
         discussion: """
         Text: one instance per line (UUID, type, state, device socket), "(defined)" when a
@@ -246,6 +248,7 @@ struct List: ParsableCommand {
 
 struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "start",
         abstract: "Start an instance: of a type (a transient one), or the definition with --uuid.",
         discussion: """
         Prints the UUID (generated unless --uuid gives one), the device socket, and the
@@ -285,6 +288,7 @@ struct Start: ParsableCommand {
 
 struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "stop",
         abstract: "Stop an instance and return its budget.",
         discussion: """
         If a client holds the device, the daemon first signals the device's REQ interrupt
@@ -322,6 +326,7 @@ struct Stop: ParsableCommand {
 
 struct Define: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "define",
         abstract: "Store a definition: a type with attributes, or (--uuid alone) a running instance as created.",
         discussion: """
         Definitions are JSON files in the daemon's config directory, in mdevctl's format
@@ -356,7 +361,7 @@ struct Define: ParsableCommand {
 }
 
 struct Undefine: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Remove a definition (a running instance keeps running).")
+    static let configuration = CommandConfiguration(commandName: "undefine", abstract: "Remove a definition (a running instance keeps running).")
 
     @Option(name: [.short, .long], help: "The definition's UUID.")
     var uuid: String
@@ -373,6 +378,7 @@ struct Undefine: ParsableCommand {
 
 struct Modify: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "modify",
         abstract: "Change a definition; it applies at the definition's next start.",
         discussion: "Attributes named by --del-attr are removed first, then --add-attr ones appended in order.")
 
@@ -413,6 +419,7 @@ struct Modify: ParsableCommand {
 
 struct Attribute: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "attribute",
         abstract: "Get, set, or probe for an attribute of a running instance.",
         discussion: """
         get NAME prints its value; set NAME VALUE changes a runtime attribute (creation
@@ -459,7 +466,7 @@ struct Attribute: ParsableCommand {
 // MARK: commands with side effects
 
 struct Reset: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Reset an instance no client holds, as DEVICE_RESET does.")
+    static let configuration = CommandConfiguration(commandName: "reset", abstract: "Reset an instance no client holds, as DEVICE_RESET does.")
 
     @Option(name: [.short, .long], help: "The instance's UUID.")
     var uuid: String
@@ -528,6 +535,7 @@ struct MigrateLoad: ParsableCommand {
 
 struct Compat: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "compat",
         abstract: "Say whether a state can go to a device, and why not, before any data moves.",
         discussion: """
         --from is a running instance's UUID or a file migrate-save wrote; --to is a running
@@ -574,6 +582,7 @@ struct Compat: ParsableCommand {
 
 struct Upgrade: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "upgrade",
         abstract: "Upgrade the running daemon in place, its instances and their clients kept.",
         discussion: """
         The daemon checks the new binary against a handover of everything it serves, then

@@ -16,6 +16,7 @@ import VFIOUserServer
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract: "Serve one device on a vfio-user socket.",
         discussion: """
         Types: \(Catalog.all.map(\.id).joined(separator: ", ")) (see `umdev types`).

@@ -11,6 +11,7 @@ import Viewer
 
 struct View: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "view",
         abstract: "Look at display devices' screens: a PNG snapshot, a VNC server, or a live web page.",
         discussion: """
         Connects to display sockets (umdev serve makes one beside each display device's
