@@ -5,8 +5,8 @@
 #   2. strace -c on a separate server: syscalls per 1-byte REGION_READ (also
 #      with state kept for a crash, --fd-store under scripts/fd-store-sink.py).
 #   3. callgrind on a separate server: user-space instructions per request,
-#      as the difference between a long and a short run; with state kept,
-#      reads and writes.
+#      as the difference between a long and a short run, beside the floor
+#      (Benchmarks/floor/floor-server.c); with state kept, reads and writes.
 #   4. mtty: loopback throughput, interrupt latency against a write round trip.
 #   5. Opt-in polling beside libvfio-user's gpio sample, when GPIO=/path/to/
 #      gpio-pci-idio-16 names a build of it (build it from its public sources).
@@ -82,6 +82,22 @@ for d in "${devices[@]}"; do
     short=$(count "$type" 2000 "$region" "$offset"); long=$(count "$type" 22000 "$region" "$offset")
     echo "$type: $(( (long - short) / 20000 )) instructions per request ($short Ir for 3000 requests, $long Ir for 23000, warm-up included)"
 done
+# The floor: a minimal C server (one recv, a switch, one send) answering the same read.
+cc -O2 -o /tmp/umdev-floor.$$ Benchmarks/floor/floor-server.c
+count_floor() { # $1 = requests; the floor server's total instructions
+    rm -f "$sock"
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/umdev-cg.$$ -q /tmp/umdev-floor.$$ "$sock" 2>/dev/null &
+    local p=$!
+    for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
+    $bench --socket "$sock" --only read-1 --iterations "$1" --region 0 --offset 7 --widths 1 >/dev/null
+    kill -TERM $p; wait $p 2>/dev/null || true
+    sleep 0.5
+    callgrind_annotate /tmp/umdev-cg.$$ 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
+    rm -f /tmp/umdev-cg.$$
+}
+short=$(count_floor 2000); long=$(count_floor 22000)
+echo "floor (Benchmarks/floor/floor-server.c): $(( (long - short) / 20000 )) instructions per request"
+rm -f /tmp/umdev-floor.$$
 # The same with every change kept for a crash (--fd-store under a store):
 # a read that changes nothing saves nothing; a write saves the device's state.
 for c in "read-1|mtty-2|0|7" "write-1|mtty-2|0|7" "write-1|test|0|0x10"; do
