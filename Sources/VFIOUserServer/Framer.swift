@@ -57,6 +57,9 @@ public final class MessageFramer {
         return size < Header.size || size > maxMessageSize || end - start >= size
     }
 
+    /// Whether any byte is buffered and not yet handed out (a whole message or part of one).
+    public var hasBufferedBytes: Bool { end > start || discard > 0 }
+
     /// Closes the descriptors of the last message that the caller did not take.
     public func closeFDs() {
         guard heldFDs > 0 else { return }

@@ -319,10 +319,15 @@ public final class DeviceServer: @unchecked Sendable {
             // Every change a request makes is saved before its reply; the
             // client's arrival (its socket) and its leaving are saved too.
             endpoint.keepsState = true
-            endpoint.transport.saveBeforeReply = { [unowned self, unowned endpoint] in
+            let save = { [unowned self, unowned endpoint] in
                 keeper(Paused(listener: self.listenerNow, connection: (c, endpoint)))
+                // What was saved holds requests already read and not yet handled (a client that
+                // sends before its replies come): a restart would handle them, so once one of them
+                // is answered, even by a read that changes nothing, the state is saved again first.
+                if endpoint.transport.framer.hasBufferedBytes { endpoint.transport.unsaved = true }
             }
-            keeper(Paused(listener: listenerNow, connection: (c, endpoint)))
+            endpoint.transport.saveBeforeReply = save
+            save()
         }
         endpoint.run()
         if let keeper {

@@ -284,6 +284,47 @@ struct CrashSurvivalTests {
         #expect(manager.stored.map(\.name).sorted() == names.sorted())
     }
 
+    /// A client that sends a request before the last reply came (two in one
+    /// write): the state saved for the first holds the second, unread; once
+    /// the second is answered that state is saved again, so a process started
+    /// after a crash does not answer it twice.
+    @Test func aRequestReadAheadIsNotAnsweredTwice() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let path = dir + "/test.sock", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let c = try VFIOUserClient(path: path)
+        try c.negotiate()
+        func message(_ id: UInt16, _ command: Command, _ payload: [UInt8]) -> [UInt8] {
+            var m = [UInt8](repeating: 0, count: Header.size)
+            m.withUnsafeMutableBytes {
+                Header(messageID: id, command: command.rawValue, messageSize: UInt32(Header.size + payload.count)).store(to: $0.baseAddress!)
+            }
+            return m + payload
+        }
+        func access(_ value: UInt32?) -> [UInt8] {
+            var p: [UInt8] = []
+            withUnsafeBytes(of: TestDevice.Register.scratch.littleEndian) { p += $0 }
+            withUnsafeBytes(of: UInt32(0).littleEndian) { p += $0 }        // region 0
+            withUnsafeBytes(of: UInt32(4).littleEndian) { p += $0 }        // 4 bytes
+            if let value { withUnsafeBytes(of: value.littleEndian) { p += $0 } }
+            return p
+        }
+        try c.sendRaw(message(900, .regionWrite, access(0x5eed_1234)) + message(901, .regionRead, access(nil)))
+        let first = try c.receiveMessage(), second = try c.receiveMessage()
+        #expect(first.header.messageID == 900 && second.header.messageID == 901 && !second.header.isError)
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        #expect(manager.waitReadies(2))
+        #expect(c.isQuiet(for: 500), "the restarted process answered a request a second time")
+        #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x5eed_1234)
+    }
+
     /// `umdev serve --fd-store`, killed: the device and its client come back.
     @Test func aKilledServeKeepsItsClient() throws {
         let scratch = ScratchDirectory("umdev-crash")
