@@ -197,6 +197,9 @@ public final class StateKeeper: @unchecked Sendable {
     private var failing = false
 
     static let headerSize = 64
+    /// Where the copies start: between the header and here, the request
+    /// being handled (`notePending`).
+    static let dataStart = 64 << 10
     static let magic: UInt32 = 0x5344_4d55 // "UMDS" little-endian
     static let formatVersion: UInt16 = 1
 
@@ -226,7 +229,7 @@ public final class StateKeeper: @unchecked Sendable {
                                  ownsSocketFile: server.ownsSocketFile, socketPath: server.path, preface: preface,
                                  display: display, daemon: nil)
         if adopted { keeper.adoptLayout() }
-        server.keepState { [keeper] paused in keeper.save(paused) }
+        server.keepState(with: { [keeper] paused in keeper.save(paused) }, pending: { [keeper] bytes in keeper.notePending(bytes) })
         return keeper
     }
 
@@ -309,7 +312,7 @@ public final class StateKeeper: @unchecked Sendable {
 
     /// Writes `document` beside the whole copy, then points the header at it.
     private func write(_ document: [UInt8]) -> Bool {
-        let header = Self.headerSize
+        let header = Self.dataStart
         func rounded(_ n: Int) -> Int { (n + 0xffff) & ~0xffff }
         func overlapsCurrent(_ t: Int) -> Bool {
             guard let c = current else { return false }
@@ -345,11 +348,48 @@ public final class StateKeeper: @unchecked Sendable {
         }
     }
 
+    /// Records the bytes of a request about to change the device (and those
+    /// read after it) before it is handled, for the next generation: if the
+    /// process dies before the state that includes it is saved, the next one
+    /// handles them again. Bytes at 64, then their record at 40: generation,
+    /// length, checksum. Too long a run of bytes is not recorded.
+    func notePending(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count <= Self.dataStart - Self.headerSize else { return }
+        gate.withLock { discarded in
+            guard !discarded, current != nil else { return }
+            var done = 0
+            while done < bytes.count {
+                let n = pwrite(memfd, bytes.baseAddress! + done, bytes.count - done, off_t(Self.headerSize + done))
+                if n < 0 { if errno == EINTR { continue }; return }
+                done += n
+            }
+            var w = StateWriter()
+            w.u64(generation + 1); w.u64(UInt64(bytes.count)); w.u64(Self.checksum(UnsafeRawBufferPointer(bytes)))
+            _ = w.bytes.withUnsafeBytes { pwrite(memfd, $0.baseAddress, $0.count, 40) }
+        }
+    }
+
     /// FNV-1a over the bytes: tells a whole copy from a torn one.
-    static func checksum(_ bytes: [UInt8]) -> UInt64 {
+    static func checksum(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { checksum($0) } }
+
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         return h
+    }
+
+    /// The request a state memfd's bytes (`file`) record as being handled
+    /// when its process died, if its record is whole and for the generation
+    /// after the saved copy's; nil otherwise (the copy includes it, or none was).
+    public static func pending(inFile file: [UInt8]) -> [UInt8]? {
+        guard file.count >= headerSize else { return nil }
+        var r = StateReader(fields: Array(file[8..<16]), what: "state memfd header")
+        var p = StateReader(fields: Array(file[40..<64]), what: "state memfd pending record")
+        guard let generation = try? r.u64(), let pg = try? p.u64(), let length = try? p.u64(), let sum = try? p.u64(),
+              generation < UInt64.max, pg == generation + 1, length >= UInt64(Header.size),
+              length <= UInt64(dataStart - headerSize), UInt64(headerSize) + length <= UInt64(file.count) else { return nil }
+        let bytes = Array(file[headerSize..<(headerSize + Int(length))])
+        return checksum(bytes) == sum ? bytes : nil
     }
 
     /// The device is gone (stopped, destroyed): its descriptors and state
@@ -368,18 +408,17 @@ public final class StateKeeper: @unchecked Sendable {
 
     // MARK: Reading, in the next process
 
-    /// The handover in a state memfd: the copy its header names, checked
-    /// whole. Throws when the header or the copy is not one a keeper wrote.
+    /// A state memfd's bytes, all of them (at most two handovers and the header's area).
     static func read(memfd: Int32) throws(DeviceError) -> [UInt8] {
         var st = stat()
         guard fstat(memfd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw DeviceError(EINVAL, "the state is not a memfd") }
-        guard st.st_size <= off_t(2 * LiveUpgrade.maxHandover + headerSize) else {
+        guard st.st_size <= off_t(2 * LiveUpgrade.maxHandover + dataStart) else {
             throw DeviceError(EINVAL, "the state memfd is larger than two handovers")
         }
         var file = [UInt8](repeating: 0, count: Int(st.st_size))
         let n = file.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, 0) }
         guard n == file.count else { throw DeviceError(EIO, "reading the state memfd: short read") }
-        return try copy(inFile: file)
+        return file
     }
 
     /// The copy a state memfd's bytes (`file`, all of them) name in their
@@ -465,7 +504,19 @@ public final class StateKeeper: @unchecked Sendable {
         // The daemon's part first: its sections lead, as a daemon's handover has them.
         for (name, memfd) in states.sorted(by: { ($0.name == "daemon" ? "" : "~" + $0.name) < ($1.name == "daemon" ? "" : "~" + $1.name) }) {
             do throws(DeviceError) {
-                let h = try Handover.decode(try read(memfd: memfd), descriptorCount: count)
+                let file = try read(memfd: memfd)
+                var h = try Handover.decode(try copy(inFile: file), descriptorCount: count)
+                if let request = pending(inFile: file) {
+                    // A request the dead process had read and not answered: its connection handles it again.
+                    var replayed = false
+                    for (i, s) in h.sections.enumerated() where s.type == SectionType.connection.rawValue {
+                        var c = try ConnectionSection(s.payload, descriptorCount: count)
+                        c.state.framer = .init(bytes: request, pendingFDs: [], pendingFDOwner: -1, pendingOverflow: false, discard: 0)
+                        h.sections[i] = c.section
+                        replayed = true
+                    }
+                    if replayed { logger.notice("\(name): a request the previous process had read and not answered is handled again") }
+                }
                 for s in h.sections {
                     if s.type == SectionType.writer.rawValue {
                         if writer == nil { writer = try Writer(s.payload) }
@@ -527,7 +578,7 @@ public final class StateKeeper: @unchecked Sendable {
               let g = try? r.u64(), let offset = try? r.u64(), let length = try? r.u64(),
               offset <= UInt64(st.st_size), length <= UInt64(st.st_size) else { return }
         generation = g
-        copySize = max(copySize, (Int(st.st_size) - Self.headerSize) / 2)
+        copySize = max(copySize, (Int(st.st_size) - Self.dataStart) / 2)
         current = (Int(offset), Int(length))
     }
 }

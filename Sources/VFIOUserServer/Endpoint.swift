@@ -321,11 +321,24 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     /// Handles one inbound message, answering unless the client posted it.
     @inline(__always)
     func handle(_ m: InboundMessage) throws(TransportEnd) {
+        if keepsState { notePending(m) }
         try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
             try route(request, header: h, fdCount: fdCount)
         }
         // A posted request's change (no reply to save it before).
         transport.saveIfUnsaved()
+    }
+
+    /// A region write (no descriptors) is recorded before it is handled
+    /// (`Transport.notePending`), so that a crash before its state is saved
+    /// does not lose it.
+    @inline(never)
+    private func notePending(_ m: InboundMessage) {
+        let c = m.header.command
+        guard m.fdCount == 0, !m.oversized, !transport.hasDeferred, m.header.isCommand,
+              c == Command.regionWrite.rawValue || c == Command.regionWriteMulti.rawValue,
+              let note = transport.notePending, let bytes = transport.framer.bytes(from: m) else { return }
+        note(bytes)
     }
 
     /// Whether a state keeper watches this endpoint (`Transport.saveBeforeReply`):

@@ -57,6 +57,18 @@ public final class MessageFramer {
         return size < Header.size || size > maxMessageSize || end - start >= size
     }
 
+    /// The bytes of `message` (the last one `next` returned) and of all
+    /// buffered after it, as they arrived; nil when descriptors wait for a
+    /// later message or the message is not in the buffer.
+    public func bytes(from message: InboundMessage) -> UnsafeRawBufferPointer? {
+        guard pendingFDCount == 0, !pendingOverflow, discard == 0, let payload = message.payload.baseAddress else { return nil }
+        let from = payload - Header.size
+        let base = UnsafeRawPointer(buffer.baseAddress!)
+        guard from >= base, from + Header.size + message.payload.count <= base + end || (start == 0 && end == 0) else { return nil }
+        let upTo = start == 0 && end == 0 ? from + Header.size + message.payload.count : base + end
+        return UnsafeRawBufferPointer(start: from, count: upTo - from)
+    }
+
     /// Whether any byte is buffered and not yet handed out (a whole message or part of one).
     public var hasBufferedBytes: Bool { end > start || discard > 0 }
 

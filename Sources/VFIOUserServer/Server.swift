@@ -327,11 +327,13 @@ public final class DeviceServer: @unchecked Sendable {
                 if endpoint.transport.framer.hasBufferedBytes { endpoint.transport.unsaved = true }
             }
             endpoint.transport.saveBeforeReply = save
+            endpoint.transport.notePending = pendingKeeper
             save()
         }
         endpoint.run()
         if let keeper {
             endpoint.transport.saveBeforeReply = nil
+            endpoint.transport.notePending = nil
             keeper(Paused(listener: listenerNow, connection: nil))
         }
         release(c)
@@ -399,11 +401,16 @@ public final class DeviceServer: @unchecked Sendable {
     /// reply), when a client arrives or leaves, after a management borrow.
     public typealias Keeper = (Paused) -> Void
     private var keeper: Keeper?
+    /// Records a request about to change the device (Transport.notePending).
+    public typealias PendingKeeper = (UnsafeRawBufferPointer) -> Void
+    private var pendingKeeper: PendingKeeper?
 
     /// Keeps the server's state with `keeper` from here, saving it once
-    /// now. Call before `start` (no thread may hold the device yet).
-    public func keepState(with keeper: @escaping Keeper) {
+    /// now, and requests about to change it with `pending`. Call before
+    /// `start` (no thread may hold the device yet).
+    public func keepState(with keeper: @escaping Keeper, pending: PendingKeeper? = nil) {
         self.keeper = keeper
+        pendingKeeper = pending
         keeper(Paused(listener: listenerNow, connection: resumedSession))
     }
 

@@ -144,6 +144,10 @@ public final class Transport<Channel: MessageChannel> {
     @exclusivity(unchecked) public var unsaved = false
     /// Saves the state (nil: nothing keeps it; `unsaved` is then ignored).
     public var saveBeforeReply: (() -> Void)?
+    /// Records the bytes of a request about to change the device, and of
+    /// those read after it, before it is handled: a process started after a
+    /// crash before the state is saved handles them again.
+    public var notePending: ((UnsafeRawBufferPointer) -> Void)?
 
     /// Runs `saveBeforeReply` if a change is unsaved; waits while the
     /// server's own DMA request has client messages deferred (the

@@ -325,6 +325,58 @@ struct CrashSurvivalTests {
         #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x5eed_1234)
     }
 
+    /// A region write the dead process had read and not yet saved is handled
+    /// again by the next one, and its client gets the reply it waits for; a
+    /// record the saved state already includes is not.
+    @Test func aWriteReadButNotSavedIsHandledAgain() throws {
+        let scratch = ScratchDirectory("umdev-crash")
+        let dir = scratch.path
+        let path = dir + "/test.sock", log = dir + "/log"
+        let manager = try FDStore(path: dir + "/notify")
+        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
+        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
+        #expect(manager.waitReadies(1))
+        let c = try VFIOUserClient(path: path)
+        try c.negotiate()
+        try c.write32(region: 0, offset: TestDevice.Register.scratch, 0x1111_1111)
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        // As a process killed between reading a write and saving it leaves the memfd: the write
+        // recorded for the generation after the saved copy's.
+        let memfd = try #require(manager.stored.first { $0.name == "umdev-state-serve" }?.fd)
+        var generation: UInt64 = 0
+        #expect(pread(memfd, &generation, 8, 8) == 8)
+        var request = [UInt8](repeating: 0, count: Header.size)
+        var payload: [UInt8] = []
+        withUnsafeBytes(of: TestDevice.Register.scratch.littleEndian) { payload += $0 }
+        withUnsafeBytes(of: UInt32(0).littleEndian) { payload += $0 }
+        withUnsafeBytes(of: UInt32(4).littleEndian) { payload += $0 }
+        withUnsafeBytes(of: UInt32(0x2222_2222).littleEndian) { payload += $0 }
+        request.withUnsafeMutableBytes {
+            Header(messageID: 777, command: Command.regionWrite.rawValue, messageSize: UInt32(Header.size + payload.count)).store(to: $0.baseAddress!)
+        }
+        request += payload
+        #expect(request.withUnsafeBytes { pwrite(memfd, $0.baseAddress, $0.count, 64) } == request.count)
+        var w = StateWriter()
+        w.u64(generation + 1); w.u64(UInt64(request.count)); w.u64(StateFileSupport.fnv(request))
+        #expect(w.bytes.withUnsafeBytes { pwrite(memfd, $0.baseAddress, $0.count, 40) } == 24)
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        #expect(manager.waitReadies(2))
+        let reply = try c.receiveMessage()
+        #expect(reply.header.messageID == 777 && reply.header.isReply && !reply.header.isError)
+        #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x2222_2222)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("handled again"), "\(text.suffix(2000))")
+        // Saved since: the record is stale, and the next start handles nothing twice.
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        #expect(manager.waitReadies(3))
+        #expect(c.isQuiet(for: 300))
+        #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x2222_2222)
+    }
+
     /// `umdev serve --fd-store`, killed: the device and its client come back.
     @Test func aKilledServeKeepsItsClient() throws {
         let scratch = ScratchDirectory("umdev-crash")
