@@ -308,6 +308,9 @@ public final class StateKeeper: @unchecked Sendable {
     private func fail(_ why: String) {
         if !failing { logger.error("\(name) would not survive a crash now: \(why)") }
         failing = true
+        // A recorded request whose state was not saved is answered anyway: a restart must not handle it again.
+        var zero: UInt64 = 0
+        _ = pwrite(memfd, &zero, 8, 40)
     }
 
     /// Writes `document` beside the whole copy, then points the header at it.

@@ -321,7 +321,10 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     /// Handles one inbound message, answering unless the client posted it.
     @inline(__always)
     func handle(_ m: InboundMessage) throws(TransportEnd) {
-        if keepsState { notePending(m) }
+        if keepsState && (m.header.command == Command.regionWrite.rawValue || m.header.command == Command.regionWriteMulti.rawValue
+                          || m.header.command == Command.regionRead.rawValue) {
+            notePending(m)
+        }
         try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
             try route(request, header: h, fdCount: fdCount)
         }
@@ -329,16 +332,27 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         transport.saveIfUnsaved()
     }
 
-    /// A region write (no descriptors) is recorded before it is handled
+    /// A region write, or a read that changes the device (an mtty's RBR,
+    /// IIR, LSR), without descriptors, is recorded before it is handled
     /// (`Transport.notePending`), so that a crash before its state is saved
-    /// does not lose it.
+    /// does not lose it; its reply (even an error) then waits for a save, so
+    /// that a record is never handled twice. A read that changes nothing is
+    /// not recorded: it costs nothing more.
+    /// (A read is asked here whether it changes the device, once; a write always does.)
     @inline(never)
     private func notePending(_ m: InboundMessage) {
-        let c = m.header.command
+        if m.header.command == Command.regionRead.rawValue {
+            guard m.payload.count >= 16 else { return }
+            let offset = m.payload.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian
+            let region = m.payload.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
+            let count = m.payload.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian
+            guard count > 0, host.device.readChangesState(region: Int(truncatingIfNeeded: region), offset: offset, count: Int(count)) else { return }
+            transport.unsaved = true
+        }
         guard m.fdCount == 0, !m.oversized, !transport.hasDeferred, m.header.isCommand,
-              c == Command.regionWrite.rawValue || c == Command.regionWriteMulti.rawValue,
               let note = transport.notePending, let bytes = transport.framer.bytes(from: m) else { return }
         note(bytes)
+        transport.unsaved = true
     }
 
     /// Whether a state keeper watches this endpoint (`Transport.saveBeforeReply`):
@@ -364,7 +378,6 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             let size = try checkAccess(a, write: false)
             w.u64(a.offset); w.u32(a.region); w.u32(a.count)
             if size > 0 {
-                if keepsState && host.device.readChangesState(region: Int(a.region), offset: a.offset, count: size) { transport.unsaved = true }
                 let e = host.device.read(region: Int(a.region), offset: a.offset, into: w.space(size))
                 guard e == 0 else { throw ProtocolError(e, "device refused the read") }
             }
