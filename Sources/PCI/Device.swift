@@ -155,11 +155,12 @@ public protocol VFIODevice: AnyObject {
     func write(region: Int, offset: UInt64, data: UnsafeRawBufferPointer) -> Int32
     /// Returns every register to its power-on state (DEVICE_RESET).
     func reset()
-    /// Whether reading `count` bytes at `offset` of `region` changes the
-    /// device (a FIFO popped, a status bit cleared): only then does a
-    /// crash-surviving server save its state before answering. Asked only
-    /// when state is kept (`--fd-store`, `--supervise`); the default, true,
-    /// is always safe.
+    /// Whether reading `count` bytes at `offset` of `region` (an access the
+    /// server has checked, as for `read`) changes the device (a FIFO
+    /// popped, a status bit cleared): only then does a crash-surviving
+    /// server record the read and save its state before answering. Asked
+    /// only when state is kept (`--fd-store`, `--supervise`); the default,
+    /// true, is always safe.
     func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool
 
     /// Set by the server while a client is attached; nil otherwise.

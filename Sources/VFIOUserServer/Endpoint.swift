@@ -308,7 +308,6 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         if keepsState && n > (pollSet[0].revents != 0 ? 1 : 0) { transport.unsaved = true }
         if let deadline = device.timerDeadline, clock.nanoseconds() >= deadline {
             device.timerExpired()
-            transport.unsaved = keepsState
         }
         if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
         // What the host side or the clock changed is saved before the next request is read.
@@ -321,10 +320,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     /// Handles one inbound message, answering unless the client posted it.
     @inline(__always)
     func handle(_ m: InboundMessage) throws(TransportEnd) {
-        if keepsState && (m.header.command == Command.regionWrite.rawValue || m.header.command == Command.regionWriteMulti.rawValue
-                          || m.header.command == Command.regionRead.rawValue) {
-            notePending(m)
-        }
+        if keepsState { noteArrival(m) }
         try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
             try route(request, header: h, fdCount: fdCount)
         }
@@ -332,27 +328,36 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         transport.saveIfUnsaved()
     }
 
-    /// A region write, or a read that changes the device (an mtty's RBR,
-    /// IIR, LSR), without descriptors, is recorded before it is handled
-    /// (`Transport.notePending`), so that a crash before its state is saved
-    /// does not lose it; its reply (even an error) then waits for a save, so
-    /// that a record is never handled twice. A read that changes nothing is
-    /// not recorded: it costs nothing more.
-    /// (A read is asked here whether it changes the device, once; a write always does.)
+    /// With state kept: a request that changes the device or the connection
+    /// (anything but a read and the queries) marks the state unsaved, so
+    /// that its reply, even an error, waits for a save; `recordPending`
+    /// records a read or write once it is checked.
     @inline(never)
-    private func notePending(_ m: InboundMessage) {
-        if m.header.command == Command.regionRead.rawValue {
-            guard m.payload.count >= 16 else { return }
-            let offset = m.payload.loadUnaligned(fromByteOffset: 0, as: UInt64.self).littleEndian
-            let region = m.payload.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
-            let count = m.payload.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian
-            guard count > 0, host.device.readChangesState(region: Int(truncatingIfNeeded: region), offset: offset, count: Int(count)) else { return }
+    private func noteArrival(_ m: InboundMessage) {
+        arriving = m
+        switch Command(rawValue: m.header.command) {
+        case .regionRead?, .deviceGetInfo?, .deviceGetRegionInfo?, .deviceGetRegionIOFDs?, .deviceGetIRQInfo?,
+             .queryGfxPlane?, .getGfxDmabuf?, .dirtyPages?:
+            break
+        default:
             transport.unsaved = true
         }
-        guard m.fdCount == 0, !m.oversized, !transport.hasDeferred, m.header.isCommand,
+    }
+
+    /// The message being handled, while state is kept (`noteArrival`).
+    @exclusivity(unchecked) private var arriving: InboundMessage?
+
+    /// A checked region write, or a checked read that changes the device (an
+    /// mtty's RBR, IIR, LSR), is recorded before it is handled
+    /// (`Transport.notePending`): a crash before its state is saved does not
+    /// lose it. Its reply then waits for that save, so that a record is never
+    /// handled twice. Requests with descriptors are not recorded.
+    @inline(never)
+    private func recordPending() {
+        transport.unsaved = true
+        guard let m = arriving, m.fdCount == 0, !m.oversized, !transport.hasDeferred, m.header.isCommand,
               let note = transport.notePending, let bytes = transport.framer.bytes(from: m) else { return }
         note(bytes)
-        transport.unsaved = true
     }
 
     /// Whether a state keeper watches this endpoint (`Transport.saveBeforeReply`):
@@ -378,6 +383,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             let size = try checkAccess(a, write: false)
             w.u64(a.offset); w.u32(a.region); w.u32(a.count)
             if size > 0 {
+                if keepsState && host.device.readChangesState(region: Int(a.region), offset: a.offset, count: size) { recordPending() }
                 let e = host.device.read(region: Int(a.region), offset: a.offset, into: w.space(size))
                 guard e == 0 else { throw ProtocolError(e, "device refused the read") }
             }
@@ -385,7 +391,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
 
         case .regionWrite(let a):
             let size = try checkAccess(a, write: true)
-            transport.unsaved = keepsState
+            if keepsState { recordPending() }
             if size > 0 {
                 let e = host.device.write(region: Int(a.region), offset: a.offset, data: a.data)
                 guard e == 0 else { throw ProtocolError(e, "device refused the write") }
@@ -394,7 +400,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .regionWriteMulti(let count, let entries):
-            transport.unsaved = keepsState
+            if keepsState { recordPending() }
             for i in 0..<count {
                 let base = i * 24
                 let c = entries.u32(base + 12)
@@ -408,7 +414,6 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .version(_, _, let caps):
-            transport.unsaved = keepsState
             let answer = try Capabilities.serverReply(to: caps, offersMigration: host.device.migrationIdentity != nil)
             answer.encodeVersionReply(&w)
             client = caps
@@ -417,12 +422,10 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             try reply(w, to: h)
 
         case .dmaMap(let m):
-            transport.unsaved = keepsState
             try dma.map(m, fd: fdCount == 1 ? transport.takeFD(0) : nil)
             try reply(w, to: h)
 
         case .dmaUnmap(let u):
-            transport.unsaved = keepsState
             if u.flags & VFIO.dmaUnmapAll != 0 { dma.removeAll() } else { try dma.unmap(address: u.address, size: u.size) }
             u.encode(&w)
             try reply(w, to: h)
@@ -431,13 +434,11 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             _ = try host.description.answerQuery(request, header: h, gfx: client?.gfxPlane != nil, writer: &w, transport: transport)
 
         case .deviceSetIRQs(let s):
-            transport.unsaved = keepsState
             try interrupts.apply(s, fds: transport.takeFDs(fdCount))
             if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
             try reply(w, to: h)
 
         case .deviceReset:
-            transport.unsaved = keepsState
             guard host.device.supportsReset else { throw ProtocolError(ENOTTY, "device does not support reset") }
             host.resetDevice()
             try reply(w, to: h)
@@ -446,19 +447,16 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
             throw ProtocolError(ENOTSUP, "dirty page tracking is not supported")
 
         case .deviceFeature(let f):
-            transport.unsaved = keepsState
             try deviceFeature(f, writer: &w)
             try reply(w, to: h)
 
         case .migDataRead(_, let size):
-            transport.unsaved = keepsState
             let chunk = try host.migration.read(max: Int(size))
             w.u32(UInt32(8 + chunk.count)); w.u32(UInt32(chunk.count))
             chunk.withUnsafeBytes { w.bytes($0) }
             try reply(w, to: h)
 
         case .migDataWrite(_, _, let data):
-            transport.unsaved = keepsState
             try host.migration.write(data)
             try reply(w, to: h)
         }
