@@ -128,35 +128,76 @@ struct CrashFleet {
     }
 }
 
+/// A umdev (`serve` or `daemon`, `--fd-store`) under a test's fd store, as
+/// systemd runs one: started, killed, and started again with what the store
+/// kept, each start waited for up to its READY=1. Killed when it goes.
+final class KeptProcess {
+    let scratch = ScratchDirectory("umdev-crash")
+    var dir: String { scratch.path }
+    var log: String { dir + "/log" }
+    let manager: FDStore
+    let arguments: [String]
+    private(set) var pid: pid_t = 0
+    private var starts = 0
+
+    /// `arguments`: the command line but for `--fd-store` and the log level, given the scratch directory.
+    init(_ arguments: (String) -> [String]) throws {
+        manager = try FDStore(path: scratch.path + "/notify")
+        self.arguments = arguments(scratch.path) + ["--fd-store", "--log-level", "info"]
+        #expect(try start())
+    }
+
+    /// A start with what the store keeps; true once it said READY=1.
+    func start() throws -> Bool {
+        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
+        starts += 1
+        return manager.waitReadies(starts)
+    }
+
+    /// `kill -9`, and the exit waited for.
+    func crash() {
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+    }
+
+    /// A crash and the start after it.
+    func restart() throws -> Bool {
+        crash()
+        return try start()
+    }
+
+    /// A live upgrade (SIGUSR2), up to the new process's READY=1.
+    func upgrade() -> Bool {
+        kill(pid, SIGUSR2)
+        starts += 1
+        return manager.waitReadies(starts)
+    }
+
+    var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    deinit { crash() }
+}
+
 @Suite("a crash costs no device: state kept in the fd store", .serialized)
 struct CrashSurvivalTests {
     /// `kill -9` of a daemon serving three devices, each streamed to, 20
     /// times: after each start every client goes on on its own connection,
     /// at most one request per kill unanswered.
     @Test func aKilledDaemonLosesNoDevice() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let run = dir + "/run", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["daemon", "--run-dir", $0 + "/run", "--config-dir", $0 + "/config"] }
+        let run = kept.dir + "/run"
         let fleet = try CrashFleet(run: run)
         let listed = try runUmdev(["list", "--dumpjson", "--run-dir", run]).out
         let kills = 20
         for round in 1...kills {
             let before = fleet.answered
             fleet.waitForAnswers(20, since: before)
-            kill(pid, SIGKILL)
-            waitpid(pid, nil, 0)
-            pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-            #expect(manager.waitReadies(1 + round), "start \(round)")
+            #expect(try kept.restart(), "start \(round)")
             fleet.waitForAnswers(50, since: fleet.answered)
         }
         try fleet.expectIntact(unansweredAtMost: kills)
         #expect(try runUmdev(["list", "--dumpjson", "--run-dir", run]).out == listed)
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let text = kept.logText
         #expect(text.components(separatedBy: "took over 3 instance(s)").count - 1 == kills, "\(text.suffix(4000))")
         #expect(!text.contains("afresh") && !text.contains("unusable"), "\(text.suffix(4000))")
     }
@@ -166,14 +207,8 @@ struct CrashSurvivalTests {
     /// one whose state cannot be read at all starts from its definition,
     /// and the others go on with their clients.
     @Test func anInstanceThatCannotBeResumedStartsAfresh() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let run = dir + "/run", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["daemon", "--run-dir", run, "--config-dir", dir + "/config", "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["daemon", "--run-dir", $0 + "/run", "--config-dir", $0 + "/config"] }
+        let run = kept.dir + "/run", manager = kept.manager
         func umdev(_ a: [String]) throws -> CommandOutcome { try runUmdev(a + ["--run-dir", run]) }
         let mtty = CrashFleet.mttyUUID, defined = CrashFleet.bochsUUID
         #expect(try umdev(["start", "--uuid", CrashFleet.testUUID, "--type", "test"]).status == 0)
@@ -184,8 +219,7 @@ struct CrashSurvivalTests {
         let serial = try VFIOUserClient(path: "\(run)/\(mtty).sock")
         try serial.negotiate()
         try serial.write8(region: 0, offset: 7, 0x77)
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
+        kept.crash()
 
         // The mtty's state: only its instance section left (a device that cannot be rebuilt).
         let stored = manager.stored
@@ -194,8 +228,8 @@ struct CrashSurvivalTests {
         fstat(memfd, &st)
         var file = [UInt8](repeating: 0, count: Int(st.st_size))
         _ = file.withUnsafeMutableBytes { pread(memfd, $0.baseAddress, $0.count, 0) }
-        let kept = try Handover.decode(try StateKeeper.copy(inFile: file), descriptorCount: 1 << 20)
-        let document = Handover(sections: kept.sections.filter { $0.type == SectionType.instance.rawValue }).encode()
+        let saved = try Handover.decode(try StateKeeper.copy(inFile: file), descriptorCount: 1 << 20)
+        let document = Handover(sections: saved.sections.filter { $0.type == SectionType.instance.rawValue }).encode()
         var w = StateWriter()
         w.u32(0x5344_4d55); w.u16(1); w.u16(0); w.u64(99); w.u64(64); w.u64(UInt64(document.count))
         w.u64(StateFileSupport.fnv(document))
@@ -206,9 +240,8 @@ struct CrashSurvivalTests {
         var zero: UInt32 = 0
         #expect(pwrite(definedState, &zero, 4, 0) == 4)
 
-        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        #expect(manager.waitReadies(2))
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(try kept.start())
+        let text = kept.logText
         #expect(text.contains("cannot resume \(mtty) from the fd store, starting it afresh"), "\(text.suffix(3000))")
         #expect(text.contains("the fd store's state of \(defined) is unusable"), "\(text.suffix(3000))")
         #expect(text.contains("started \(defined) (mtty-1) afresh from its definition"), "\(text.suffix(3000))")
@@ -232,25 +265,15 @@ struct CrashSurvivalTests {
     /// A live upgrade under an fd store: the new process replaces what the
     /// old one stored, and a crash after it costs nothing either.
     @Test func aCrashAfterALiveUpgradeCostsNothing() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let path = dir + "/test.sock", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["serve", "--type", "test", "--socket", $0 + "/test.sock"] }
+        let path = kept.dir + "/test.sock", manager = kept.manager
         let attached = try AttachedClient(path: path)
         let before = Set(manager.stored.map(\.name)).count
-        kill(pid, SIGUSR2)
-        #expect(manager.waitReadies(2))
+        #expect(kept.upgrade())
         try attached.expectIntact()
         #expect(Set(manager.stored.map(\.name)).count == before, "\(manager.stored.map(\.name))")
         #expect(manager.stored.count == before, "each descriptor once: \(manager.stored.map(\.name))")
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
-        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        #expect(manager.waitReadies(3))
+        #expect(try kept.restart())
         try attached.expectIntact()
         try attached.expectInterruptDelivered()
     }
@@ -258,28 +281,20 @@ struct CrashSurvivalTests {
     /// A store holding a name twice (a state, a slot): the first is used,
     /// the second closed, and the store holds each once again.
     @Test func aNameStoredTwiceIsTakenOnce() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let path = dir + "/test.sock", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["serve", "--type", "test", "--socket", $0 + "/test.sock"] }
+        let path = kept.dir + "/test.sock", manager = kept.manager
         let attached = try AttachedClient(path: path)
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
+        kept.crash()
         let names = manager.stored.map(\.name)
         let junk = umdev_memfd("junk")
         defer { close(junk) }
         manager.add(junk, name: "umdev-state-serve")
         let slot = try #require(names.first { $0.hasPrefix("umdev-d-") })
         manager.add(junk, name: slot)
-        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        #expect(manager.waitReadies(2))
+        #expect(try kept.start())
         try attached.expectIntact()
         try attached.expectInterruptDelivered()
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let text = kept.logText
         #expect(text.contains("holds the state of serve twice") && text.contains("holds \(slot) twice"), "\(text.suffix(2000))")
         #expect(manager.stored.map(\.name).sorted() == names.sorted())
     }
@@ -289,14 +304,8 @@ struct CrashSurvivalTests {
     /// the second is answered that state is saved again, so a process started
     /// after a crash does not answer it twice.
     @Test func aRequestReadAheadIsNotAnsweredTwice() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let path = dir + "/test.sock", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["serve", "--type", "test", "--socket", $0 + "/test.sock"] }
+        let path = kept.dir + "/test.sock"
         let c = try VFIOUserClient(path: path)
         try c.negotiate()
         func message(_ id: UInt16, _ command: Command, _ payload: [UInt8]) -> [UInt8] {
@@ -317,10 +326,7 @@ struct CrashSurvivalTests {
         try c.sendRaw(message(900, .regionWrite, access(0x5eed_1234)) + message(901, .regionRead, access(nil)))
         let first = try c.receiveMessage(), second = try c.receiveMessage()
         #expect(first.header.messageID == 900 && second.header.messageID == 901 && !second.header.isError)
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
-        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        #expect(manager.waitReadies(2))
+        #expect(try kept.restart())
         #expect(c.isQuiet(for: 500), "the restarted process answered a request a second time")
         #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x5eed_1234)
     }
@@ -329,19 +335,12 @@ struct CrashSurvivalTests {
     /// again by the next one, and its client gets the reply it waits for; a
     /// record the saved state already includes is not.
     @Test func aWriteReadButNotSavedIsHandledAgain() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let path = dir + "/test.sock", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["serve", "--type", "test", "--socket", path, "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["serve", "--type", "test", "--socket", $0 + "/test.sock"] }
+        let path = kept.dir + "/test.sock", manager = kept.manager
         let c = try VFIOUserClient(path: path)
         try c.negotiate()
         try c.write32(region: 0, offset: TestDevice.Register.scratch, 0x1111_1111)
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
+        kept.crash()
         // As a process killed between reading a write and saving it leaves the memfd: the write
         // recorded for the generation after the saved copy's.
         let memfd = try #require(manager.stored.first { $0.name == "umdev-state-serve" }?.fd)
@@ -361,32 +360,22 @@ struct CrashSurvivalTests {
         var w = StateWriter()
         w.u64(generation + 1); w.u64(UInt64(request.count)); w.u64(StateFileSupport.fnv(request))
         #expect(w.bytes.withUnsafeBytes { pwrite(memfd, $0.baseAddress, $0.count, 40) } == 24)
-        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        #expect(manager.waitReadies(2))
+        #expect(try kept.start())
         let reply = try c.receiveMessage()
         #expect(reply.header.messageID == 777 && reply.header.isReply && !reply.header.isError)
         #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x2222_2222)
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let text = kept.logText
         #expect(text.contains("handled again"), "\(text.suffix(2000))")
         // Saved since: the record is stale, and the next start handles nothing twice.
-        kill(pid, SIGKILL)
-        waitpid(pid, nil, 0)
-        pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        #expect(manager.waitReadies(3))
+        #expect(try kept.restart())
         #expect(c.isQuiet(for: 300))
         #expect(try c.read32(region: 0, offset: TestDevice.Register.scratch) == 0x2222_2222)
     }
 
     /// `umdev serve --fd-store`, killed: the device and its client come back.
     @Test func aKilledServeKeepsItsClient() throws {
-        let scratch = ScratchDirectory("umdev-crash")
-        let dir = scratch.path
-        let path = dir + "/mtty.sock", log = dir + "/log"
-        let manager = try FDStore(path: dir + "/notify")
-        let arguments = ["serve", "--type", "mtty-2", "--socket", path, "--fd-store", "--log-level", "info"]
-        var pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-        defer { kill(pid, SIGKILL); waitpid(pid, nil, 0) }
-        #expect(manager.waitReadies(1))
+        let kept = try KeptProcess { ["serve", "--type", "mtty-2", "--socket", $0 + "/mtty.sock"] }
+        let path = kept.dir + "/mtty.sock"
         let c = try VFIOUserClient(path: path)
         try c.negotiate()
         let intx = umdev_eventfd(0)
@@ -394,11 +383,8 @@ struct CrashSurvivalTests {
         try c.setIRQs(index: 0, flags: VFIO.irqSetDataEventfd | VFIO.irqSetActionTrigger, count: 1, fds: [intx])
         try c.write8(region: 0, offset: 7, 0x3c)
         try c.write8(region: 0, offset: 1, 0x01)
-        for round in 1...3 {
-            kill(pid, SIGKILL)
-            waitpid(pid, nil, 0)
-            pid = try manager.start(umdevExecutable(), arguments, stderr: log)
-            #expect(manager.waitReadies(1 + round))
+        for _ in 1...3 {
+            #expect(try kept.restart())
             #expect(try c.read8(region: 0, offset: 7) == 0x3c)
         }
         try c.write8(region: 0, offset: 0, 0x41)
