@@ -24,7 +24,13 @@ public final class MTTY: VFIODevice, HostResourceHolder {
 
 
     public let portCount: Int
-    @exclusivity(unchecked) public private(set) var ports: [UART16550]
+    /// The UARTs, one per port. Held in memory of the device's own, not an
+    /// array: every register access reaches one, and an array would ask
+    /// whether its buffer is shared before each mutation. Indices are
+    /// checked against `portCount` before use.
+    private let port: UnsafeMutablePointer<UART16550>
+    /// The ports' state, as a copy (tests, snapshots).
+    public var ports: [UART16550] { Array(UnsafeBufferPointer(start: port, count: portCount)) }
     @exclusivity(unchecked) public private(set) var config = ConfigSpace()
     private let initialConfig: ConfigSpace
     private let lines: [HostLine?]
@@ -66,7 +72,8 @@ public final class MTTY: VFIODevice, HostResourceHolder {
     public init(ports: Int, backends: [SerialBackend] = [], clock: @escaping () -> UInt64 = monotonicNanoseconds) throws(DeviceError) {
         precondition(ports == 1 || ports == 2)
         portCount = ports
-        self.ports = [UART16550](repeating: UART16550(), count: ports)
+        port = .allocate(capacity: ports)
+        port.initialize(repeating: UART16550(), count: ports)
         self.clock = clock
         var made: [HostLine?] = []
         for i in 0..<ports {
@@ -93,6 +100,11 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         regions = r
     }
 
+    deinit {
+        port.deinitialize(count: portCount)
+        port.deallocate()
+    }
+
     /// Where each port's host side is (pty path, socket path), nil for loopback.
     public var backendNames: [String?] { lines.map { $0?.name } }
 
@@ -115,16 +127,20 @@ public final class MTTY: VFIODevice, HostResourceHolder {
             return 0
         }
         guard region < portCount else { return EINVAL }
-        // Byte registers: wider reads return one register per byte.
-        let now = clock()
-        for i in 0..<buffer.count { buffer[i] = ports[region].read(Int(offset) + i, now: now) }
-        updateInterrupt(now: now)
+        // Byte registers: wider reads return one register per byte. Reading
+        // IER, LCR, MCR or SCR changes nothing, needs no time and leaves the
+        // interrupt line as it was; only RBR, IIR, LSR and MSR ask the clock.
+        let changes = readChangesState(region: region, offset: offset, count: buffer.count)
+        let now = changes ? clock() : 0
+        for i in 0..<buffer.count { buffer[i] = port[region].read(Int(offset) + i, now: now) }
+        if changes { updateInterrupt(now: now) }
         return 0
     }
 
     /// Config space reads change nothing; of a port's registers, reading
     /// RBR (pops the FIFO), IIR (clears a THRE interrupt), LSR (clears the
     /// error bits) and MSR (clears the deltas) does.
+    @inline(__always)
     public func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool {
         guard region != RegionIndex.config, offset < 8, count > 0, count <= 8 else { return false }
         // One bit per register read in [offset, offset + count), against those reads change.
@@ -143,13 +159,21 @@ public final class MTTY: VFIODevice, HostResourceHolder {
             return 0
         }
         guard region < portCount else { return EINVAL }
-        let now = clock()
+        // Writing LCR or SCR changes no interrupt condition and no timeout
+        // (the divisor does, but it is written at 0 and 1): no clock, no
+        // interrupt update.
+        let written = offset < 8 && data.count <= 8 ? ((1 &<< UInt32(data.count)) &- 1) &<< UInt32(offset) : .max
+        let changes = written & ~Self.writesWithoutEffects != 0
+        let now = changes ? clock() : 0
         for i in 0..<data.count {
-            if let byte = ports[region].write(Int(offset) + i, data[i], now: now) { transmit(byte, port: region, now: now) }
+            if let byte = port[region].write(Int(offset) + i, data[i], now: now) { transmit(byte, port: region, now: now) }
         }
-        updateInterrupt(now: now)
+        if changes { updateInterrupt(now: now) }
         return 0
     }
+
+    /// LCR and SCR, as register bits.
+    private static let writesWithoutEffects: UInt32 = 1 << UART16550.Register.lineControl | 1 << UART16550.Register.scratch
 
     /// A byte the guest sent: queued for the host line, or back to the
     /// receiver (the sample's echo). Never a syscall: the host line writes
@@ -160,17 +184,32 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         if let line = lines[port] {
             line.send(byte)
         } else {
-            ports[port].receive(byte, now: now)
+            self.port[port].receive(byte, now: now)
         }
     }
 
-    /// Drives the shared INTx line from the ports' interrupt outputs.
+    /// Drives the shared INTx line from the ports' interrupt outputs, and
+    /// works out the next receive timeout. Runs after everything that
+    /// changes a port (a write, a read with a side effect, host input, a
+    /// timer, reset, restore, a new sink), so both stay current without
+    /// being asked on every message.
     private func updateInterrupt(now: UInt64) {
-        let level = ports.contains { $0.interruptPending(now: now) }
+        var level = false
+        for p in 0..<portCount where port[p].interruptPending(now: now) { level = true; break }
+        timerDeadline = level ? nil : earliestTimeout()
         guard level != intxLevel else { return }
         intxLevel = level
         interrupts?.setINTxLevel(level)
         if level { interrupts?.trigger(.msi, vector: 0) }
+    }
+
+    /// The earliest receive timeout among ports with RX interrupts on.
+    private func earliestTimeout() -> UInt64? {
+        var earliest: UInt64?
+        for p in 0..<portCount where port[p].ier & UART16550.ierReceivedData != 0 {
+            if let d = port[p].timeoutDeadline, d < (earliest ?? .max) { earliest = d }
+        }
+        return earliest
     }
 
     // MARK: Host side
@@ -183,7 +222,7 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         for (p, line) in lines.enumerated() {
             guard let r = line?.pollRequest else { continue }
             // Stop reading while the receive FIFO is full or the device is stopped.
-            let wantsInput = running && ports[p].receiveSpace > 0
+            let wantsInput = running && port[p].receiveSpace > 0
             let events = r.events & ~(wantsInput ? 0 : Int16(POLLIN))
             if events != 0 { pollSet.append((r.fd, events)) }
         }
@@ -194,22 +233,16 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         let now = clock()
         for (p, line) in lines.enumerated() {
             guard let line else { continue }
-            let space = running ? ports[p].receiveSpace : 0
-            for byte in line.service(fd: fd, revents: revents, space: space) { ports[p].receive(byte, now: now) }
+            let space = running ? port[p].receiveSpace : 0
+            for byte in line.service(fd: fd, revents: revents, space: space) { port[p].receive(byte, now: now) }
         }
         updateInterrupt(now: now)
     }
 
-    /// The earliest receive timeout among ports with RX interrupts on; read
-    /// by the server after every message, so it allocates nothing.
-    public var timerDeadline: UInt64? {
-        guard !intxLevel else { return nil }
-        var earliest: UInt64?
-        for p in 0..<portCount where ports[p].ier & UART16550.ierReceivedData != 0 {
-            if let d = ports[p].timeoutDeadline, d < (earliest ?? .max) { earliest = d }
-        }
-        return earliest
-    }
+    /// The earliest receive timeout among ports with RX interrupts on, while
+    /// the line is low; read by the server after every message, so it is
+    /// kept (`updateInterrupt`) rather than worked out on each ask.
+    @exclusivity(unchecked) public private(set) var timerDeadline: UInt64?
 
     public func timerExpired() { updateInterrupt(now: clock()) }
 
@@ -218,7 +251,7 @@ public final class MTTY: VFIODevice, HostResourceHolder {
     // MARK: Lifecycle
 
     public func reset() {
-        for p in 0..<portCount { ports[p] = UART16550() }
+        for p in 0..<portCount { port[p] = UART16550() }
         config = initialConfig
         running = true
         updateInterrupt(now: clock())
@@ -269,7 +302,7 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         }
         let cfg = try r.raw(initialConfig.size)
         try r.finish()
-        ports = restored
+        for p in 0..<portCount { port[p] = restored[p] }
         config = initialConfig
         config.setBytes(0, cfg)
         updateInterrupt(now: clock())

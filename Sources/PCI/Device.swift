@@ -228,9 +228,14 @@ extension VFIODevice {
     /// model checks before it trusts an offset (the server checks first).
     /// Inlinable, so that a model's own stored `regions` is read in place:
     /// it runs on every register access.
+    /// Only the region's size is read: copying a `Region` out of the array
+    /// would retain what its mapping holds.
     @inlinable
     public func accessible(region index: Int, offset: UInt64, count: Int) -> Bool {
-        let all = regions
-        return index >= 0 && index < all.count && all[index].contains(offset: offset, count: count)
+        regions.withUnsafeBufferPointer { all in
+            guard index >= 0 && index < all.count else { return false }
+            let size = all[index].size
+            return offset <= size && UInt64(count) <= size - offset
+        }
     }
 }
