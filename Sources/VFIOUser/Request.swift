@@ -67,8 +67,31 @@ public struct RegionAccess {
     public var count: UInt32
     /// Write data (empty for reads).
     public var data: UnsafeRawBufferPointer
+    @inlinable
     public init(offset: UInt64, region: UInt32, count: UInt32, data: UnsafeRawBufferPointer) {
         self.offset = offset; self.region = region; self.count = count; self.data = data
+    }
+
+    /// A REGION_READ payload, checked: 16 bytes, a count within max_data_xfer_size.
+    /// Inlinable: the server's request path decodes every access with it.
+    @inlinable @inline(__always)
+    public static func read(_ p: UnsafeRawBufferPointer) throws(ProtocolError) -> RegionAccess {
+        guard p.count == headerSize else { throw .invalid("REGION_READ payload is not 16 bytes") }
+        let count = p.u32(12)
+        guard count <= UInt32(Limits.maxDataTransfer) else { throw .invalid("REGION_READ count above max_data_xfer_size") }
+        return RegionAccess(offset: p.u64(0), region: p.u32(8), count: count, data: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    /// A REGION_WRITE payload, checked: a 16-byte header, a count within
+    /// max_data_xfer_size and equal to the data that follows.
+    @inlinable @inline(__always)
+    public static func write(_ p: UnsafeRawBufferPointer) throws(ProtocolError) -> RegionAccess {
+        guard p.count >= headerSize else { throw .invalid("REGION_WRITE payload shorter than 16 bytes") }
+        let count = p.u32(12)
+        guard count <= UInt32(Limits.maxDataTransfer) else { throw .invalid("REGION_WRITE count above max_data_xfer_size") }
+        guard Int(count) == p.count - headerSize else { throw .invalid("REGION_WRITE count differs from the data size") }
+        return RegionAccess(offset: p.u64(0), region: p.u32(8), count: count,
+                            data: UnsafeRawBufferPointer(rebasing: p[headerSize...]))
     }
 }
 
@@ -265,18 +288,10 @@ public enum Request {
             return .deviceSetIRQs(s)
 
         case .regionRead:
-            guard n == RegionAccess.headerSize else { throw .invalid("REGION_READ payload is not 16 bytes") }
-            let count = p.u32(12)
-            guard count <= UInt32(Limits.maxDataTransfer) else { throw .invalid("REGION_READ count above max_data_xfer_size") }
-            return .regionRead(RegionAccess(offset: p.u64(0), region: p.u32(8), count: count, data: UnsafeRawBufferPointer(start: nil, count: 0)))
+            return .regionRead(try .read(p))
 
         case .regionWrite:
-            guard n >= RegionAccess.headerSize else { throw .invalid("REGION_WRITE payload shorter than 16 bytes") }
-            let count = p.u32(12)
-            guard count <= UInt32(Limits.maxDataTransfer) else { throw .invalid("REGION_WRITE count above max_data_xfer_size") }
-            guard Int(count) == n - RegionAccess.headerSize else { throw .invalid("REGION_WRITE count differs from the data size") }
-            return .regionWrite(RegionAccess(offset: p.u64(0), region: p.u32(8), count: count,
-                                             data: UnsafeRawBufferPointer(rebasing: p[RegionAccess.headerSize...])))
+            return .regionWrite(try .write(p))
 
         case .dmaRead, .dmaWrite:
             throw .invalid("DMA_READ/DMA_WRITE go from server to client")

@@ -62,6 +62,7 @@ public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible
     public let errno: Int32
     public let reason: StaticString
 
+    @inlinable
     public init(_ errno: Int32, _ reason: StaticString) {
         self.errno = errno
         self.reason = reason
@@ -75,6 +76,7 @@ public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible
 
     public var description: String { "\(reason) (errno \(errno))" }
 
+    @inlinable
     public static func invalid(_ reason: StaticString) -> ProtocolError { ProtocolError(EINVAL, reason) }
 }
 
@@ -129,6 +131,10 @@ public struct Header: Equatable, Sendable {
     public var isCommand: Bool { flags & Header.typeMask == Header.typeCommand }
     public var wantsReply: Bool { flags & Header.noReply == 0 }
     public var isError: Bool { flags & Header.errorFlag != 0 }
+    /// A command whose only flag, if any, is no-reply, with no error: a
+    /// header `Request.decode` accepts for any command that carries no
+    /// descriptors (it refuses every other flag, type and error).
+    @inlinable @inline(__always) public var isPlainCommand: Bool { flags & ~Header.noReply == Header.typeCommand && error == 0 }
     public var payloadSize: Int { Int(messageSize) - Header.size }
 }
 
@@ -139,10 +145,10 @@ extension UnsafeRawBufferPointer {
     @inline(__always) public func u16(_ o: Int) -> UInt16 {
         UInt16(littleEndian: baseAddress!.loadUnaligned(fromByteOffset: o, as: UInt16.self))
     }
-    @inline(__always) public func u32(_ o: Int) -> UInt32 {
+    @inlinable @inline(__always) public func u32(_ o: Int) -> UInt32 {
         UInt32(littleEndian: baseAddress!.loadUnaligned(fromByteOffset: o, as: UInt32.self))
     }
-    @inline(__always) public func u64(_ o: Int) -> UInt64 {
+    @inlinable @inline(__always) public func u64(_ o: Int) -> UInt64 {
         UInt64(littleEndian: baseAddress!.loadUnaligned(fromByteOffset: o, as: UInt64.self))
     }
 }

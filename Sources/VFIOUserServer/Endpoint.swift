@@ -162,6 +162,12 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     @exclusivity(unchecked) private var pollSet: [pollfd] = []
     /// Opt-in busy polling (`umdev serve --poll-us`): a core traded for latency.
     private let pollNanoseconds: UInt64
+    /// The model's `hasHostEvents`, a constant: read once, not on every message.
+    private let hostEvents: Bool
+    /// `host.device`, held here for the request path: a call through a `let`
+    /// of this endpoint needs no retain and release (one through `host`
+    /// does, as `host` could let the device go meanwhile).
+    private let model: VFIODevice
 
     /// Serves `host` over `channel`, reading time from `clock`.
     /// `pollMicroseconds`: how long to spin on the channel for the next
@@ -177,6 +183,8 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         interrupts = InterruptState(irqs: host.irqs, requestLine: host.requestLine)
         regionSize = host.regions.map(\.size)
         regionAccess = host.regions.map { ($0.readable ? 1 : 0) | ($0.writable ? 2 : 0) }
+        hostEvents = host.device.hasHostEvents
+        model = host.device
     }
 
     /// Serves until the client disconnects; then releases everything the
@@ -231,7 +239,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         let device = host.device
         while true {
             if !transport.hasBufferedMessage && !transport.hasDeferred
-                && (!pollIRQ.isEmpty || device.hasHostEvents || device.timerDeadline != nil) {
+                && (!pollIRQ.isEmpty || hostEvents || device.timerDeadline != nil) {
                 try waitForEvents()
                 continue
             }
@@ -284,7 +292,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         pollSet.removeAll(keepingCapacity: true)
         pollSet.append(pollfd(fd: transport.channel.pollDescriptor, events: Int16(POLLIN), revents: 0))
         for w in pollIRQ { pollSet.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
-        if device.hasHostEvents {
+        if hostEvents {
             for r in device.pollRequests() { pollSet.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
         }
         var timeout: Int64 = -1
@@ -318,14 +326,60 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     // MARK: Dispatch
 
     /// Handles one inbound message, answering unless the client posted it.
+    ///
+    /// A region read or write (nearly every message a running guest sends)
+    /// goes straight to `access` once VERSION is done: the checks
+    /// `Request.decode` and `handleMessage` would make of it are made, on
+    /// the header, the framing and the payload, without building a
+    /// `Request`. Anything else, and any access those checks refuse, takes
+    /// the general path, which refuses it in the same words.
     @inline(__always)
     func handle(_ m: InboundMessage) throws(TransportEnd) {
         if keepsState { noteArrival(m) }
+        let h = m.header
+        if client != nil && h.isPlainCommand && m.fdCount == 0 && !m.fdOverflow && !m.oversized {
+            if h.command == Command.regionRead.rawValue, let a = try? RegionAccess.read(m.payload) {
+                try access(a, write: false, header: h)
+                return transport.saveIfUnsaved()
+            }
+            if h.command == Command.regionWrite.rawValue, let a = try? RegionAccess.write(m.payload) {
+                try access(a, write: true, header: h)
+                return transport.saveIfUnsaved()
+            }
+        }
         try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
             try route(request, header: h, fdCount: fdCount)
         }
         // A posted request's change (no reply to save it before).
         transport.saveIfUnsaved()
+    }
+
+    /// Serves a region read or write whose message is well formed: checks
+    /// the access against the region, asks the model, answers (or refuses
+    /// with the errno). The one place region accesses are served.
+    @inline(__always)
+    private func access(_ a: RegionAccess, write: Bool, header h: Header) throws(TransportEnd) {
+        let size: Int
+        do { size = try checkAccess(a, write: write) } catch { return try refuse(h, error, on: transport, logger: logger) }
+        var w = MessageWriter(transport.sendBuffer)
+        w.u64(a.offset); w.u32(a.region); w.u32(a.count)
+        if size > 0 {
+            let e: Int32
+            if write {
+                if keepsState { recordPending() }
+                e = model.write(region: Int(a.region), offset: a.offset, data: a.data)
+            } else {
+                if keepsState && model.readChangesState(region: Int(a.region), offset: a.offset, count: size) { recordPending() }
+                e = model.read(region: Int(a.region), offset: a.offset, into: w.space(size))
+            }
+            guard e == 0 else {
+                return try refuse(h, ProtocolError(e, write ? "device refused the write" : "device refused the read"),
+                                  on: transport, logger: logger)
+            }
+        } else if write && keepsState {
+            recordPending()
+        }
+        try reply(w, to: h)
     }
 
     /// With state kept: a request that changes the device or the connection
@@ -380,24 +434,12 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
         var w = MessageWriter(transport.sendBuffer)
         switch request {
         case .regionRead(let a):
-            let size = try checkAccess(a, write: false)
-            w.u64(a.offset); w.u32(a.region); w.u32(a.count)
-            if size > 0 {
-                if keepsState && host.device.readChangesState(region: Int(a.region), offset: a.offset, count: size) { recordPending() }
-                let e = host.device.read(region: Int(a.region), offset: a.offset, into: w.space(size))
-                guard e == 0 else { throw ProtocolError(e, "device refused the read") }
-            }
-            try reply(w, to: h)
+            // `handle` serves well-formed accesses itself; the checks this
+            // path adds refuse the rest before here.
+            try access(a, write: false, header: h)
 
         case .regionWrite(let a):
-            let size = try checkAccess(a, write: true)
-            if keepsState { recordPending() }
-            if size > 0 {
-                let e = host.device.write(region: Int(a.region), offset: a.offset, data: a.data)
-                guard e == 0 else { throw ProtocolError(e, "device refused the write") }
-            }
-            w.u64(a.offset); w.u32(a.region); w.u32(a.count)
-            try reply(w, to: h)
+            try access(a, write: true, header: h)
 
         case .regionWriteMulti(let count, let entries):
             if keepsState { recordPending() }

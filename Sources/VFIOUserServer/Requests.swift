@@ -60,19 +60,26 @@ func handleMessage<C: MessageChannel>(_ m: InboundMessage, on transport: Transpo
         }
         try route(request, h, m.fdCount)
     } catch let failure as ProtocolError {
-        transport.closeFDs()
-        if h.isReply {
-            // A reply nobody asked for: answering it would confuse the client.
-            logger.debug("dropping unsolicited reply to command \(h.command)")
-            return
-        }
-        logger.debug("\(Command(rawValue: h.command)?.name ?? "command \(h.command)"): \(failure)")
-        if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
+        try refuse(h, failure, on: transport, logger: logger)
     } catch let end as TransportEnd {
         throw end
     } catch {
         if h.wantsReply { try transport.sendError(to: h, errno: EIO) }
     }
+}
+
+/// Answers a refused message: its descriptors are closed, and a command
+/// that wants a reply gets one with the errno (a reply nobody asked for gets
+/// nothing: answering it would confuse the client).
+@inline(never)
+func refuse<C: MessageChannel>(_ h: Header, _ failure: ProtocolError, on transport: Transport<C>, logger: Logger) throws(TransportEnd) {
+    transport.closeFDs()
+    if h.isReply {
+        logger.debug("dropping unsolicited reply to command \(h.command)")
+        return
+    }
+    logger.debug("\(Command(rawValue: h.command)?.name ?? "command \(h.command)"): \(failure)")
+    if h.wantsReply { try transport.sendError(to: h, errno: failure.errno) }
 }
 
 extension DeviceDescription {
