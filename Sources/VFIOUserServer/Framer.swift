@@ -25,11 +25,13 @@ public final class MessageFramer {
     @exclusivity(unchecked) private var end = 0
     /// Descriptors waiting for their message: its offset in the buffer.
     @exclusivity(unchecked) private var pendingFDOwner = -1
-    @exclusivity(unchecked) private var pendingFDs = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+    private let pending = DescriptorSlots(count: Int(UMDEV_MAX_FDS))
     @exclusivity(unchecked) private var pendingFDCount = 0
     @exclusivity(unchecked) private var pendingOverflow = false
     /// Descriptors of the message last returned by `next`.
-    @exclusivity(unchecked) public private(set) var fds = [Int32](repeating: -1, count: Int(UMDEV_MAX_FDS))
+    private let held = DescriptorSlots(count: Int(UMDEV_MAX_FDS))
+    /// Descriptors of the message last returned by `next`, as numbers (-1: none).
+    public var fds: [Int32] { held.all }
     @exclusivity(unchecked) private var heldFDs = 0
     /// Bytes of an oversized message still to be discarded.
     @exclusivity(unchecked) private var discard = 0
@@ -48,6 +50,8 @@ public final class MessageFramer {
         closeFDs()
         dropPending()
         buffer.deallocate()
+        pending.deallocate()
+        held.deallocate()
     }
 
     /// True when a whole message (or a framing decision) is buffered.
@@ -73,20 +77,26 @@ public final class MessageFramer {
     public var hasBufferedBytes: Bool { end > start || discard > 0 }
 
     /// Closes the descriptors of the last message that the caller did not take.
+    /// Asked before every message; almost always there are none.
+    @inline(__always)
     public func closeFDs() {
-        guard heldFDs > 0 else { return }
+        if heldFDs > 0 { closeHeldFDs() }
+    }
+
+    @inline(never)
+    private func closeHeldFDs() {
         heldFDs = 0
-        for i in 0..<fds.count where fds[i] >= 0 {
-            Glibc.close(fds[i])
-            fds[i] = -1
+        for i in 0..<held.count where held[i] >= 0 {
+            Glibc.close(held[i])
+            held[i] = -1
         }
     }
 
     /// Hands descriptor `i` of the last message to the caller (nil: none there).
     public func takeFD(_ i: Int) -> OwnedDescriptor? {
-        guard fds.indices.contains(i) else { return nil }
-        defer { fds[i] = -1 }
-        return OwnedDescriptor(adoptingRaw: fds[i])
+        guard i >= 0 && i < held.count else { return nil }
+        defer { held[i] = -1 }
+        return OwnedDescriptor(adoptingRaw: held[i])
     }
 
     /// Hands the first `count` descriptors of the last message to the caller, as one batch.
@@ -96,7 +106,7 @@ public final class MessageFramer {
     /// framer's: for a holder that keeps them raw (a deferred message).
     func releaseFDs(_ count: Int) -> [Int32] {
         var raw: [Int32] = []
-        for i in 0..<min(count, fds.count) { raw.append(fds[i]); fds[i] = -1 }
+        for i in 0..<min(count, held.count) { raw.append(held[i]); held[i] = -1 }
         return raw
     }
 
@@ -104,7 +114,7 @@ public final class MessageFramer {
     /// message being handled again); the framer owns them from here.
     func hold(_ kept: [Int32]) {
         closeFDs()
-        for (i, fd) in kept.enumerated() { fds[i] = fd }
+        for (i, fd) in kept.enumerated() { held[i] = fd }
         heldFDs = kept.count
     }
 
@@ -160,16 +170,14 @@ public final class MessageFramer {
     /// Where the next read goes.
     @inline(__always)
     public var readSpace: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(rebasing: buffer[end...])
+        UnsafeMutableRawBufferPointer(start: buffer.baseAddress! + end, count: buffer.count - end)
     }
 
     /// Runs `body` with the room for the next read's descriptors.
     @inline(__always)
     public func withFDSpace<R>(_ body: (UnsafeMutableBufferPointer<Int32>) -> R) -> R {
         let used = pendingFDCount
-        return pendingFDs.withUnsafeMutableBufferPointer { all in
-            body(UnsafeMutableBufferPointer(rebasing: all[used...]))
-        }
+        return body(pending.suffix(from: used))
     }
 
     /// Records a read of `byteCount` bytes into `readSpace` that brought
@@ -184,8 +192,8 @@ public final class MessageFramer {
                 // A previous message's descriptors never got claimed (its bytes
                 // were malformed); drop them and keep the new ones.
                 let old = pendingFDCount
-                for i in 0..<old { Glibc.close(pendingFDs[i]) }
-                for i in 0..<nfds { pendingFDs[i] = pendingFDs[old + i]; pendingFDs[old + i] = -1 }
+                for i in 0..<old { Glibc.close(pending[i]) }
+                for i in 0..<nfds { pending[i] = pending[old + i]; pending[old + i] = -1 }
                 pendingFDCount = 0
                 pendingOverflow = false
             }
@@ -200,8 +208,8 @@ public final class MessageFramer {
     /// read (`fdCount` of them in the descriptor space) are closed.
     public func closedWith(fdCount nfds: Int) {
         for i in 0..<nfds {
-            Glibc.close(pendingFDs[pendingFDCount + i])
-            pendingFDs[pendingFDCount + i] = -1
+            Glibc.close(pending[pendingFDCount + i])
+            pending[pendingFDCount + i] = -1
         }
     }
 
@@ -236,7 +244,7 @@ public final class MessageFramer {
 
     private func movePending() -> (count: Int, overflow: Bool) {
         let n = pendingFDCount
-        for i in 0..<n { fds[i] = pendingFDs[i]; pendingFDs[i] = -1 }
+        for i in 0..<n { held[i] = pending[i]; pending[i] = -1 }
         heldFDs = n
         let overflow = pendingOverflow
         pendingFDCount = 0
@@ -248,7 +256,7 @@ public final class MessageFramer {
 
     /// Closes descriptors that no message claimed.
     private func dropPending() {
-        for i in 0..<pendingFDCount { Glibc.close(pendingFDs[i]); pendingFDs[i] = -1 }
+        for i in 0..<pendingFDCount { Glibc.close(pending[i]); pending[i] = -1 }
         pendingFDCount = 0
         pendingOverflow = false
         pendingFDOwner = -1
@@ -300,7 +308,7 @@ public final class MessageFramer {
     public func takeState() -> State {
         closeFDs()
         let state = snapshot()
-        for i in 0..<pendingFDCount { pendingFDs[i] = -1 }
+        for i in 0..<pendingFDCount { pending[i] = -1 }
         pendingFDCount = 0
         pendingOverflow = false
         pendingFDOwner = -1
@@ -314,7 +322,7 @@ public final class MessageFramer {
     /// messages, after the last message's descriptors were taken or closed.
     public func snapshot() -> State {
         State(bytes: Array(UnsafeRawBufferPointer(rebasing: buffer[start..<end])),
-              pendingFDs: Array(pendingFDs[0..<pendingFDCount]),
+              pendingFDs: pending.prefix(pendingFDCount),
               pendingFDOwner: pendingFDOwner >= 0 ? pendingFDOwner - start : -1,
               pendingOverflow: pendingOverflow, discard: discard)
     }
@@ -325,7 +333,7 @@ public final class MessageFramer {
     public convenience init(resuming state: State, maxMessageSize: Int = Limits.maxMessageSize,
                             maxFDs: Int = Limits.maxMessageFDs) throws(TransportEnd) {
         self.init(maxMessageSize: maxMessageSize, maxFDs: maxFDs)
-        guard state.bytes.count <= buffer.count, state.pendingFDs.count <= pendingFDs.count, state.discard >= 0,
+        guard state.bytes.count <= buffer.count, state.pendingFDs.count <= pending.count, state.discard >= 0,
               state.pendingFDOwner < max(state.bytes.count, 1), state.pendingFDOwner >= -1,
               state.pendingFDs.isEmpty || state.pendingFDOwner >= 0 else {
             for fd in state.pendingFDs { Glibc.close(fd) }
@@ -335,10 +343,45 @@ public final class MessageFramer {
             if b.count > 0 { buffer.baseAddress!.copyMemory(from: b.baseAddress!, byteCount: b.count) }
         }
         end = state.bytes.count
-        for (i, fd) in state.pendingFDs.enumerated() { pendingFDs[i] = fd }
+        for (i, fd) in state.pendingFDs.enumerated() { pending[i] = fd }
         pendingFDCount = state.pendingFDs.count
         pendingOverflow = state.pendingOverflow
         pendingFDOwner = state.pendingFDs.isEmpty && !state.pendingOverflow ? -1 : state.pendingFDOwner
         discard = state.discard
     }
+}
+
+/// A fixed table of raw descriptor numbers (-1: empty) in memory of its
+/// own: the framer's slots are touched on every read, and an array would
+/// ask whether its buffer is shared before each write. Indices are checked.
+struct DescriptorSlots {
+    private let base: UnsafeMutablePointer<Int32>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        base = .allocate(capacity: count)
+        base.initialize(repeating: -1, count: count)
+    }
+
+    func deallocate() { base.deallocate() }
+
+    @inline(__always)
+    subscript(i: Int) -> Int32 {
+        get { precondition(i >= 0 && i < count, "descriptor slot out of range"); return base[i] }
+        nonmutating set { precondition(i >= 0 && i < count, "descriptor slot out of range"); base[i] = newValue }
+    }
+
+    /// Slots `from...` as a buffer a read fills in place.
+    @inline(__always)
+    func suffix(from i: Int) -> UnsafeMutableBufferPointer<Int32> {
+        precondition(i >= 0 && i <= count, "descriptor slot out of range")
+        return UnsafeMutableBufferPointer(start: base + i, count: count - i)
+    }
+
+    /// The first `n` slots, copied.
+    func prefix(_ n: Int) -> [Int32] { Array(UnsafeBufferPointer(start: base, count: min(max(n, 0), count))) }
+
+    /// Every slot, copied.
+    var all: [Int32] { prefix(count) }
 }
