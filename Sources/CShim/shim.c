@@ -30,7 +30,31 @@ _Static_assert(UMDEV_POLLRDHUP == POLLRDHUP, "POLLRDHUP differs on this system")
 #    define UMDEV_SANITIZED 1
 #  endif
 #endif
-#ifdef UMDEV_SANITIZED
+//
+// On x86_64 and aarch64 the system call is made in line (three arguments,
+// the kernel's calling convention): glibc's syscall(2) is a function of its
+// own that shuffles six argument registers for every call. Elsewhere it is
+// syscall(2).
+#if !defined(UMDEV_SANITIZED) && (defined(__x86_64__) || defined(__aarch64__))
+static inline long umdev_syscall3(long number, long a, long b, long c) {
+    long result;
+#  if defined(__x86_64__)
+    __asm__ volatile ("syscall" : "=a"(result) : "a"(number), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+#  else
+    register long x8 __asm__("x8") = number;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    __asm__ volatile ("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory");
+    result = x0;
+#  endif
+    // The kernel returns -errno; the callers expect -1 and errno, as from libc.
+    if (result < 0 && result > -4096) { errno = (int)-result; return -1; }
+    return result;
+}
+#  define umdev_raw_sendmsg(s, m, f) umdev_syscall3(SYS_sendmsg, (s), (long)(m), (f))
+#  define umdev_raw_recvmsg(s, m, f) umdev_syscall3(SYS_recvmsg, (s), (long)(m), (f))
+#elif defined(UMDEV_SANITIZED)
 #  define umdev_raw_sendmsg(s, m, f) sendmsg((s), (m), (f))
 #  define umdev_raw_recvmsg(s, m, f) recvmsg((s), (m), (f))
 #else
@@ -86,10 +110,7 @@ ssize_t umdev_sendmsg(int sock, const void *buf, size_t len,
         char bytes[CMSG_SPACE(sizeof(int) * UMDEV_MAX_FDS)];
         struct cmsghdr align;
     } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
     if (nfds > 0) {
         if (nfds > UMDEV_MAX_FDS) { errno = EINVAL; return -1; }
         memset(&control, 0, sizeof(control));
@@ -124,12 +145,8 @@ ssize_t umdev_recvmsg_once(int sock, void *buf, size_t len, int flags,
         char bytes[CMSG_SPACE(sizeof(int) * 64)];
         struct cmsghdr align;
     } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.bytes;
-    msg.msg_controllen = sizeof(control.bytes);
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                          .msg_controllen = sizeof(control.bytes) };
     *nfds = 0;
     *truncated = 0;
     ssize_t n;
