@@ -238,8 +238,9 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     public func serve() throws(TransportEnd) {
         let device = host.device
         while true {
-            if !transport.hasBufferedMessage && !transport.hasDeferred
-                && (!pollIRQ.isEmpty || hostEvents || device.timerDeadline != nil) {
+            // Most devices have nothing to poll but the socket: asked first.
+            if (!pollIRQ.isEmpty || hostEvents || device.timerDeadline != nil)
+                && !transport.hasBufferedMessage && !transport.hasDeferred {
                 try waitForEvents()
                 continue
             }
@@ -347,6 +348,14 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
                 return transport.saveIfUnsaved()
             }
         }
+        try handleOther(m)
+    }
+
+    /// Every message but a well-formed region access: decoded into a
+    /// `Request`, routed, refused as `handleMessage` says. Out of line, so
+    /// that the access path does not carry its frame.
+    @inline(never)
+    private func handleOther(_ m: InboundMessage) throws(TransportEnd) {
         try handleMessage(m, on: transport, policy: .full, negotiated: client != nil, fdLimit: fdLimit, logger: logger) { request, h, fdCount in
             try route(request, header: h, fdCount: fdCount)
         }

@@ -56,9 +56,9 @@ public final class MessageFramer {
 
     /// True when a whole message (or a framing decision) is buffered.
     public var hasBufferedMessage: Bool {
-        guard end - start >= Header.size else { return false }
+        guard end &- start >= Header.size else { return false }
         let size = Int(Header(buffer.baseAddress! + start).messageSize)
-        return size < Header.size || size > maxMessageSize || end - start >= size
+        return size < Header.size || size > maxMessageSize || end &- start >= size
     }
 
     /// The bytes of `message` (the last one `next` returned) and of all
@@ -122,13 +122,17 @@ public final class MessageFramer {
     /// `readSpace` has room for at least one whole message).
     @inline(__always)
     public func next() throws(TransportEnd) -> InboundMessage? {
+        // Nothing buffered (the usual state between requests): all the room is free.
+        if end == 0 && discard == 0 { return nil }
         while true {
             if discard > 0 {
                 let n = min(discard, end - start)
                 start += n
                 discard -= n
                 if discard == 0 { continue }
-            } else if end - start >= Header.size {
+            // 0 ≤ start ≤ end ≤ buffer.count and sizes are checked against
+            // what is buffered: the index arithmetic below cannot overflow.
+            } else if end &- start >= Header.size {
                 let header = Header(buffer.baseAddress! + start)
                 let size = Int(header.messageSize)
                 guard size >= Header.size else { throw .framing("message size below the 16-byte header") }
@@ -139,10 +143,10 @@ public final class MessageFramer {
                     return InboundMessage(header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0),
                                           fdCount: owned.count, fdOverflow: owned.overflow, oversized: true)
                 }
-                if end - start >= size {
+                if end &- start >= size {
                     let owned = takePending(messageAt: start)
-                    let payload = UnsafeRawBufferPointer(start: buffer.baseAddress! + start + Header.size, count: size - Header.size)
-                    start += size
+                    let payload = UnsafeRawBufferPointer(start: buffer.baseAddress! + start + Header.size, count: size &- Header.size)
+                    start &+= size
                     if start == end {
                         // Nothing buffered: descriptors still pending belong to no message.
                         start = 0; end = 0
