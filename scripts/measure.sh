@@ -82,6 +82,11 @@ for d in "${devices[@]}"; do
     short=$(count "$type" 2000 "$region" "$offset"); long=$(count "$type" 22000 "$region" "$offset")
     echo "$type: $(( (long - short) / 20000 )) instructions per request ($short Ir for 3000 requests, $long Ir for 23000, warm-up included)"
 done
+for d in "${devices[@]}"; do
+    IFS='|' read -r type region offset <<< "$d"
+    short=$(count "$type" 2000 "$region" "$offset" write-1); long=$(count "$type" 22000 "$region" "$offset" write-1)
+    echo "$type write-1: $(( (long - short) / 20000 )) instructions per request"
+done
 # The floor: a minimal C server (one recv, a switch, one send) answering the same read.
 cc -O2 -o /tmp/umdev-floor.$$ Benchmarks/floor/floor-server.c
 count_floor() { # $1 = requests; the floor server's total instructions

@@ -162,7 +162,9 @@ final class ServerProcess {
         kill(pid, SIGKILL)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
+        // Killed, the server removes neither its socket nor a display device's display socket.
         unlink(path)
+        unlink(path + ".display")
     }
 }
 
