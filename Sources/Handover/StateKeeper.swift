@@ -310,7 +310,7 @@ public final class StateKeeper: @unchecked Sendable {
         failing = true
         // A recorded request whose state was not saved is answered anyway: a restart must not handle it again.
         var zero: UInt64 = 0
-        _ = pwrite(memfd, &zero, 8, 40)
+        _ = withUnsafeBytes(of: &zero) { pwriteAll($0, at: StateFileHeader.recordOffset) }
     }
 
     /// Writes `document` beside the whole copy, then points the header at it.
@@ -331,24 +331,25 @@ public final class StateKeeper: @unchecked Sendable {
         if st.st_size < size, ftruncate(memfd, size) != 0 { return false }
         guard pwriteAll(document, at: target) else { return false }
         generation += 1
-        var w = StateWriter()
-        w.u32(Self.magic); w.u16(Self.formatVersion); w.u16(0)
-        w.u64(generation); w.u64(UInt64(target)); w.u64(UInt64(document.count)); w.u64(Self.checksum(document))
-        guard pwriteAll(w.bytes, at: 0) else { return false }
+        let head = StateFileHeader(generation: generation, offset: UInt64(target), length: UInt64(document.count),
+                                   checksum: Self.checksum(document))
+        guard pwriteAll(head.encodedCopyFields, at: 0) else { return false }
         current = (target, document.count)
         return true
     }
 
     private func pwriteAll(_ bytes: [UInt8], at offset: Int) -> Bool {
-        bytes.withUnsafeBytes { b in
-            var done = 0
-            while done < b.count {
-                let n = pwrite(memfd, b.baseAddress! + done, b.count - done, off_t(offset + done))
-                if n < 0 { if errno == EINTR { continue }; return false }
-                done += n
-            }
-            return true
+        bytes.withUnsafeBytes { pwriteAll($0, at: offset) }
+    }
+
+    private func pwriteAll(_ b: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+        var done = 0
+        while done < b.count {
+            let n = pwrite(memfd, b.baseAddress! + done, b.count - done, off_t(offset + done))
+            if n < 0 { if errno == EINTR { continue }; return false }
+            done += n
         }
+        return true
     }
 
     /// Records the bytes of a request about to change the device (and those
@@ -359,16 +360,10 @@ public final class StateKeeper: @unchecked Sendable {
     func notePending(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count <= Self.dataStart - Self.headerSize else { return }
         gate.withLock { discarded in
-            guard !discarded, current != nil else { return }
-            var done = 0
-            while done < bytes.count {
-                let n = pwrite(memfd, bytes.baseAddress! + done, bytes.count - done, off_t(Self.headerSize + done))
-                if n < 0 { if errno == EINTR { continue }; return }
-                done += n
-            }
-            var w = StateWriter()
-            w.u64(generation + 1); w.u64(UInt64(bytes.count)); w.u64(Self.checksum(UnsafeRawBufferPointer(bytes)))
-            _ = w.bytes.withUnsafeBytes { pwrite(memfd, $0.baseAddress, $0.count, 40) }
+            guard !discarded, current != nil, pwriteAll(bytes, at: Self.headerSize) else { return }
+            let record = StateFileHeader.encodedRecord(generation: generation + 1, length: UInt64(bytes.count),
+                                                       checksum: Self.checksum(bytes))
+            _ = pwriteAll(record, at: StateFileHeader.recordOffset)
         }
     }
 
@@ -385,14 +380,12 @@ public final class StateKeeper: @unchecked Sendable {
     /// when its process died, if its record is whole and for the generation
     /// after the saved copy's; nil otherwise (the copy includes it, or none was).
     public static func pending(inFile file: [UInt8]) -> [UInt8]? {
-        guard file.count >= headerSize else { return nil }
-        var r = StateReader(fields: Array(file[8..<16]), what: "state memfd header")
-        var p = StateReader(fields: Array(file[40..<64]), what: "state memfd pending record")
-        guard let generation = try? r.u64(), let pg = try? p.u64(), let length = try? p.u64(), let sum = try? p.u64(),
-              generation < UInt64.max, pg == generation + 1, length >= UInt64(Header.size),
-              length <= UInt64(dataStart - headerSize), UInt64(headerSize) + length <= UInt64(file.count) else { return nil }
-        let bytes = Array(file[headerSize..<(headerSize + Int(length))])
-        return checksum(bytes) == sum ? bytes : nil
+        guard let h = try? StateFileHeader(file), let record = h.pending, h.generation < UInt64.max,
+              record.generation == h.generation + 1, record.length >= UInt64(Header.size),
+              record.length <= UInt64(dataStart - headerSize), UInt64(headerSize) + record.length <= UInt64(file.count)
+        else { return nil }
+        let bytes = Array(file[headerSize..<(headerSize + Int(record.length))])
+        return checksum(bytes) == record.checksum ? bytes : nil
     }
 
     /// The device is gone (stopped, destroyed): its descriptors and state
@@ -427,20 +420,14 @@ public final class StateKeeper: @unchecked Sendable {
     /// The copy a state memfd's bytes (`file`, all of them) name in their
     /// header, checked whole: input from another process (fuzzed).
     public static func copy(inFile file: [UInt8]) throws(DeviceError) -> [UInt8] {
-        guard file.count >= headerSize else { throw DeviceError(EINVAL, "the state memfd is shorter than its header") }
-        var r = StateReader(fields: Array(file[0..<headerSize]), what: "state memfd header")
-        let magic = try r.u32(), version = try r.u16()
-        _ = try r.u16()
-        _ = try r.u64()
-        let offset = try r.u64(), length = try r.u64(), sum = try r.u64()
-        guard magic == Self.magic else { throw DeviceError(EINVAL, "the state memfd holds no state (bad magic)") }
-        guard version == formatVersion else { throw DeviceError(EINVAL, "state memfd format \(version); this umdev reads \(formatVersion)") }
+        let h = try StateFileHeader(file)
+        let offset = h.offset, length = h.length
         guard offset >= UInt64(headerSize), length <= UInt64(LiveUpgrade.maxHandover), offset <= UInt64(file.count),
               length <= UInt64(file.count) - offset else {
             throw DeviceError(EINVAL, "the state memfd's header points outside it")
         }
         let bytes = Array(file[Int(offset)..<Int(offset + length)])
-        guard checksum(bytes) == sum else { throw DeviceError(EINVAL, "the state memfd's copy is torn (checksum)") }
+        guard checksum(bytes) == h.checksum else { throw DeviceError(EINVAL, "the state memfd's copy is torn (checksum)") }
         return bytes
     }
 
@@ -576,12 +563,58 @@ public final class StateKeeper: @unchecked Sendable {
         guard fstat(memfd, &st) == 0 else { return }
         var head = [UInt8](repeating: 0, count: Self.headerSize)
         guard head.withUnsafeMutableBytes({ pread(memfd, $0.baseAddress, $0.count, 0) }) == Self.headerSize else { return }
-        var r = StateReader(fields: head, what: "state memfd header")
-        guard (try? r.u32()) == Self.magic, (try? r.u16()) == Self.formatVersion, (try? r.u16()) != nil,
-              let g = try? r.u64(), let offset = try? r.u64(), let length = try? r.u64(),
-              offset <= UInt64(st.st_size), length <= UInt64(st.st_size) else { return }
-        generation = g
+        guard let h = try? StateFileHeader(head), h.offset <= UInt64(st.st_size), h.length <= UInt64(st.st_size) else { return }
+        generation = h.generation
         copySize = max(copySize, (Int(st.st_size) - Self.dataStart) / 2)
-        current = (Int(offset), Int(length))
+        current = (Int(h.offset), Int(h.length))
+    }
+}
+
+/// A state memfd's first 64 bytes (Protocol/HANDOVER.md, "Kept in the fd
+/// store"): magic, format, then which copy is whole (generation, offset,
+/// length, checksum) and, at 40, the record of the request being handled
+/// (generation, length, checksum; its bytes follow the header). Read and
+/// written here only.
+struct StateFileHeader {
+    static let recordOffset = 40
+    var generation: UInt64
+    var offset: UInt64
+    var length: UInt64
+    var checksum: UInt64
+    /// The record at 40, when one was written (its generation is not 0).
+    var pending: (generation: UInt64, length: UInt64, checksum: UInt64)?
+
+    init(generation: UInt64, offset: UInt64, length: UInt64, checksum: UInt64) {
+        self.generation = generation; self.offset = offset; self.length = length; self.checksum = checksum
+    }
+
+    /// Reads the header at the start of `file`; throws why it is not one a keeper wrote.
+    init(_ file: [UInt8]) throws(DeviceError) {
+        guard file.count >= StateKeeper.headerSize else { throw DeviceError(EINVAL, "the state memfd is shorter than its header") }
+        var r = StateReader(fields: Array(file[0..<StateKeeper.headerSize]), what: "state memfd header")
+        let magic = try r.u32(), version = try r.u16()
+        _ = try r.u16()
+        guard magic == StateKeeper.magic else { throw DeviceError(EINVAL, "the state memfd holds no state (bad magic)") }
+        guard version == StateKeeper.formatVersion else {
+            throw DeviceError(EINVAL, "state memfd format \(version); this umdev reads \(StateKeeper.formatVersion)")
+        }
+        generation = try r.u64(); offset = try r.u64(); length = try r.u64(); checksum = try r.u64()
+        let g = try r.u64(), n = try r.u64(), sum = try r.u64()
+        pending = g == 0 ? nil : (g, n, sum)
+    }
+
+    /// Magic, format and the copy's fields: the 40 bytes before the record.
+    var encodedCopyFields: [UInt8] {
+        var w = StateWriter()
+        w.u32(StateKeeper.magic); w.u16(StateKeeper.formatVersion); w.u16(0)
+        w.u64(generation); w.u64(offset); w.u64(length); w.u64(checksum)
+        return w.bytes
+    }
+
+    /// The 24 bytes of a pending request's record.
+    static func encodedRecord(generation: UInt64, length: UInt64, checksum: UInt64) -> [UInt8] {
+        var w = StateWriter()
+        w.u64(generation); w.u64(length); w.u64(checksum)
+        return w.bytes
     }
 }
