@@ -142,10 +142,16 @@ public final class MTTY: VFIODevice, HostResourceHolder {
     /// error bits) and MSR (clears the deltas) does.
     @inline(__always)
     public func readChangesState(region: Int, offset: UInt64, count: Int) -> Bool {
-        guard region != RegionIndex.config, offset < 8, count > 0, count <= 8 else { return false }
-        // One bit per register read in [offset, offset + count), against those reads change.
-        let read = ((1 &<< UInt32(count)) &- 1) &<< UInt32(offset)
-        return read & Self.readsWithEffects != 0
+        region != RegionIndex.config && count > 0 && Self.registers(offset: offset, count: count) & Self.readsWithEffects != 0
+    }
+
+    /// One bit per port register in [offset, offset + count); every bit when
+    /// the range is not within the eight registers (so that a caller asking
+    /// about effects assumes the worst).
+    @inline(__always)
+    private static func registers(offset: UInt64, count: Int) -> UInt32 {
+        guard offset < 8, count >= 0, count <= 8 else { return .max }
+        return ((1 &<< UInt32(count)) &- 1) &<< UInt32(offset)
     }
 
     /// RBR, IIR, LSR and MSR, as register bits.
@@ -162,8 +168,7 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         // Writing LCR or SCR changes no interrupt condition and no timeout
         // (the divisor does, but it is written at 0 and 1): no clock, no
         // interrupt update.
-        let written = offset < 8 && data.count <= 8 ? ((1 &<< UInt32(data.count)) &- 1) &<< UInt32(offset) : .max
-        let changes = written & ~Self.writesWithoutEffects != 0
+        let changes = Self.registers(offset: offset, count: data.count) & ~Self.writesWithoutEffects != 0
         let now = changes ? clock() : 0
         for i in 0..<data.count {
             if let byte = port[region].write(Int(offset) + i, data[i], now: now) { transmit(byte, port: region, now: now) }
@@ -265,7 +270,7 @@ public final class MTTY: VFIODevice, HostResourceHolder {
         var w = StateWriter(magic: Self.stateMagic, version: Self.stateVersion)
         w.u8(UInt8(portCount))
         let now = clock()
-        for u in ports {
+        for u in UnsafeBufferPointer(start: port, count: portCount) {
             for v in [u.ier, u.lcr, u.mcr, u.scr, u.fcr] { w.u8(v) }
             w.u16(u.divisor)
             for v in [u.lsrErrors, u.msr, u.transmitEmptyPending ? 1 : 0, UInt8(u.receive.count)] { w.u8(v) }
