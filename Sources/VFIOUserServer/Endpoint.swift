@@ -236,10 +236,9 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     /// Serves messages and host events until the channel ends (or, for a
     /// channel that cannot block, has nothing more: `.idle`).
     public func serve() throws(TransportEnd) {
-        let device = host.device
         while true {
             // Most devices have nothing to poll but the socket: asked first.
-            if (!pollIRQ.isEmpty || hostEvents || device.timerDeadline != nil)
+            if (!pollIRQ.isEmpty || hostEvents || model.timerDeadline != nil)
                 && !transport.hasBufferedMessage && !transport.hasDeferred {
                 try waitForEvents()
                 continue
@@ -289,15 +288,14 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     /// Blocks until the socket, a watched eventfd or a device descriptor is
     /// ready, or the device's timer is due; services what is ready.
     private func waitForEvents() throws(TransportEnd) {
-        let device = host.device
         pollSet.removeAll(keepingCapacity: true)
         pollSet.append(pollfd(fd: transport.channel.pollDescriptor, events: Int16(POLLIN), revents: 0))
         for w in pollIRQ { pollSet.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0)) }
         if hostEvents {
-            for r in device.pollRequests() { pollSet.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
+            for r in model.pollRequests() { pollSet.append(pollfd(fd: r.fd, events: r.events, revents: 0)) }
         }
         var timeout: Int64 = -1
-        if let deadline = device.timerDeadline {
+        if let deadline = model.timerDeadline {
             let now = clock.nanoseconds()
             timeout = deadline <= now ? 0 : Int64(min(deadline - now, 1_000_000_000))
         }
@@ -311,12 +309,12 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
                 let w = pollIRQ[i - 1]
                 interrupts.watchedFired(fd: w.fd, index: w.index, vector: w.vector, unmask: w.unmask)
             } else {
-                device.serviceEvent(fd: pollSet[i].fd, revents: pollSet[i].revents)
+                model.serviceEvent(fd: pollSet[i].fd, revents: pollSet[i].revents)
             }
         }
         if keepsState && n > (pollSet[0].revents != 0 ? 1 : 0) { transport.unsaved = true }
-        if let deadline = device.timerDeadline, clock.nanoseconds() >= deadline {
-            device.timerExpired()
+        if let deadline = model.timerDeadline, clock.nanoseconds() >= deadline {
+            model.timerExpired()
         }
         if interrupts.watchedChanged { pollIRQ = interrupts.watched; interrupts.watchedChanged = false }
         // What the host side or the clock changed is saved before the next request is read.
@@ -370,23 +368,19 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
     private func access(_ a: RegionAccess, write: Bool, header h: Header) throws(TransportEnd) {
         let size: Int
         do { size = try checkAccess(a, write: write) } catch { return try refuse(h, error, on: transport, logger: logger) }
+        // Every write is recorded (even of nothing: its reply waits for a save); a read only if it changes the device.
+        if keepsState && (write || (size > 0 && model.readChangesState(region: Int(a.region), offset: a.offset, count: size))) {
+            recordPending()
+        }
         var w = MessageWriter(transport.sendBuffer)
         w.u64(a.offset); w.u32(a.region); w.u32(a.count)
         if size > 0 {
-            let e: Int32
-            if write {
-                if keepsState { recordPending() }
-                e = model.write(region: Int(a.region), offset: a.offset, data: a.data)
-            } else {
-                if keepsState && model.readChangesState(region: Int(a.region), offset: a.offset, count: size) { recordPending() }
-                e = model.read(region: Int(a.region), offset: a.offset, into: w.space(size))
-            }
+            let e = write ? model.write(region: Int(a.region), offset: a.offset, data: a.data)
+                          : model.read(region: Int(a.region), offset: a.offset, into: w.space(size))
             guard e == 0 else {
                 return try refuse(h, ProtocolError(e, write ? "device refused the write" : "device refused the read"),
                                   on: transport, logger: logger)
             }
-        } else if write && keepsState {
-            recordPending()
         }
         try reply(w, to: h)
     }
@@ -458,7 +452,7 @@ public final class Endpoint<Channel: MessageChannel, Clock: MonotonicClock> {
                 let a = RegionAccess(offset: entries.u64(base), region: entries.u32(base + 8), count: c,
                                      data: UnsafeRawBufferPointer(rebasing: entries[(base + 16)..<(base + 16 + Int(c))]))
                 _ = try checkAccess(a, write: true)
-                let e = host.device.write(region: Int(a.region), offset: a.offset, data: a.data)
+                let e = model.write(region: Int(a.region), offset: a.offset, data: a.data)
                 guard e == 0 else { throw ProtocolError(e, "device refused the write") }
             }
             w.u64(UInt64(count))
