@@ -66,10 +66,13 @@ public final class MessageFramer {
     /// later message or the message is not in the buffer.
     public func bytes(from message: InboundMessage) -> UnsafeRawBufferPointer? {
         guard pendingFDCount == 0, !pendingOverflow, discard == 0, let payload = message.payload.baseAddress else { return nil }
-        let from = payload - Header.size
         let base = UnsafeRawPointer(buffer.baseAddress!)
-        guard from >= base, from + Header.size + message.payload.count <= base + end || (start == 0 && end == 0) else { return nil }
-        let upTo = start == 0 && end == 0 ? from + Header.size + message.payload.count : base + end
+        let from = payload - Header.size, through = payload + message.payload.count
+        // Only a message still in this buffer: a deferred one is a copy elsewhere.
+        guard from >= base, through <= base + buffer.count else { return nil }
+        // Bytes still buffered follow the message; with none, the buffer was emptied after it (end is 0).
+        let upTo = end > 0 ? base + end : through
+        guard upTo >= through else { return nil }
         return UnsafeRawBufferPointer(start: from, count: upTo - from)
     }
 
